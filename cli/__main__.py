@@ -1,0 +1,5 @@
+"""`python -m golf_cli` (what `golf run --nproc N` launches through torchrun)."""
+
+from .main import main
+
+main()

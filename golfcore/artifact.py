@@ -1,0 +1,370 @@
+"""The artifact: quantize, compress, round-trip load, and size accounting.
+
+`model.golf` layout:
+
+    b"GOLF" | u8 format version | u8 n | compressor name (n ASCII bytes) | compressed container
+
+The compressor's name sits in front in plain bytes because it must be known before the
+payload can be decompressed. The container is a safetensors blob: raw tensor bytes plus a
+JSON header, so loading it never executes code (no pickle, unlike the reference's
+`torch.save`). Its metadata key "golf" records the format version, the quantizer and
+compressor names, and per state key: original dtype and shape, the stored tensor names and
+the quantizer's scheme info. `unpack` picks the quantizer and compressor by those names.
+
+Artifact bytes = len(model.golf) + code bytes, against `export.budget_bytes` (16,000,000,
+decimal). Code bytes (rule set by the project lead) are the UTF-8 bytes of:
+  - every .py file of the golfcore package (subpackages included),
+  - the source module of each enabled plugin (the file defining it; built-in or third-party),
+  - the resolved recipe TOML (every default filled in).
+`code_files_for` applies that rule; `code_bytes` and `report` only sum what they are given.
+The CLI, tests, docs and uninstalled plugins do not count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Protocol
+
+import safetensors.torch
+import torch
+import zstandard
+from torch import Tensor
+
+from .errors import ConfigError, DataError
+from .params import ParamSpec
+
+MAGIC = b"GOLF"
+FORMAT_VERSION = 1
+CLIP_PERCENTILE = 99.99984
+"""The baseline's per-row clip: |w| above this percentile of its row is clipped (§0)."""
+
+_CORE_DIR = Path(__file__).resolve().parent  # the golfcore package
+
+
+class Quantizer(Protocol):
+    """Turns one state tensor into stored tensors and back; chosen by the export hook.
+
+    Stored tensor names must start with the state key (e.g. "blocks.0.w.q", "blocks.0.w.scale")
+    so names never collide in the container.
+    """
+
+    name: str
+
+    def quantize(self, name: str, tensor: Tensor, export: str) -> tuple[dict[str, Tensor], dict]:
+        """(stored tensors, JSON-able scheme info) for `tensor` with declared export kind `export`."""
+        ...
+
+    def dequantize(self, name: str, stored: dict[str, Tensor], info: dict) -> Tensor:
+        """The tensor back from what `quantize` stored (any float dtype; the caller restores dtype)."""
+        ...
+
+    def row_step(self, weight: Tensor) -> Tensor:
+        """[rows] quantization step the exporter would use for a "quantize" matrix, differentiable
+        w.r.t. `weight` where meaningful (CROWN-Q penalises it; QAT uses the exporter's grid)."""
+        ...
+
+    def fake_quantize(self, weight: Tensor) -> Tensor:
+        """What a "quantize" weight becomes after the artifact round trip (no straight-through
+        estimator here; callers write w + (fake_quantize(w) - w).detach())."""
+        ...
+
+
+class Compressor(Protocol):
+    name: str
+
+    def compress(self, data: bytes) -> bytes: ...
+
+    def decompress(self, data: bytes) -> bytes: ...
+
+
+def _row_quantile(w: Tensor, q: float) -> Tensor:
+    """q-quantile of |w| along the last dim ([..., cols] -> [...]), linear interpolation like
+    torch.quantile, which refuses inputs over 16M elements. Differentiable through the sort."""
+    a = w.float().abs().sort(dim=-1).values
+    pos = q * (a.size(-1) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, a.size(-1) - 1)
+    return torch.lerp(a[..., lo], a[..., hi], pos - lo)
+
+
+def _to_float16(name: str, tensor: Tensor) -> Tensor:
+    """fp16 copy; refuses to turn finite values into inf silently."""
+    out = tensor.to(torch.float16)
+    if not torch.isfinite(out).all() and torch.isfinite(tensor).all():
+        raise ValueError(f"{name}: values exceed the float16 range (declare it float32)")
+    return out
+
+
+class Int8Quantizer:
+    """The challenge baseline's export (TECHNIQUES.md §0), with defect D15 fixed.
+
+    - non-float tensors: stored as is;
+    - export "quantize"/"embedding" with numel > float_max_numel: int8 per row (last dim),
+      clip at the 99.99984th percentile of |w| in the row, step = clip/127 stored as fp16.
+      No step floor: the reference's max(clip/127, 1/127) wastes levels on rows with
+      clip < 1 (D15). A row with clip == 0 (or a step below fp16's range) stores zeros.
+    - everything else: fp32 if declared "float32", otherwise fp16.
+    """
+
+    name = "int8"
+
+    def __init__(self, float_max_numel: int = 65536):
+        self.float_max_numel = float_max_numel
+
+    def _int8_rows(self, name: str, w: Tensor) -> tuple[Tensor, Tensor]:
+        """q int8 [..., cols] and step fp16 [...]; q is rounded with the fp16 step that is
+        stored, so every unclipped element comes back within step/2."""
+        w32 = w.detach().float()
+        clip = _row_quantile(w32, CLIP_PERCENTILE / 100).unsqueeze(-1)  # [..., 1]
+        step = _to_float16(name, clip.squeeze(-1) / 127)  # [...]
+        s = step.float().unsqueeze(-1)
+        q = torch.round(torch.clamp(w32, -clip, clip) / torch.where(s > 0, s, 1.0)).clamp(-127, 127)
+        return q.to(torch.int8), step
+
+    def quantize(self, name: str, tensor: Tensor, export: str) -> tuple[dict[str, Tensor], dict]:
+        if not tensor.is_floating_point():
+            return {name: tensor}, {"scheme": "raw"}
+        if export in ("quantize", "embedding") and tensor.numel() > self.float_max_numel:
+            q, step = self._int8_rows(name, tensor)
+            return {f"{name}.q": q, f"{name}.scale": step}, {"scheme": "int8_row"}
+        if export == "float32":
+            return {name: tensor.float()}, {"scheme": "float32"}
+        if export in ("quantize", "embedding", "float16"):
+            return {name: _to_float16(name, tensor)}, {"scheme": "float16"}
+        raise ValueError(f"{name}: unknown export kind {export!r}")
+
+    def dequantize(self, name: str, stored: dict[str, Tensor], info: dict) -> Tensor:
+        scheme = info.get("scheme")
+        if scheme == "int8_row":
+            return stored[f"{name}.q"].float() * stored[f"{name}.scale"].float().unsqueeze(-1)
+        if scheme in ("raw", "float16", "float32"):
+            return stored[name]
+        raise DataError(f"artifact tensor {name!r}: unknown int8 scheme {scheme!r}: corrupt")
+
+    def row_step(self, weight: Tensor) -> Tensor:
+        return _row_quantile(weight, CLIP_PERCENTILE / 100) / 127
+
+    def fake_quantize(self, weight: Tensor) -> Tensor:
+        """Same rule as `quantize(..., "quantize")`: small matrices round-trip through fp16."""
+        if weight.numel() <= self.float_max_numel:
+            return weight.detach().to(torch.float16).to(weight.dtype)
+        q, step = self._int8_rows("weight", weight)
+        return (q.float() * step.float().unsqueeze(-1)).to(weight.dtype)
+
+
+class ZstdCompressor:
+    """zstd with a content checksum, so a flipped byte fails loudly instead of loading."""
+
+    name = "zstd"
+
+    def __init__(self, level: int = 22):
+        self.level = level
+
+    def compress(self, data: bytes) -> bytes:
+        return zstandard.ZstdCompressor(level=self.level, write_checksum=True).compress(data)
+
+    def decompress(self, data: bytes) -> bytes:
+        return zstandard.ZstdDecompressor().decompress(data)
+
+
+def _storage_key(t: Tensor) -> tuple | None:
+    """Identity of a tensor's memory view (tied weights appear under two state keys)."""
+    if t.numel() == 0:
+        return None
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+
+
+def pack(state: dict[str, Tensor], specs: dict[str, ParamSpec], quantizer: Quantizer, compressor: Compressor) -> bytes:
+    """state_dict -> artifact bytes.
+
+    Keys with a declared spec go through `quantizer` with their export kind. Keys without
+    one (persistent buffers) are stored exactly as they are. Keys sharing one tensor (tied
+    embeddings: `named_parameters` declares only one of the names) are stored once, under
+    the declared key, and the others recorded as aliases.
+    """
+    # Tied weights: one storage under several keys; store it under the first declared key.
+    holders: dict[tuple, list[str]] = {}
+    for name, tensor in state.items():
+        key = _storage_key(tensor)
+        if key is not None:
+            holders.setdefault(key, []).append(name)
+    owner = {n: next((m for m in names if m in specs), names[0]) for names in holders.values() for n in names}
+
+    tensors: dict[str, Tensor] = {}
+    entries: dict[str, dict] = {}
+    for name, tensor in state.items():
+        tensor = tensor.detach()
+        if owner.get(name, name) != name:
+            entries[name] = {"kind": "alias", "of": owner[name]}
+            continue
+        spec = specs.get(name)
+        if spec is None:
+            kind, stored, info = "raw", {name: tensor}, {}
+        else:
+            stored, info = quantizer.quantize(name, tensor, spec.export)
+            kind = "quantized"
+        for k in stored:
+            if not k.startswith(name) or k in tensors:
+                raise ValueError(f"quantizer {quantizer.name!r}: stored name {k!r} for {name!r} must start with it and be unique")
+        tensors.update({k: v.detach().to("cpu", copy=True).contiguous() for k, v in stored.items()})
+        entries[name] = {
+            "kind": kind,
+            "dtype": str(tensor.dtype).removeprefix("torch."),
+            "shape": list(tensor.shape),
+            "stored": list(stored),
+            "info": info,
+        }
+    header = {"format": FORMAT_VERSION, "quantizer": quantizer.name, "compressor": compressor.name, "tensors": entries}
+    container = safetensors.torch.save(tensors, metadata={"golf": json.dumps(header)})
+    cname = compressor.name.encode("ascii")
+    if len(cname) > 255:
+        raise ValueError(f"compressor name {compressor.name!r} is longer than 255 bytes")
+    return MAGIC + struct.pack("<BB", FORMAT_VERSION, len(cname)) + cname + compressor.compress(container)
+
+
+def _corrupt(why: str) -> DataError:
+    return DataError(f"artifact ({why}): corrupt")
+
+
+def _pick(available: dict, name: str, what: str):
+    if name not in available:
+        known = ", ".join(sorted(available)) or "none"
+        raise ConfigError(
+            f"artifact was packed with {what} {name!r}, which is not available (known: {known}); enable the plugin that provides it"
+        )
+    return available[name]
+
+
+def _container_header(container: bytes) -> dict:
+    """The "golf" metadata of a safetensors blob (8-byte little-endian length, then JSON)."""
+    if len(container) < 8:
+        raise _corrupt("container shorter than its header")
+    (n,) = struct.unpack("<Q", container[:8])
+    try:
+        meta = json.loads(container[8 : 8 + n])["__metadata__"]
+        header = json.loads(meta["golf"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise _corrupt(f"unreadable container metadata: {e}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("tensors"), dict):
+        raise _corrupt("container metadata has no tensor table")
+    return header
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise _corrupt(f"unknown dtype {name!r}")
+    return dtype
+
+
+def unpack(blob: bytes, quantizers: dict[str, Quantizer], compressors: dict[str, Compressor]) -> dict[str, Tensor]:
+    """Artifact bytes -> state_dict with every key, shape and dtype of the packed state.
+
+    Raises DataError for a corrupt or truncated blob, ConfigError when the quantizer or
+    compressor it names is not among those given.
+    """
+    if len(blob) < 6:
+        raise _corrupt(f"{len(blob)} bytes, shorter than the header")
+    if blob[:4] != MAGIC:
+        raise _corrupt("no GOLF magic")
+    version, n = struct.unpack("<BB", blob[4:6])
+    if version != FORMAT_VERSION:
+        raise DataError(f"artifact format version {version} is not supported (this golf reads {FORMAT_VERSION})")
+    if len(blob) < 6 + n:
+        raise _corrupt("truncated header")
+    compressor = _pick(compressors, blob[6 : 6 + n].decode("ascii", errors="replace"), "compressor")
+    try:
+        container = compressor.decompress(blob[6 + n :])
+    except Exception as e:  # any failure of a compressor plugin means the payload is bad
+        raise _corrupt(f"{compressor.name} decompression failed: {e}") from e
+    header = _container_header(container)
+    if header.get("format") != FORMAT_VERSION:
+        raise _corrupt(f"container format {header.get('format')!r}")
+    quantizer = _pick(quantizers, str(header.get("quantizer")), "quantizer")
+    try:
+        tensors = safetensors.torch.load(container)
+    except Exception as e:  # SafetensorError and friends: the tensor table is damaged
+        raise _corrupt(f"unreadable tensors: {e}") from e
+
+    state: dict[str, Tensor] = {}
+    aliases: dict[str, str] = {}
+    for name, entry in header["tensors"].items():
+        try:
+            if entry["kind"] == "alias":
+                aliases[name] = entry["of"]
+                continue
+            stored = {k: tensors[k] for k in entry["stored"]}
+            if entry["kind"] == "raw":
+                (t,) = stored.values()
+            elif entry["kind"] == "quantized":
+                t = quantizer.dequantize(name, stored, entry["info"])
+            else:
+                raise ValueError(f"unknown kind {entry['kind']!r}")
+            dtype, shape = _dtype(entry["dtype"]), list(entry["shape"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise _corrupt(f"entry {name!r}: {e!r}") from None
+        if list(t.shape) != shape:
+            raise _corrupt(f"{name!r} has shape {list(t.shape)}, header says {shape}")
+        state[name] = t.to(dtype)
+    for name, target in aliases.items():
+        if target not in state:
+            raise _corrupt(f"{name!r} aliases missing {target!r}")
+        state[name] = state[target]
+    return {name: state[name] for name in header["tensors"]}  # the packed key order
+
+
+def code_files_for(plugin_modules: Iterable[ModuleType], recipe_path: Path) -> list[Path]:
+    """The files whose bytes count as code (rule in the module docstring), deduplicated."""
+    files = sorted(_CORE_DIR.rglob("*.py"))
+    for module in plugin_modules:
+        source = getattr(module, "__file__", None)
+        if not source or not source.endswith(".py"):
+            raise ValueError(f"plugin module {module.__name__!r} has no .py source file to count as code")
+        files.append(Path(source).resolve())
+    files.append(Path(recipe_path).resolve())
+    return list(dict.fromkeys(files))
+
+
+def code_bytes(paths: Iterable[Path]) -> int:
+    """Sum of the files' bytes; each must be UTF-8 (so bytes on disk are its UTF-8 bytes)."""
+    total = 0
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+            data.decode("utf-8")
+        except OSError as e:
+            raise DataError(f"code file {path}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise DataError(f"code file {path}: not UTF-8") from None
+        total += len(data)
+    return total
+
+
+@dataclass
+class ArtifactReport:
+    model_bytes: int
+    code_bytes: int
+    total_bytes: int
+    budget_bytes: int
+    within_budget: bool
+    code_files: list[str]
+
+
+def report(model_blob: bytes, code_files: list[Path], budget: int) -> ArtifactReport:
+    """Model + code bytes against the budget (the challenge's limit is inclusive: total <= budget)."""
+    code = code_bytes(code_files)
+    total = len(model_blob) + code
+    return ArtifactReport(
+        model_bytes=len(model_blob),
+        code_bytes=code,
+        total_bytes=total,
+        budget_bytes=budget,
+        within_budget=total <= budget,
+        code_files=[str(p) for p in code_files],
+    )

@@ -1,0 +1,261 @@
+"""Typed configuration: every core default lives in this file, one dataclass per recipe section.
+
+Plugin configs use the same machinery (`option`, `Section`): each field has a default and
+a docstring, types are checked when a recipe is loaded, and `check()` holds value rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+
+def option(default: Any, doc: str) -> Any:
+    """A config field with its default and one-line documentation."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+class Section:
+    """Base of every config dataclass (core sections and plugin configs)."""
+
+    def check(self) -> None:
+        """Value rules beyond types; raise `self.invalid(field, message)`."""
+
+    def invalid(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{key}: {message}")
+
+
+def field_docs(cls: type) -> dict[str, tuple[Any, str]]:
+    """name -> (default, doc) for a config dataclass."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        out[f.name] = (default, f.metadata.get("doc", ""))
+    return out
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return True
+    if origin is Literal:
+        return value in typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if origin is list:
+        (item,) = typing.get_args(annotation) or (Any,)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _describe(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    return getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
+
+
+def build_section(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Instantiate `cls` from a recipe table, checking keys, types and value rules.
+
+    `where` names the table in errors, e.g. "[plugins.xsa]".
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(f"{where} unknown key {key!r} (known: {', '.join(sorted(names))})")
+        if not _type_ok(value, hints[key]):
+            raise ConfigError(f"{where} {key} = {value!r}: expected {_describe(hints[key])}")
+    coerced = {k: float(v) if hints[k] is float else v for k, v in values.items()}
+    obj = cls(**coerced)
+    try:
+        obj.check()
+    except ConfigError as e:
+        raise ConfigError(f"{where} {e}") from None
+    return obj
+
+
+# ----------------------------------------------------------------------------- core sections
+
+
+@dataclass
+class RunSection(Section):
+    name: str = option("run", "run name; the run directory is runs/<name>-<timestamp>")
+    seed: int = option(1337, "seed for parameters, data order and dropout-free training")
+    out_dir: str = option("runs", "parent folder of run directories")
+
+
+@dataclass
+class DataSection(Section):
+    corpus: str = option("pystdlib", "pystdlib, fineweb10B_sp1024, or text:NAME (built by `golf data text`)")
+    root: str = option("data", "folder holding corpora (relative to the working directory)")
+    max_train_shards: int = option(0, "use at most this many train shards (0 = all)")
+    max_val_tokens: int = option(0, "score at most this many validation targets (0 = the full split)")
+
+    def check(self) -> None:
+        if not (self.corpus in ("pystdlib", "fineweb10B_sp1024") or self.corpus.startswith("text:")):
+            raise self.invalid("corpus", f"{self.corpus!r} is not pystdlib, fineweb10B_sp1024 or text:NAME")
+        if self.max_train_shards < 0 or self.max_val_tokens < 0:
+            raise self.invalid("max_val_tokens", "must be >= 0")
+
+
+@dataclass
+class ModelSection(Section):
+    vocab_size: int = option(1024, "vocabulary size (must match the corpus tokenizer)")
+    num_layers: int = option(9, "physical transformer layers")
+    model_dim: int = option(512, "residual width d")
+    num_heads: int = option(8, "query heads H")
+    num_kv_heads: int = option(4, "key/value heads G (GQA); must divide num_heads")
+    mlp_mult: float = option(2.0, "MLP hidden size = mlp_mult * model_dim")
+    rope_base: float = option(10000.0, "RoPE base")
+    logit_softcap: float = option(30.0, "logits = softcap * tanh(z / softcap)")
+    qk_gain_init: float = option(1.5, "initial per-head gain on normalized queries")
+    tied_embed_init_std: float = option(0.005, "std of the tied token embedding at init")
+
+    def check(self) -> None:
+        for key in ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads"):
+            if getattr(self, key) <= 0:
+                raise self.invalid(key, "must be positive")
+        if self.model_dim % self.num_heads:
+            raise self.invalid("num_heads", f"{self.num_heads} does not divide model_dim {self.model_dim}")
+        if self.num_heads % self.num_kv_heads:
+            raise self.invalid("num_kv_heads", f"{self.num_kv_heads} does not divide num_heads {self.num_heads}")
+        if (self.model_dim // self.num_heads) % 2:
+            raise self.invalid("num_heads", "head dimension must be even for RoPE")
+        if self.mlp_mult <= 0 or self.logit_softcap <= 0:
+            raise self.invalid("mlp_mult", "mlp_mult and logit_softcap must be positive")
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.mlp_mult * self.model_dim)
+
+
+@dataclass
+class OptimSection(Section):
+    matrix_lr: float = option(0.04, "Muon lr for 2-D block matrices")
+    scalar_lr: float = option(0.04, "Adam lr for scalars and control tensors")
+    embed_lr: float = option(0.05, "Adam lr for (tied) embedding tables")
+    muon_momentum: float = option(0.95, "Muon momentum after warm-up")
+    muon_momentum_warmup_start: float = option(0.85, "Muon momentum at step 0")
+    muon_momentum_warmup_steps: int = option(500, "steps of linear momentum warm-up")
+    muon_backend_steps: int = option(5, "Newton-Schulz iterations")
+    muon_weight_decay: float = option(0.0, "decoupled weight decay for Muon matrices: W *= 1 - lr*wd")
+    adam_beta1: float = option(0.9, "Adam beta1")
+    adam_beta2: float = option(0.95, "Adam beta2")
+    adam_eps: float = option(1e-8, "Adam epsilon")
+    adam_weight_decay: float = option(0.0, "decoupled (AdamW) weight decay for the Adam groups")
+    grad_clip_norm: float = option(0.0, "clip the global gradient norm to this (0 = off)")
+
+    def check(self) -> None:
+        if not 0 <= self.muon_momentum < 1 or not 0 <= self.muon_momentum_warmup_start < 1:
+            raise self.invalid("muon_momentum", "must be in [0, 1)")
+        if self.muon_backend_steps < 1:
+            raise self.invalid("muon_backend_steps", "must be >= 1")
+        if self.grad_clip_norm < 0:
+            raise self.invalid("grad_clip_norm", "must be >= 0")
+
+
+@dataclass
+class TrainSection(Section):
+    iterations: int = option(20000, "step cap")
+    max_wallclock_seconds: float = option(600.0, "training time cap (0 = none; warmdown then counts iterations)")
+    warmdown_iters: int = option(1200, "lr decays linearly to 0 over the last this-many steps (converted to wallclock under a cap)")
+    warmup_steps: int = option(20, "compile warm-up steps; model and optimizer state are restored afterwards")
+    batch_tokens: int = option(524288, "tokens per optimizer step, across all processes")
+    seq_len: int = option(1024, "training sequence length")
+    micro_batches: int = option(8, "micro-batches per step across all processes (gradient accumulation = micro_batches / world size)")
+    val_every: int = option(1000, "validate every N steps (0 = only at the end); the training clock is paused")
+    log_every: int = option(200, "log train loss every N steps")
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "auto = cuda when available")
+    compile: Literal["auto", "on", "off"] = option("auto", "torch.compile(fullgraph=True); auto = on for cuda")
+
+    def check(self) -> None:
+        if self.iterations < 1:
+            raise self.invalid("iterations", "must be >= 1")
+        if self.batch_tokens % (self.micro_batches * self.seq_len):
+            raise self.invalid("batch_tokens", f"{self.batch_tokens} is not a multiple of micro_batches*seq_len")
+        if self.warmdown_iters < 0 or self.warmup_steps < 0 or self.max_wallclock_seconds < 0:
+            raise self.invalid("warmdown_iters", "warmdown_iters, warmup_steps and max_wallclock_seconds must be >= 0")
+
+
+@dataclass
+class EvalSection(Section):
+    seq_len: int = option(0, "eval window length (0 = train.seq_len)")
+    stride: int = option(0, "score the last `stride` targets of each window (0 = seq_len: non-overlapping)")
+    batch_seqs: int = option(32, "windows per forward pass")
+    chunk_tokens: int = option(32768, "targets per score-then-observe chunk for eval adapters")
+
+    def check(self) -> None:
+        if self.seq_len < 0 or self.stride < 0 or self.batch_seqs < 1 or self.chunk_tokens < 1:
+            raise self.invalid("stride", "seq_len/stride must be >= 0, batch_seqs/chunk_tokens >= 1")
+        if self.seq_len and self.stride > self.seq_len:
+            raise self.invalid("stride", f"{self.stride} exceeds seq_len {self.seq_len}")
+
+
+@dataclass
+class ExportSection(Section):
+    budget_bytes: int = option(16_000_000, "artifact budget: compressed model + code bytes (decimal)")
+    float_max_numel: int = option(65536, "tensors with at most this many elements are kept in float")
+    zstd_level: int = option(22, "zstd compression level of the core compressor")
+
+    def check(self) -> None:
+        if not 1 <= self.zstd_level <= 22:
+            raise self.invalid("zstd_level", "must be in 1..22")
+
+
+CORE_SECTIONS: dict[str, type[Section]] = {
+    "run": RunSection,
+    "data": DataSection,
+    "model": ModelSection,
+    "optim": OptimSection,
+    "train": TrainSection,
+    "eval": EvalSection,
+    "export": ExportSection,
+}
+
+
+@dataclass
+class RunConfig:
+    """A fully resolved recipe: every core section plus the enabled plugins' configs."""
+
+    run: RunSection = field(default_factory=RunSection)
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    export: ExportSection = field(default_factory=ExportSection)
+    plugins: dict[str, Section] = field(default_factory=dict)
+    source: str = "<defaults>"
+
+    @property
+    def eval_seq_len(self) -> int:
+        return self.eval.seq_len or self.train.seq_len
+
+    @property
+    def eval_stride(self) -> int:
+        return self.eval.stride or self.eval_seq_len
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name)) for name in CORE_SECTIONS}
+        out["plugins"] = {name: dataclasses.asdict(cfg) for name, cfg in self.plugins.items()}
+        return out

@@ -1,0 +1,54 @@
+"""Parameter ownership: every parameter declares its optimizer group and export precision.
+
+The module that creates a parameter declares it right there, so nothing downstream
+guesses from names. `build_model` refuses a model with an undeclared parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+OptimGroup = Literal["matrix", "embed", "scalar"]
+"""matrix: Muon (2-D hidden matrices); embed: Adam at the embedding lr; scalar: Adam at the scalar lr."""
+
+ExportKind = Literal["quantize", "embedding", "float16", "float32"]
+"""quantize: the quantizer's matrix grid (int8 in the core, int6 with gptq_lite);
+embedding: per-row int8; float16 / float32: stored as is in that precision."""
+
+_OPTIM_GROUPS = ("matrix", "embed", "scalar")
+_EXPORT_KINDS = ("quantize", "embedding", "float16", "float32")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    group: OptimGroup
+    export: ExportKind
+
+
+def declare(param: nn.Parameter, group: OptimGroup, export: ExportKind) -> nn.Parameter:
+    """Tag `param` with its optimizer group and export precision; returns it for inline use."""
+    if group not in _OPTIM_GROUPS:
+        raise ValueError(f"unknown optimizer group {group!r}; expected one of {_OPTIM_GROUPS}")
+    if export not in _EXPORT_KINDS:
+        raise ValueError(f"unknown export kind {export!r}; expected one of {_EXPORT_KINDS}")
+    param.golf_spec = ParamSpec(group, export)
+    return param
+
+
+def spec_of(param: torch.Tensor) -> ParamSpec | None:
+    return getattr(param, "golf_spec", None)
+
+
+def param_specs(model: nn.Module) -> dict[str, ParamSpec]:
+    """name -> spec for every parameter; raises naming the first undeclared one."""
+    specs = {}
+    for name, param in model.named_parameters():
+        spec = spec_of(param)
+        if spec is None:
+            raise ValueError(f"parameter {name!r} has no declared optimizer group/export kind (use golfcore.declare)")
+        specs[name] = spec
+    return specs

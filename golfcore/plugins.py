@@ -1,0 +1,187 @@
+"""The plugin manager: discovery of installed plugins and the per-run host of enabled ones.
+
+A plugin is a class: a `name`, a one-line `description`, a typed `Config` (a dataclass
+deriving from `golfcore.Section`) and `@hookimpl` methods that read `self.config`.
+Built-ins (modules of `golf_plugins`), entry points in group `golf.plugins` and modules in
+`--plugins-dir` folders are discovered the same way. Being installed is not enough to run:
+`Host` registers only the plugins the resolved recipe enables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import pkgutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, ClassVar
+
+import pluggy
+
+from . import hookspecs
+from .config import RunConfig, Section
+from .errors import ConfigError
+
+ENTRY_POINT_GROUP = "golf.plugins"
+
+
+@dataclass
+class NoConfig(Section):
+    """For plugins without options."""
+
+
+class Plugin:
+    """Base class of every golf plugin."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Config: ClassVar[type[Section]] = NoConfig
+
+    def __init__(self, config: Section | None = None):
+        self.config = config if config is not None else self.Config()
+
+
+@dataclass
+class PluginInfo:
+    """An installed plugin, as `golf plugins` lists it."""
+
+    name: str
+    cls: type[Plugin]
+    source: str  # "builtin", "entry point (dist)" or the file it was loaded from
+    version: str
+
+    @property
+    def hooks(self) -> list[str]:
+        return sorted(n for n in dir(self.cls) if n.startswith("golf_") and callable(getattr(self.cls, n)))
+
+    @property
+    def module(self) -> ModuleType:
+        return sys.modules[self.cls.__module__]
+
+
+def _plugin_classes(module: ModuleType) -> list[type[Plugin]]:
+    return [
+        obj
+        for obj in vars(module).values()
+        if inspect.isclass(obj) and issubclass(obj, Plugin) and obj is not Plugin and obj.__module__ == module.__name__
+    ]
+
+
+def _check_class(cls: type[Plugin], source: str) -> None:
+    if not cls.name or not cls.name.isidentifier():
+        raise ConfigError(f"plugin class {cls.__qualname__} from {source} needs a `name` that is an identifier")
+    if not dataclasses.is_dataclass(cls.Config) or not issubclass(cls.Config, Section):
+        raise ConfigError(f"plugin {cls.name!r} from {source}: Config must be a dataclass deriving from golfcore.Section")
+
+
+def _load_file(path: Path) -> ModuleType:
+    module_name = f"golf_dir_plugin_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"{path}: cannot be loaded as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # a broken third-party file is a user error, reported in one line
+        del sys.modules[module_name]
+        raise ConfigError(f"{path}: failed to import: {type(e).__name__}: {e}") from None
+    return module
+
+
+def discover(plugins_dirs: list[Path] = ()) -> dict[str, PluginInfo]:
+    """Every installed plugin by name: built-ins, entry points, then `plugins_dirs`."""
+    found: dict[str, PluginInfo] = {}
+    golf_version = importlib.metadata.version("golf")
+
+    def add(cls: type[Plugin], source: str, version: str) -> None:
+        _check_class(cls, source)
+        if cls.name in found and found[cls.name].cls is not cls:
+            raise ConfigError(f"plugin name {cls.name!r} is provided twice: by {found[cls.name].source} and by {source}")
+        found[cls.name] = PluginInfo(cls.name, cls, source, version)
+
+    import golf_plugins
+
+    for info in pkgutil.iter_modules(golf_plugins.__path__):
+        module = importlib.import_module(f"golf_plugins.{info.name}")
+        for cls in _plugin_classes(module):
+            add(cls, "builtin", golf_version)
+
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist else "?"
+        version = ep.dist.version if ep.dist else "?"
+        try:
+            target = ep.load()
+        except Exception as e:
+            raise ConfigError(f"entry point {ep.name!r} of {dist} failed to load: {type(e).__name__}: {e}") from None
+        classes = _plugin_classes(target) if inspect.ismodule(target) else [target]
+        for cls in classes:
+            if not (inspect.isclass(cls) and issubclass(cls, Plugin)):
+                raise ConfigError(f"entry point {ep.name!r} of {dist} is not a golfcore.Plugin subclass or module")
+            add(cls, f"entry point ({dist})", version)
+
+    for folder in plugins_dirs:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ConfigError(f"--plugins-dir {folder}: not a directory")
+        for path in sorted(folder.glob("*.py")):
+            for cls in _plugin_classes(_load_file(path)):
+                add(cls, str(path), "local")
+    return found
+
+
+class Host:
+    """The run's plugin manager: the enabled plugins, registered in recipe order."""
+
+    def __init__(self, config: RunConfig, available: dict[str, PluginInfo]):
+        self.config = config
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: dict[str, Plugin] = {}
+        # pluggy calls implementations last-registered-first; registering in reverse recipe
+        # order makes collected results come back in recipe order.
+        for name in reversed(list(config.plugins)):
+            info = available[name]
+            plugin = info.cls(config.plugins[name])
+            try:
+                self.pm.register(plugin, name=name)
+            except pluggy.PluginValidationError as e:
+                raise ConfigError(f"plugin {name!r}: {e}") from None
+            self.plugins[name] = plugin
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as e:
+            name = self.pm.get_name(e.plugin) if e.plugin is not None else "?"
+            raise ConfigError(f"plugin {name!r}: {str(e).split(' in plugin ')[0]}") from None
+        self.hook = self.pm.hook
+
+    def _answers(self, hook_name: str, kwargs: dict[str, Any]) -> list[tuple[str, Any]]:
+        """(plugin name, answer) for every implementation, in recipe order, Nones dropped."""
+        out = []
+        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+            answer = impl.function(**{k: kwargs[k] for k in impl.argnames})
+            if answer is not None:
+                out.append((impl.plugin_name, answer))
+        return out
+
+    def collect(self, hook_name: str, **kwargs: Any) -> list[Any]:
+        """All non-None answers, sorted by their `order` attribute (stable: ties in recipe order)."""
+        answers = [a for _, a in self._answers(hook_name, kwargs)]
+        return sorted(answers, key=lambda a: getattr(a, "order", 0))
+
+    def first(self, hook_name: str, **kwargs: Any) -> Any:
+        """The single answer of a firstresult hook; two enabled plugins answering is a recipe error."""
+        answers = self._answers(hook_name, kwargs)
+        if len(answers) > 1:
+            names = " and ".join(repr(n) for n, _ in answers)
+            raise ConfigError(f"{self.config.source}: plugins {names} both implement {hook_name}; enable only one")
+        return answers[0][1] if answers else None
+
+    def call(self, hook_name: str, **kwargs: Any) -> None:
+        """Call every implementation in recipe order, for hooks with side effects only."""
+        self._answers(hook_name, kwargs)

@@ -1,0 +1,42 @@
+"""Shared builders for tests: tiny configs, hosts from throwaway plugin classes, synthetic loaders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from golfcore.config import RunConfig
+from golfcore.plugins import Host, PluginInfo
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FINEWEB_TOKENIZER = SHARED_DATA / "fineweb_1024_bpe.model"
+
+
+def tiny_config(**model_overrides) -> RunConfig:
+    """A model small enough to train a few steps in well under a second on CPU."""
+    config = RunConfig(source="<test>")
+    m = config.model
+    m.vocab_size, m.num_layers, m.model_dim, m.num_heads, m.num_kv_heads = 64, 4, 32, 4, 2
+    for key, value in model_overrides.items():
+        setattr(m, key, value)
+    t = config.train
+    t.device, t.compile, t.seq_len, t.batch_tokens, t.micro_batches = "cpu", "off", 16, 128, 2
+    t.iterations, t.max_wallclock_seconds, t.warmup_steps, t.warmdown_iters, t.val_every = 3, 0, 0, 0, 0
+    config.eval.batch_seqs, config.eval.chunk_tokens = 4, 64
+    return config
+
+
+def host_with(config: RunConfig, *plugin_classes) -> Host:
+    """Enable each plugin class (with default config) in `config` and return the run's host."""
+    available = {cls.name: PluginInfo(cls.name, cls, "test", "0") for cls in plugin_classes}
+    for cls in plugin_classes:
+        config.plugins[cls.name] = cls.Config()
+    return Host(config, available)
+
+
+def synthetic_loader(config: RunConfig):
+    from golfcore.bench import SyntheticLoader
+
+    return SyntheticLoader(config.model.vocab_size, torch.device("cpu"), config.run.seed, 1)

@@ -1,0 +1,251 @@
+import json
+import struct
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from torch import nn
+
+import golfcore
+from golfcore.artifact import (
+    CLIP_PERCENTILE,
+    Int8Quantizer,
+    ZstdCompressor,
+    code_bytes,
+    code_files_for,
+    pack,
+    report,
+    unpack,
+)
+from golfcore.errors import ConfigError, DataError, GolfError
+from golfcore.params import ParamSpec, declare, param_specs
+
+Q = {"int8": Int8Quantizer()}
+C = {"zstd": ZstdCompressor()}
+
+
+def _state():
+    torch.manual_seed(0)
+    state = {
+        "emb": torch.randn(300, 256) * 0.02,  # 76,800 > 65,536: int8
+        "w": torch.randn(512, 256, dtype=torch.bfloat16),  # int8, bf16 source
+        "w_small": torch.randn(64, 64),  # 4,096: fp16
+        "gain": torch.randn(16),  # declared float32
+        "big_fp16": torch.randn(300, 300),  # declared float16 although large
+        "steps": torch.tensor([3, 1, 4], dtype=torch.int64),
+        "buf": torch.randn(5, dtype=torch.float64),  # undeclared buffer
+    }
+    specs = {
+        "emb": ParamSpec("embed", "embedding"),
+        "w": ParamSpec("matrix", "quantize"),
+        "w_small": ParamSpec("matrix", "quantize"),
+        "gain": ParamSpec("scalar", "float32"),
+        "big_fp16": ParamSpec("matrix", "float16"),
+        "steps": ParamSpec("scalar", "quantize"),
+    }
+    return state, specs
+
+
+def _container(blob: bytes) -> bytes:
+    n = blob[5]
+    return ZstdCompressor().decompress(blob[6 + n :])
+
+
+def test_round_trip_keys_shapes_dtypes_and_errors():
+    state, specs = _state()
+    out = unpack(pack(state, specs, Int8Quantizer(), ZstdCompressor()), Q, C)
+    assert list(out) == list(state)
+    for k, t in state.items():
+        assert out[k].shape == t.shape and out[k].dtype == t.dtype, k
+    assert torch.equal(out["w_small"], state["w_small"].half().float())
+    assert torch.equal(out["big_fp16"], state["big_fp16"].half().float())
+    assert torch.equal(out["gain"], state["gain"])
+    assert torch.equal(out["steps"], state["steps"])
+    assert torch.equal(out["buf"], state["buf"])  # undeclared: stored exactly
+    q = Int8Quantizer()
+    for k in ("emb", "w"):
+        w = state[k].float()
+        step = q.row_step(w).half().float()[:, None]  # the stored fp16 step
+        clip = q.row_step(w)[:, None] * 127
+        inside = w.abs() <= clip
+        err = (out[k].float() - w).abs()
+        # bf16 output adds its own rounding for "w"
+        slack = 1e-6 + (w.abs() * 2**-8 if state[k].dtype == torch.bfloat16 else 0)
+        assert (err <= step / 2 + slack)[inside].all(), k
+
+
+def test_container_layout_and_no_pickle():
+    state, specs = _state()
+    blob = pack(state, specs, Int8Quantizer(), ZstdCompressor())
+    assert blob[:4] == b"GOLF" and blob[4] == 1 and blob[6 : 6 + blob[5]] == b"zstd"
+    container = _container(blob)
+    stored = safetensors.torch.load(container)  # plain safetensors: loads without executing code
+    assert stored["emb.q"].dtype == torch.int8 and stored["emb.scale"].dtype == torch.float16
+    assert stored["emb.scale"].shape == (300,)
+    assert stored["w_small"].dtype == torch.float16 and stored["gain"].dtype == torch.float32
+    assert stored["big_fp16"].dtype == torch.float16 and stored["steps"].dtype == torch.int64
+    (n,) = struct.unpack("<Q", container[:8])
+    header = json.loads(json.loads(container[8 : 8 + n])["__metadata__"]["golf"])
+    assert header["quantizer"] == "int8" and header["compressor"] == "zstd" and header["format"] == 1
+    assert header["tensors"]["w"] == {"kind": "quantized", "dtype": "bfloat16", "shape": [512, 256], "stored": ["w.q", "w.scale"], "info": {"scheme": "int8_row"}}
+    assert b"\x80\x04" not in container[: 8 + n] and b"torch._utils" not in container  # no pickle protocol marker
+
+
+def test_percentile_clip_and_no_scale_floor():
+    torch.manual_seed(0)
+    q = Int8Quantizer()
+    # rows of 1M: the 99.99984th percentile lies below the top ~1.6 elements, so one outlier
+    # is clipped; |w| ~ 0.01 keeps clip < 1, where the reference's 1/127 floor wasted levels (D15)
+    w = torch.randn(2, 1_000_000) * 0.01
+    w[0, 7] = 5.0
+    step = q.row_step(w)
+    expected = torch.quantile(w.double().abs(), CLIP_PERCENTILE / 100, dim=1) / 127
+    assert torch.allclose(step.double(), expected, rtol=1e-6)
+    assert step.max() < 0.1 / 127  # the outlier does not set the step, and no floor applies
+    stored, info = q.quantize("w", w, "quantize")
+    back = q.dequantize("w", stored, info)
+    assert stored["w.q"][0, 7] == 127
+    assert back[0, 7] == stored["w.scale"][0].float() * 127  # clipped to the top level
+    assert (stored["w.q"].abs() <= 127).all()
+    assert torch.equal(q.fake_quantize(w), back)
+
+
+def test_zero_row_and_tiny_rows():
+    q = Int8Quantizer(float_max_numel=0)
+    w = torch.randn(3, 40)
+    w[1] = 0
+    w[2] *= 1e-9  # step underflows fp16: stored as zeros, error <= clip ~ 3e-9
+    stored, info = q.quantize("w", w, "quantize")
+    back = q.dequantize("w", stored, info)
+    assert torch.isfinite(back).all()
+    assert torch.equal(back[1], torch.zeros(40)) and stored["w.scale"][1] == 0
+    assert (back[2] - w[2]).abs().max() < 1e-8
+
+
+def test_row_step_is_differentiable():
+    w = torch.randn(4, 16, requires_grad=True)
+    Int8Quantizer().row_step(w).sum().backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0
+    assert Int8Quantizer().row_step(w).shape == (4,)
+
+
+def test_fake_quantize_small_matrix_is_fp16_round_trip():
+    w = torch.randn(8, 8)
+    assert torch.equal(Int8Quantizer().fake_quantize(w), w.half().float())
+
+
+def test_quantize_rejects_unknown_export_and_float16_overflow():
+    q = Int8Quantizer()
+    with pytest.raises(ValueError, match="export kind"):
+        q.quantize("x", torch.ones(3), "int4")
+    with pytest.raises(ValueError, match="float16"):
+        q.quantize("x", torch.full((3,), 1e6), "float16")
+
+
+def test_tied_weights_stored_once_under_declared_key():
+    model = nn.Module()
+    model.head = nn.Linear(256, 300, bias=False)
+    model.emb = nn.Embedding(300, 256)
+    model.head.weight = model.emb.weight  # tied; named_parameters reports it once, as "head.weight"
+    declare(model.emb.weight, "embed", "embedding")
+    specs = param_specs(model)
+    state = model.state_dict()
+    assert set(state) == {"head.weight", "emb.weight"}
+    blob = pack(state, specs, Int8Quantizer(), ZstdCompressor())
+    assert set(safetensors.torch.load(_container(blob))) == {"head.weight.q", "head.weight.scale"}
+    out = unpack(blob, Q, C)
+    assert list(out) == list(state)
+    assert out["emb.weight"] is out["head.weight"] and out["emb.weight"].dtype == torch.float32
+    model.load_state_dict(out)
+
+
+def test_empty_state():
+    assert unpack(pack({}, {}, Int8Quantizer(), ZstdCompressor()), Q, C) == {}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda b: b[: len(b) // 2],
+        lambda b: b[:5],
+        lambda b: b"XXXX" + b[4:],
+        lambda b: b[:-1],
+        lambda b: b[:-20] + bytes([b[-20] ^ 0xFF]) + b[-19:],
+        lambda b: b"",
+    ],
+)
+def test_corrupt_blob_raises_data_error(damage):
+    state, specs = _state()
+    blob = pack(state, specs, Int8Quantizer(), ZstdCompressor())
+    with pytest.raises(DataError, match="artifact.*corrupt") as err:
+        unpack(damage(blob), Q, C)
+    assert isinstance(err.value, GolfError)
+
+
+def test_bad_container_inside_valid_compression_is_corrupt():
+    bad = b"GOLF" + bytes([1, 4]) + b"zstd" + ZstdCompressor().compress(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
+    with pytest.raises(DataError, match="corrupt"):
+        unpack(bad, Q, C)
+
+
+def test_unknown_version_quantizer_or_compressor():
+    state, specs = _state()
+    blob = pack(state, specs, Int8Quantizer(), ZstdCompressor())
+    with pytest.raises(ConfigError, match="quantizer 'int8'.*not available.*plugin"):
+        unpack(blob, {"int6": Int8Quantizer()}, C)
+    with pytest.raises(ConfigError, match="compressor 'zstd'.*not available"):
+        unpack(blob, Q, {})
+    with pytest.raises(DataError, match="version 9"):
+        unpack(blob[:4] + bytes([9]) + blob[5:], Q, C)
+
+
+def test_quantizer_name_collision_is_refused():
+    class Bad(Int8Quantizer):
+        def quantize(self, name, tensor, export):
+            return {"shared": tensor}, {"scheme": "raw"}
+
+    with pytest.raises(ValueError, match="must start with"):
+        pack({"a": torch.ones(2)}, {"a": ParamSpec("scalar", "float32")}, Bad(), ZstdCompressor())
+
+
+def test_code_bytes_counts_utf8_bytes(tmp_path):
+    f = tmp_path / "a.py"
+    f.write_text("π = 'é'\n", encoding="utf-8")  # 8 characters, 10 bytes
+    g = tmp_path / "r.toml"
+    g.write_text("x = 1\n", encoding="utf-8")
+    assert code_bytes([f, g]) == 10 + 6
+    (tmp_path / "latin.py").write_bytes("é".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8"):
+        code_bytes([tmp_path / "latin.py"])
+    with pytest.raises(DataError, match="missing.py"):
+        code_bytes([tmp_path / "missing.py"])
+
+
+def test_report_within_and_over_budget(tmp_path):
+    f = tmp_path / "a.py"
+    f.write_text("x" * 100)
+    r = report(b"\0" * 900, [f], budget=1000)
+    assert (r.model_bytes, r.code_bytes, r.total_bytes, r.budget_bytes) == (900, 100, 1000, 1000)
+    assert r.within_budget and r.code_files == [str(f)]
+    assert not report(b"\0" * 901, [f], budget=1000).within_budget
+
+
+def test_code_files_for_applies_the_rule(tmp_path):
+    plugin_file = tmp_path / "my_plugin.py"
+    plugin_file.write_text("NAME = 'mine'\n")
+    plugin = types.ModuleType("my_plugin")
+    plugin.__file__ = str(plugin_file)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text("[run]\n")
+    files = code_files_for([plugin, plugin], recipe)
+    core = Path(golfcore.__file__).resolve().parent
+    assert set(core.rglob("*.py")) <= set(files)
+    assert all(f.suffix == ".py" and core in f.parents for f in files[:-2])
+    assert files[-2:] == [plugin_file.resolve(), recipe.resolve()]
+    assert len(files) == len(set(files))
+    assert code_bytes(files) > 0
+    with pytest.raises(ValueError, match="no .py source"):
+        code_files_for([sys], recipe)

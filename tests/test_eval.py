@@ -1,0 +1,461 @@
+"""golfcore.eval: byte accounting, window plans, val_bpb and the score-first adapter loop."""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+import sentencepiece as spm
+import torch
+import torch.multiprocessing as mp
+
+from golfcore.errors import ComplianceError, ConfigError
+from golfcore.eval import ByteLUTs, Window, build_byte_luts, evaluate, plan_windows
+
+FINEWEB_SP = Path("/work/shared/data/fineweb_1024_bpe.model")
+V = 16
+
+
+# --- byte lookup tables -------------------------------------------------------------------
+
+
+def lut_total(luts: ByteLUTs, ids: list[int]) -> int:
+    """Bytes of ids[1:] scored as targets of ids[:-1] (ids[0] is the BOS)."""
+    t = torch.tensor(ids)
+    return int(luts.count_bytes(t[:-1], t[1:]).sum())
+
+
+@pytest.fixture(scope="module")
+def fineweb_sp():
+    if not FINEWEB_SP.exists():
+        pytest.skip(f"{FINEWEB_SP} not present")
+    return spm.SentencePieceProcessor(model_file=str(FINEWEB_SP))
+
+
+FINEWEB_TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "In 1999, prices rose by 12.5% (see Table 3); nobody expected it!",
+    "Hello, world: it's a test -- isn't it? Yes, 42 times & more.",
+    "Call me at 555-0199 before 10:30 a.m.\n\nThe \"new\" plan costs $1,250/year.",
+]
+
+
+@pytest.mark.parametrize("text", FINEWEB_TEXTS)
+def test_fineweb_luts_count_decoded_bytes(fineweb_sp, text):
+    sp = fineweb_sp
+    luts = build_byte_luts(sp, 1024)
+    ids = sp.encode(text)
+    assert sp.unk_id() not in ids
+    assert lut_total(luts, [1, *ids]) == len(sp.decode(ids).encode("utf-8"))
+
+
+def test_fineweb_luts_over_a_document_stream(fineweb_sp):
+    """Documents end to end, each after BOS: the space after each BOS is dropped, BOS is 0 bytes."""
+    sp = fineweb_sp
+    luts = build_byte_luts(sp, 1024)
+    stream = [i for text in FINEWEB_TEXTS for i in (1, *sp.encode(text))]
+    assert lut_total(luts, stream) == sum(len(sp.decode(sp.encode(t)).encode()) for t in FINEWEB_TEXTS)
+
+
+def test_fineweb_luts_equal_the_challenge_tables(fineweb_sp):
+    """The challenge counts interior "▁" as 3 UTF-8 bytes; FineWeb has none, so the tables agree."""
+    sp = fineweb_sp
+    luts = build_byte_luts(sp, 1100)
+    assert luts.base_bytes.dtype == torch.int16 and len(luts.base_bytes) == 1100
+    assert luts.is_boundary[1024:].all() and not luts.has_leading_space[1024:].any()
+    for i in range(sp.get_piece_size()):
+        boundary = sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i)
+        piece = sp.id_to_piece(i)
+        lead = not boundary and piece.startswith("▁")
+        expected = 0 if boundary else len((piece[1:] if lead else piece).encode())
+        assert (bool(luts.is_boundary[i]), bool(luts.has_leading_space[i]), int(luts.base_bytes[i])) == (
+            boundary, lead, expected,
+        ), piece
+
+
+def test_fineweb_unknown_piece_counts_zero_bytes(fineweb_sp):
+    sp = fineweb_sp
+    luts = build_byte_luts(sp, 1024)
+    ids = [1, *sp.encode("a 漢 b 🙂 c")]
+    unk = [k for k, i in enumerate(ids) if i == sp.unk_id()]
+    assert unk, "the FineWeb tokenizer has no byte fallback: uncovered characters are <unk>"
+    t = torch.tensor(ids)
+    per_target = luts.count_bytes(t[:-1], t[1:])
+    assert all(per_target[k - 1] == 0 for k in unk)
+    assert bool(luts.is_boundary[sp.unk_id()])
+
+
+@pytest.fixture(scope="module")
+def fallback_sp():
+    """A tiny byte-fallback BPE trained on Python source, like the pystdlib tokenizer."""
+    lines = "".join(inspect.getsource(m) for m in (inspect, io, json.decoder)).splitlines(keepends=True)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, model_type="bpe", vocab_size=400,
+        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        add_dummy_prefix=True, allow_whitespace_only_pieces=True, num_threads=1, minloglevel=2,
+    )
+    return spm.SentencePieceProcessor(model_proto=model.getvalue())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "def f(x):\n    return x  # comment\n",
+        "class A:\n\tdef g(self):\n        if self:\n            pass\n\n",
+        "  leading spaces, café, 漢字 and 🙂 emoji\n",
+        "x = 'naïve'    # trailing    \n\n\n",
+    ],
+)
+def test_byte_fallback_luts_count_utf8_bytes_exactly(fallback_sp, text):
+    sp = fallback_sp
+    luts = build_byte_luts(sp, sp.get_piece_size())
+    ids = sp.encode(text)
+    assert sp.decode(ids) == text
+    assert lut_total(luts, [sp.bos_id(), *ids]) == len(text.encode("utf-8"))
+
+
+def test_byte_fallback_whitespace_pieces_count_one_byte_per_space(fallback_sp):
+    sp = fallback_sp
+    luts = build_byte_luts(sp, sp.get_piece_size())
+    ids = sp.encode("def f():\n        return 1\n")
+    runs = [i for i in ids if sp.id_to_piece(i).count("▁") > 1]
+    assert runs, "the tokenizer should have whitespace-only pieces such as ▁▁▁▁"
+    for i in runs:
+        n = len(sp.id_to_piece(i))
+        assert (bool(luts.has_leading_space[i]), int(luts.base_bytes[i])) == (True, n - 1)
+    byte_piece = next(i for i in range(sp.get_piece_size()) if sp.is_byte(i))
+    assert (int(luts.base_bytes[byte_piece]), bool(luts.has_leading_space[byte_piece])) == (1, False)
+
+
+# --- window plans -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seq_len", [1, 8, 64])
+@pytest.mark.parametrize("stride", [1, 3, 8, 64])
+@pytest.mark.parametrize("n", [0, 1, 2, 5, 9, 63, 64, 65, 100, 1000])
+def test_plan_windows_scores_every_target_once(n, seq_len, stride):
+    if stride > seq_len:
+        with pytest.raises(ConfigError):
+            plan_windows(n, seq_len, stride)
+        return
+    windows = plan_windows(n, seq_len, stride)
+    scored = [t for w in windows for t in range(w.first_target, w.end_target)]
+    assert scored == list(range(n))
+    for k, w in enumerate(windows):
+        assert w.start >= 0 and w.end_target <= n and 0 <= w.score_from < w.length <= seq_len
+        if stride == seq_len:
+            assert w.score_from == 0
+        elif k > 0:
+            assert w.score_from >= seq_len - stride  # context of every scored target past the start
+            assert w.length == seq_len
+
+
+def test_plan_windows_shapes():
+    assert plan_windows(10, 4, 4) == [Window(0, 4, 0), Window(4, 4, 0), Window(8, 2, 0)]
+    assert plan_windows(10, 4, 2) == [Window(0, 4, 0), Window(2, 4, 2), Window(4, 4, 2), Window(6, 4, 2)]
+    # N = seq_len + 1: the last target gets full context, nothing is scored twice (D12)
+    assert plan_windows(5, 4, 2) == [Window(0, 4, 0), Window(1, 4, 3)]
+    assert plan_windows(3, 8, 2) == [Window(0, 3, 0)]
+    with pytest.raises(ConfigError):
+        plan_windows(10, 4, 0)
+
+
+# --- fixed models -------------------------------------------------------------------------
+
+
+def toy_luts(v: int = V) -> ByteLUTs:
+    """Token 0 is a boundary (BOS); odd tokens carry a leading space; token t has t % 3 + 1 bytes."""
+    ids = torch.arange(v)
+    base = torch.where(ids == 0, 0, ids % 3 + 1).to(torch.int16)
+    return ByteLUTs(base, (ids % 2 == 1), ids == 0)
+
+
+def hand_bytes(val: torch.Tensor) -> int:
+    v = val.tolist()
+    return sum((0 if y == 0 else y % 3 + 1) + (y % 2 == 1 and x != 0) for x, y in zip(v, v[1:]))
+
+
+def bigram_model(seed: int = 0, v: int = V):
+    table = torch.log_softmax(torch.randn(v, v, generator=torch.Generator().manual_seed(seed)), -1)
+    return table, (lambda inputs: table[inputs])  # [B,T] -> [B,T,V]
+
+
+def unigram_model(seed: int = 0, v: int = V):
+    row = torch.log_softmax(torch.randn(v, generator=torch.Generator().manual_seed(seed)), -1)
+    return lambda inputs: row.expand(*inputs.shape, v)
+
+
+def copy_model(period: int, v: int = V, p_hit: float = 0.9):
+    """Predicts the token `period` back with p_hit when the window holds it, else uniform."""
+
+    def fn(inputs):  # [B,T] -> [B,T,V]
+        b, t = inputs.shape
+        lp = torch.full((b, t, v), math.log((1 - p_hit) / (v - 1)))
+        lp[:, : period - 1] = -math.log(v)
+        if t >= period:
+            lp[:, period - 1 :].scatter_(-1, inputs[:, : t - period + 1, None], math.log(p_hit))
+        return lp
+
+    return fn
+
+
+def random_tokens(n: int, seed: int = 1, v: int = V) -> torch.Tensor:
+    val = torch.randint(0, v, (n,), generator=torch.Generator().manual_seed(seed))
+    val[0] = 0
+    return val
+
+
+# --- evaluate -----------------------------------------------------------------------------
+
+
+def test_uniform_model_scores_log2_v_bits_per_target():
+    val = random_tokens(301)
+    res = evaluate(lambda x: torch.full((*x.shape, V), -math.log(V)), val, toy_luts(), seq_len=32, stride=8)
+    assert res.targets == 300 and res.bytes == hand_bytes(val)
+    assert res.val_loss == pytest.approx(math.log(V), rel=1e-7)  # float32 log-probs, float64 sums
+    assert res.val_bpb == pytest.approx(math.log2(V) * 300 / res.bytes, rel=1e-7)
+    assert res.checks["c4_targets_scored"] == res.checks["c4_targets_expected"] == 300
+    assert res.checks["c2_normalized_batches"] > 0 and res.checks["adapters"] == []
+
+
+@pytest.mark.parametrize("seq_len,stride,batch_seqs", [(32, 32, 1), (32, 32, 4), (32, 8, 7), (50, 7, 3), (512, 64, 2)])
+def test_bigram_model_matches_hand_computation(seq_len, stride, batch_seqs):
+    """A bigram model's score is independent of windowing, so any double or missed target shows."""
+    val = random_tokens(203)
+    table, fn = bigram_model()
+    nll = sum(-float(table[x, y]) for x, y in zip(val.tolist(), val[1:].tolist()))
+    res = evaluate(fn, val, toy_luts(), seq_len=seq_len, stride=stride, batch_seqs=batch_seqs)
+    assert res.targets == 202 and res.bytes == hand_bytes(val)
+    assert res.val_loss == pytest.approx(nll / 202, rel=1e-9)
+    assert res.val_bpb == pytest.approx(nll / math.log(2) / res.bytes, rel=1e-9)
+
+
+def test_result_does_not_depend_on_batch_size():
+    val = random_tokens(1001)
+    fn = copy_model(12)
+    a, b = (evaluate(fn, val, toy_luts(), seq_len=40, stride=40, batch_seqs=bs).val_bpb for bs in (1, 7))
+    c, d = (evaluate(fn, val, toy_luts(), seq_len=40, stride=6, batch_seqs=bs).val_bpb for bs in (1, 7))
+    assert a == pytest.approx(b, rel=1e-9) and c == pytest.approx(d, rel=1e-9)
+
+
+def test_sliding_equals_plain_for_a_context_free_model():
+    val = random_tokens(777)
+    fn = unigram_model()
+    plain = evaluate(fn, val, toy_luts(), seq_len=64, stride=64)
+    sliding = evaluate(fn, val, toy_luts(), seq_len=64, stride=16)
+    assert sliding.val_bpb == pytest.approx(plain.val_bpb, rel=1e-12)
+    assert (sliding.targets, sliding.bytes) == (plain.targets, plain.bytes)
+
+
+def test_sliding_beats_plain_for_a_model_that_uses_context():
+    period = 20
+    val = torch.randint(0, V, (period,), generator=torch.Generator().manual_seed(3)).repeat(40)
+    fn = copy_model(period)
+    plain = evaluate(fn, val, toy_luts(), seq_len=32, stride=32)
+    sliding = evaluate(fn, val, toy_luts(), seq_len=32, stride=8)
+    assert sliding.val_bpb < 0.5 * plain.val_bpb
+
+
+def test_progress_reports_every_batch():
+    calls = []
+    evaluate(unigram_model(), random_tokens(101), toy_luts(), seq_len=16, stride=4, batch_seqs=5,
+             progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (100, 100)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls) and len(calls) == 5
+
+
+def test_unnormalized_model_output_is_refused():
+    with pytest.raises(ComplianceError, match="logprob_fn"):
+        evaluate(lambda x: torch.zeros(*x.shape, V), random_tokens(50), toy_luts(), seq_len=16, stride=16)
+
+
+# --- adapters -----------------------------------------------------------------------------
+
+
+class Recorder:
+    """Records what the loop hands it; changes nothing."""
+
+    name = "recorder"
+
+    def __init__(self, history_len: int):
+        self.history_len = history_len
+        self.histories: list[torch.Tensor] = []
+        self.observed: list[torch.Tensor] = []
+        self.adjusted = 0
+        self.adjusted_at_observe: list[int] = []
+
+    def start(self, model, vocab_size):
+        pass
+
+    def adjust(self, logprobs, history):
+        assert history.dtype == torch.int64 and history.shape == (logprobs.shape[0], self.history_len)
+        self.histories.append(history.clone())
+        self.adjusted += len(history)
+        return logprobs
+
+    def observe(self, tokens):
+        self.observed.append(tokens.clone())
+        self.adjusted_at_observe.append(self.adjusted)
+
+
+class UnigramMix:
+    """Mixes the model with unigram counts of everything observed so far."""
+
+    name = "unigram_mix"
+    history_len = 0
+
+    def __init__(self, v: int = V, lam: float = 0.3):
+        self.lam = lam
+        self.counts = torch.zeros(v, dtype=torch.float64)
+
+    def start(self, model, vocab_size):
+        pass
+
+    def probs(self):
+        return (self.counts + 0.5) / (self.counts.sum() + 0.5 * len(self.counts))
+
+    def adjust(self, logprobs, history):
+        uni = self.probs().log().float() + math.log(self.lam)
+        return torch.logaddexp(logprobs + math.log(1 - self.lam), uni)
+
+    def observe(self, tokens):
+        self.counts += torch.bincount(tokens, minlength=len(self.counts))
+
+
+class PositionOracle:
+    """Cheats as far as the loop allows: predicts each target from the stream it was shown.
+
+    It counts scored rows to know each row's stream position, and puts all mass on the token
+    it observed there. Under score-first it never has observed a target before scoring it.
+    """
+
+    name = "oracle"
+    history_len = 1
+
+    def __init__(self):
+        self.seen: list[int] = []
+        self.pos = 0
+        self.hits = 0
+
+    def start(self, model, vocab_size):
+        pass
+
+    def adjust(self, logprobs, history):
+        out = logprobs.clone()
+        for r in range(len(out)):
+            if self.pos + r < len(self.seen):
+                self.hits += 1
+                out[r] = -1e4
+                out[r, self.seen[self.pos + r]] = 0.0
+        self.pos += len(out)
+        return out
+
+    def observe(self, tokens):
+        self.seen += tokens.tolist()
+
+
+@pytest.mark.parametrize("seq_len,stride,chunk_tokens", [(16, 8, 50), (16, 16, 32), (24, 5, 7), (16, 4, 1000)])
+def test_adapter_sees_histories_then_each_target_once_after_scoring(seq_len, stride, chunk_tokens):
+    val = random_tokens(203)
+    k = 4
+    rec = Recorder(k)
+    evaluate(unigram_model(), val, toy_luts(), seq_len=seq_len, stride=stride, batch_seqs=3,
+             adapters=[rec], chunk_tokens=chunk_tokens)
+    padded = torch.cat([torch.full((k - 1,), -1), val])
+    expected = torch.stack([padded[j : j + k] for j in range(202)])  # row j: val[j-3..j], the input not the target
+    assert torch.equal(torch.cat(rec.histories), expected)
+    assert torch.equal(torch.cat(rec.observed), val[1:])
+    # each chunk is observed right after all of it, and nothing beyond it, was scored
+    assert rec.adjusted_at_observe == torch.cumsum(torch.tensor([len(o) for o in rec.observed]), 0).tolist()
+    assert len(rec.observed) >= 202 // max(chunk_tokens, seq_len)
+
+
+def test_score_first_matches_sequential_expectation():
+    """Chunks of 32 aligned with the windows: chunk c is scored with the counts of chunks < c."""
+    val = random_tokens(150)
+    table, fn = bigram_model()
+    mix = UnigramMix()
+    res = evaluate(fn, val, toy_luts(), seq_len=16, stride=8, adapters=[mix], chunk_tokens=32)
+    ref, nll = UnigramMix(), 0.0
+    for c in range(0, 149, 32):
+        x, y = val[c : min(c + 32, 149)], val[c + 1 : min(c + 33, 150)]
+        p = (1 - ref.lam) * table[x, y].double().exp() + ref.lam * ref.probs()[y]
+        nll -= float(p.log().sum())
+        ref.observe(y)
+    assert res.val_loss == pytest.approx(nll / 149, rel=1e-6)
+    assert torch.equal(mix.counts, ref.counts)
+    assert res.checks["adapters"] == ["unigram_mix"]
+
+
+def test_stateful_adapter_result_does_not_depend_on_batch_size():
+    val = random_tokens(700)
+    _, fn = bigram_model()
+    runs = [
+        evaluate(fn, val, toy_luts(), seq_len=32, stride=8, batch_seqs=bs, adapters=[UnigramMix()], chunk_tokens=100)
+        for bs in (1, 7, 64)
+    ]
+    assert runs[0].val_bpb == pytest.approx(runs[1].val_bpb, rel=1e-9)
+    assert runs[0].val_bpb == pytest.approx(runs[2].val_bpb, rel=1e-9)
+
+
+def test_unnormalized_adapter_is_named():
+    class Inflate(UnigramMix):
+        name = "inflate"
+
+        def adjust(self, logprobs, history):
+            return logprobs + 0.01
+
+    with pytest.raises(ComplianceError, match=r"'inflate'.*= 0\.01 "):
+        evaluate(unigram_model(), random_tokens(100), toy_luts(), seq_len=16, stride=8,
+                 adapters=[UnigramMix(), Inflate()])
+
+
+def test_oracle_adapter_cannot_see_targets():
+    val = random_tokens(400)
+    uniform = lambda x: torch.full((*x.shape, V), -math.log(V))  # noqa: E731
+    oracle = PositionOracle()
+    res = evaluate(uniform, val, toy_luts(), seq_len=16, stride=4, adapters=[oracle], chunk_tokens=10, batch_seqs=2)
+    assert oracle.hits == 0 and oracle.seen == val[1:].tolist()
+    assert res.val_loss == pytest.approx(math.log(V), rel=1e-7)
+
+
+# --- distributed --------------------------------------------------------------------------
+
+
+def _rank_main(rank: int, world_size: int, init_file: str, out_dir: str):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        val = random_tokens(1001)
+        _, fn = bigram_model()
+        plain = evaluate(copy_model(9), val, toy_luts(), seq_len=32, stride=8, batch_seqs=3,
+                         rank=rank, world_size=world_size)
+        mix, rec = UnigramMix(), Recorder(2)
+        adapted = evaluate(fn, val, toy_luts(), seq_len=32, stride=8, batch_seqs=3, adapters=[mix, rec],
+                           chunk_tokens=100, rank=rank, world_size=world_size)
+        torch.save({"plain": plain, "adapted": adapted, "observed": torch.cat(rec.observed),
+                    "rows": rec.adjusted}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one(tmp_path):
+    mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    single = {}
+    val = random_tokens(1001)
+    _, fn = bigram_model()
+    single["plain"] = evaluate(copy_model(9), val, toy_luts(), seq_len=32, stride=8)
+    single["adapted"] = evaluate(fn, val, toy_luts(), seq_len=32, stride=8, adapters=[UnigramMix()], chunk_tokens=100)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for key in ("plain", "adapted"):
+        for out in ranks:
+            got = out[key]
+            assert (got.targets, got.bytes) == (single[key].targets, single[key].bytes) == (1000, hand_bytes(val))
+            assert got.val_bpb == pytest.approx(single[key].val_bpb, rel=1e-9)
+    assert all(torch.equal(out["observed"], val[1:]) for out in ranks)  # every rank observes every chunk
+    assert sum(out["rows"] for out in ranks) == 1000 and all(out["rows"] > 0 for out in ranks)

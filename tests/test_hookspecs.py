@@ -1,0 +1,401 @@
+"""Every hook in golfcore.hookspecs, exercised by a small throwaway plugin."""
+
+import inspect
+
+import pytest
+import sentencepiece as spm
+import torch
+from torch import nn
+
+import golfcore as golf
+from golfcore import hookspecs
+from golfcore.errors import ConfigError
+from golfcore.model import build_model
+from golfcore.train import Dist, Trainer
+from tests.helpers import FINEWEB_TOKENIZER, host_with, synthetic_loader, tiny_config
+
+CPU = Dist(0, 1, 0, torch.device("cpu"))
+EXERCISED = set()
+
+
+def exercise(fn):
+    EXERCISED.add(fn.__name__.removeprefix("test_"))
+    return fn
+
+
+def build(*plugins, config=None):
+    config = config or tiny_config()
+    host = host_with(config, *plugins)
+    host.call("golf_check_config", config=config)
+    return config, host, build_model(config, host, None)
+
+
+def train(config, host, model, records=None):
+    trainer = Trainer(config, model, host, None, synthetic_loader(config), CPU, None, (records or []).append)
+    return trainer.run()
+
+
+@exercise
+def test_golf_check_config():
+    class Picky(golf.Plugin):
+        name = "picky"
+
+        @golf.hookimpl
+        def golf_check_config(self, config):
+            if config.model.num_layers < 8:
+                raise ConfigError("[plugins.picky] needs at least 8 layers")
+
+    with pytest.raises(ConfigError, match="picky"):
+        build(Picky)
+
+
+@exercise
+def test_golf_layer_schedule():
+    class Repeat(golf.Plugin):
+        name = "repeat"
+
+        @golf.hookimpl
+        def golf_layer_schedule(self, config):
+            return [0, 1, 2, 1, 2, 3]
+
+    _, _, model = build(Repeat)
+    assert len(model.blocks) == 6 and len(model.layers) == 4
+    assert [b.layer.physical for b in model.blocks] == [0, 1, 2, 1, 2, 3]
+    # each virtual layer owns its scalars; matrices are shared
+    assert model.blocks[1].attn_scale is not model.blocks[3].attn_scale
+
+
+class AddOne(nn.Module):
+    def forward(self, tokens):
+        return torch.ones(*tokens.shape, 32)
+
+
+@exercise
+def test_golf_embedding_addition():
+    class Bias(golf.Plugin):
+        name = "bias"
+
+        @golf.hookimpl
+        def golf_embedding_addition(self, config):
+            return AddOne()
+
+    _, _, plain = build()
+    _, _, model = build(Bias)
+    tokens = torch.randint(0, 64, (1, 5))
+    assert not torch.allclose(model.logits(tokens), plain.logits(tokens))
+
+
+class Recorder(nn.Module):
+    def __init__(self, log, tag, order=0):
+        super().__init__()
+        self.log, self.tag, self.order = log, tag, order
+
+    def forward(self, x, *rest):
+        self.log.append((self.tag, tuple(x.shape), [type(r).__name__ for r in rest]))
+        return x
+
+
+@exercise
+def test_golf_embedding_transform():
+    log = []
+
+    class Smear(golf.Plugin):
+        name = "smear"
+
+        @golf.hookimpl
+        def golf_embedding_transform(self, config):
+            return Recorder(log, "embed")
+
+    _, _, model = build(Smear)
+    model.logits(torch.randint(0, 64, (2, 5)))
+    assert log == [("embed", (2, 5, 32), ["Tensor"])]
+
+
+@exercise
+def test_golf_value_transform():
+    log = []
+
+    class Values(golf.Plugin):
+        name = "values"
+
+        @golf.hookimpl
+        def golf_value_transform(self, config, layer):
+            return Recorder(log, layer.virtual)
+
+    _, _, model = build(Values)
+    model.logits(torch.randint(0, 64, (2, 5)))
+    assert log == [(i, (2, 5, 2, 8), ["dict"]) for i in range(4)]
+
+
+@exercise
+def test_golf_rotary():
+    class NoPosition(golf.Plugin):
+        name = "nope"
+
+        @golf.hookimpl
+        def golf_rotary(self, config, layer):
+            return nn.Identity()
+
+    _, _, model = build(NoPosition)
+    assert all(isinstance(b.rotary, nn.Identity) for b in model.blocks)
+
+
+@exercise
+def test_golf_attention_output_transform():
+    log = []
+
+    def plugin(name, order):
+        class P(golf.Plugin):
+            @golf.hookimpl
+            def golf_attention_output_transform(self, config, layer):
+                return Recorder(log, name, order)
+
+        P.name = name
+        return P
+
+    _, _, model = build(plugin("gate", 10), plugin("xsa", 0))
+    model.logits(torch.randint(0, 64, (1, 3)))
+    assert [tag for tag, _, _ in log[:2]] == ["xsa", "gate"]
+    assert log[0][1] == (1, 3, 4, 8) and log[0][2] == ["Tensor", "Tensor", "dict"]
+
+
+@exercise
+def test_golf_mlp_activation():
+    class Abs(golf.Plugin):
+        name = "abs"
+
+        @golf.hookimpl
+        def golf_mlp_activation(self, config, layer):
+            return nn.Tanh()
+
+    _, _, model = build(Abs)
+    assert isinstance(model.blocks[2].activation, nn.Tanh)
+
+
+@exercise
+def test_golf_sublayer_input_scale():
+    def plugin(name, factor):
+        class P(golf.Plugin):
+            @golf.hookimpl
+            def golf_sublayer_input_scale(self, config, layer):
+                return factor / (layer.virtual + 1)
+
+        P.name = name
+        return P
+
+    _, _, model = build(plugin("half", 0.5), plugin("third", 1 / 3))
+    assert model.blocks[1].input_scale == pytest.approx((0.5 / 2) * (1 / 3 / 2))
+
+
+@exercise
+def test_golf_weight_transform():
+    seen = []
+
+    class Count(nn.Module):
+        def forward(self, w):
+            seen.append(tuple(w.shape))
+            return w
+
+    class Fake(golf.Plugin):
+        name = "fake"
+
+        @golf.hookimpl
+        def golf_weight_transform(self, config, quantizer):
+            return Count()
+
+    _, _, model = build(Fake)
+    model.logits(torch.randint(0, 64, (1, 3)))
+    assert len(seen) == 6 * 4  # q k v o up down, per block
+    assert (64, 32) in seen and (32, 64) in seen
+
+
+@exercise
+def test_golf_model_built():
+    class Ortho(golf.Plugin):
+        name = "ortho"
+
+        @golf.hookimpl
+        def golf_model_built(self, model, config):
+            with torch.no_grad():
+                for layer in model.layers:
+                    nn.init.orthogonal_(layer.o)
+
+    _, _, model = build(Ortho)
+    o = model.layers[0].o
+    assert torch.allclose(o @ o.T, torch.eye(32), atol=1e-5)
+
+
+@exercise
+def test_golf_optimizers():
+    class Sgd(golf.Plugin):
+        name = "sgd"
+
+        @golf.hookimpl
+        def golf_optimizers(self, model, config):
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            for group in opt.param_groups:
+                group["base_lr"] = 0.1
+            return [opt]
+
+    config, host, model = build(Sgd)
+    trainer = Trainer(config, model, host, None, synthetic_loader(config), CPU, None, lambda r: None)
+    assert isinstance(trainer.optimizers[0], torch.optim.SGD)
+    trainer.run()
+
+
+@exercise
+def test_golf_loss_penalty():
+    calls = []
+
+    class Penalty(golf.Plugin):
+        name = "penalty"
+
+        @golf.hookimpl
+        def golf_loss_penalty(self, model, config, quantizer):
+            def penalty(lr_scale):
+                calls.append(lr_scale)
+                return (model.skip_weights - 5.0).square().sum()
+
+            return penalty
+
+    config, host, model = build(Penalty)
+    train(config, host, model)
+    assert len(calls) == config.train.iterations * config.train.micro_batches
+    assert torch.all(model.skip_weights > 1.0)  # pulled from their init of 1 towards 5
+
+
+@exercise
+def test_golf_step_end():
+    steps = []
+
+    class Watch(golf.Plugin):
+        name = "watch"
+
+        @golf.hookimpl
+        def golf_step_end(self, model, step, lr_scale):
+            steps.append((step, lr_scale))
+
+    config = tiny_config()
+    config.train.warmup_steps, config.train.iterations, config.train.warmdown_iters = 2, 4, 2
+    config, host, model = build(Watch, config=config)
+    train(config, host, model)
+    assert steps == [(1, 1.0), (2, 1.0), (3, 1.0), (4, 0.5)]  # not called in warm-up; scale used by that step
+
+
+@exercise
+def test_golf_train_end():
+    class Zero(golf.Plugin):
+        name = "zero"
+
+        @golf.hookimpl
+        def golf_train_end(self, model):
+            with torch.no_grad():
+                model.skip_weights.zero_()
+
+    config, host, model = build(Zero)
+    train(config, host, model)
+    assert torch.all(model.skip_weights == 0)
+
+
+@exercise
+def test_golf_quantizer():
+    from golfcore.artifact import Int8Quantizer
+
+    class Coarse(Int8Quantizer):
+        name = "coarse"
+
+    class P(golf.Plugin):
+        name = "coarse_export"
+
+        @golf.hookimpl
+        def golf_quantizer(self, config):
+            return Coarse()
+
+    config, host, _ = build(P)
+    assert host.first("golf_quantizer", config=config).name == "coarse"
+
+
+@exercise
+def test_golf_compressor():
+    class Raw:
+        name = "raw"
+
+        def compress(self, data):
+            return data
+
+        def decompress(self, data):
+            return data
+
+    class P(golf.Plugin):
+        name = "raw_export"
+
+        @golf.hookimpl
+        def golf_compressor(self, config):
+            return Raw()
+
+    from golfcore.artifact import Int8Quantizer, pack, unpack
+    from golfcore.params import param_specs
+
+    config, host, model = build(P)
+    compressor = host.first("golf_compressor", config=config)
+    blob = pack(model.state_dict(), param_specs(model), Int8Quantizer(), compressor)
+    state = unpack(blob, {"int8": Int8Quantizer()}, {"raw": compressor})
+    assert set(state) == set(model.state_dict())
+
+
+@exercise
+def test_golf_before_eval():
+    class Untie(golf.Plugin):
+        name = "untie"
+
+        @golf.hookimpl
+        def golf_before_eval(self, model, config):
+            model.v2p = list(reversed(model.v2p))
+
+    config, host, model = build(Untie)
+    host.call("golf_before_eval", model=model, config=config)
+    assert model.v2p == [3, 2, 1, 0]
+
+
+@exercise
+def test_golf_eval_adapter():
+    from golfcore.eval import build_byte_luts, evaluate
+
+    class Uniformish:
+        name, history_len, order = "mix_uniform", 1, 0
+
+        def start(self, model, vocab_size):
+            self.vocab_size = vocab_size
+
+        def adjust(self, logprobs, history):
+            uniform = torch.full_like(logprobs, -torch.log(torch.tensor(float(self.vocab_size))))
+            return torch.logaddexp(logprobs + torch.log(torch.tensor(0.5)), uniform + torch.log(torch.tensor(0.5)))
+
+        def observe(self, tokens):
+            pass
+
+    class P(golf.Plugin):
+        name = "mixu"
+
+        @golf.hookimpl
+        def golf_eval_adapter(self, config):
+            return Uniformish()
+
+    config, host, model = build(P)
+    adapters = host.collect("golf_eval_adapter", config=config)
+    assert [a.name for a in adapters] == ["mix_uniform"]
+    adapters[0].start(model, config.model.vocab_size)
+    sp = spm.SentencePieceProcessor(model_file=str(FINEWEB_TOKENIZER))
+    luts = build_byte_luts(sp, config.model.vocab_size)
+    tokens = torch.randint(2, 64, (200,))
+    plain = evaluate(model.logprobs, tokens, luts, seq_len=16, stride=16, batch_seqs=4)
+    mixed = evaluate(model.logprobs, tokens, luts, seq_len=16, stride=16, batch_seqs=4, adapters=adapters, chunk_tokens=50)
+    assert mixed.targets == plain.targets == 199
+    # half the mass moved to uniform: every target's probability changes, but stays a distribution
+    assert mixed.val_loss != pytest.approx(plain.val_loss)
+    assert mixed.checks["adapters"] == ["mix_uniform"]
+
+
+def test_every_hookspec_is_exercised():
+    specs = {name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("golf_")}
+    assert specs == EXERCISED

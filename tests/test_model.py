@@ -1,0 +1,90 @@
+import torch
+import torch.nn.functional as F
+
+from golfcore.model import GPT, Rotary, build_model, count_parameters
+from golfcore.config import RunConfig
+from golfcore.params import param_specs
+from tests.helpers import host_with, tiny_config
+
+
+def test_baseline_parameter_count_matches_the_challenge():
+    config = RunConfig()
+    model = build_model(config, host_with(config), None)
+    # train_gpt.py's naive baseline logs model_params:17059912
+    assert count_parameters(model) == 17_059_912
+
+
+def test_every_parameter_declares_group_and_export():
+    config = tiny_config()
+    specs = param_specs(build_model(config, host_with(config), None))
+    assert specs["tok_emb.weight"].group == "embed" and specs["tok_emb.weight"].export == "embedding"
+    assert specs["layers.0.q"].group == "matrix" and specs["layers.0.q"].export == "quantize"
+    assert specs["blocks.0.resid_mix"].export == "float32"
+
+
+def test_init_matches_baseline():
+    config = tiny_config()
+    model = build_model(config, host_with(config), None)
+    assert torch.all(model.layers[0].o == 0) and torch.all(model.layers[0].down == 0)
+    assert abs(model.tok_emb.weight.std().item() - 0.005) < 0.001
+    assert torch.all(model.blocks[1].resid_mix[0] == 1) and torch.all(model.blocks[1].resid_mix[1] == 0)
+    assert torch.allclose(model.blocks[0].q_gain, torch.full((4,), 1.5))
+    # zero output projections: every block is the identity, so the logits come from the embedding alone
+    tokens = torch.randint(0, 64, (2, 8))
+    x = F.rms_norm(model.tok_emb(tokens), (32,))
+    expected = F.linear(F.rms_norm(x, (32,)), model.tok_emb.weight)
+    assert torch.allclose(model.logits(tokens), 30 * torch.tanh(expected / 30), atol=1e-5)
+
+
+def test_unet_skips_and_softcap():
+    config = tiny_config(num_layers=5)
+    model = build_model(config, host_with(config), None)
+    assert model.num_encoder == 2 and model.skip_weights.shape == (2, 32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 1.0)
+    logits = model.logits(torch.randint(0, 64, (1, 8)))
+    assert logits.abs().max() <= 30.0
+
+
+def test_model_is_causal():
+    config = tiny_config()
+    model = build_model(config, host_with(config), None)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.o.normal_(0, 0.1)
+            layer.down.normal_(0, 0.1)
+    a = torch.randint(0, 64, (1, 12))
+    b = a.clone()
+    b[0, 7:] = (b[0, 7:] + 1) % 64
+    assert torch.allclose(model.logprobs(a)[0, :7], model.logprobs(b)[0, :7], atol=1e-6)
+    assert not torch.allclose(model.logprobs(a)[0, 7:], model.logprobs(b)[0, 7:])
+
+
+def test_logprobs_normalized():
+    config = tiny_config()
+    model = build_model(config, host_with(config), None)
+    lp = model.logprobs(torch.randint(0, 64, (2, 8)))
+    assert torch.allclose(lp.logsumexp(-1), torch.zeros(2, 8), atol=1e-5)
+
+
+def test_rotary_is_a_rotation_and_partial_dims_untouched():
+    x = torch.randn(2, 5, 3, 8)
+    full = Rotary(8, 10000.0)(x)
+    assert torch.allclose(full.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
+    assert torch.allclose(full[:, 0], x[:, 0])  # position 0 is not rotated
+    part = Rotary(8, 10000.0, dims=4)(x)
+    assert torch.allclose(part[..., 4:], x[..., 4:])
+    # relative: <R_m q, R_n k> depends on m - n only
+    q, k = torch.randn(8), torch.randn(8)
+    seq = torch.stack([q, k] * 3)[None, :, None, :]  # q at 0,2,4 ; k at 1,3,5
+    r = Rotary(8, 100.0)(seq)[0, :, 0]
+    assert torch.allclose(r[0] @ r[1], r[2] @ r[3], atol=1e-5)
+
+
+def test_seed_makes_builds_identical():
+    config = tiny_config()
+    a = build_model(config, host_with(config), None)
+    b = build_model(config, host_with(config), None)
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), n

@@ -1,0 +1,228 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from golfcore.config import OptimSection
+from golfcore.optim import (
+    Muon,
+    apply_lr_scale,
+    build_optimizers,
+    clip_grad_norm,
+    muon_momentum_at,
+    set_muon_momentum,
+    zeropower_newton_schulz,
+)
+from golfcore.params import declare
+
+
+def _with_singular_values(s: torch.Tensor, rows: int, cols: int, seed: int = 0):
+    """A [rows, cols] matrix U·diag(s)·Vᵀ with random orthonormal U, V; returns (matrix, U·Vᵀ)."""
+    gen = torch.Generator().manual_seed(seed)
+    k = min(rows, cols)
+    u, _ = torch.linalg.qr(torch.randn(rows, k, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(cols, k, generator=gen))
+    return u @ torch.diag(s) @ v.T, u @ v.T
+
+
+@pytest.mark.parametrize("shape", [(64, 256), (256, 64), (512, 1536), (3, 100)])
+def test_newton_schulz_rectangular_random_lands_in_quintic_band(shape):
+    # Random rectangular matrices are well conditioned; the quintic coefficients take every
+    # singular value into about [0.68, 1.2] (not exactly 1: they trade exactness for speed).
+    torch.manual_seed(0)
+    x = zeropower_newton_schulz(torch.randn(shape))
+    assert x.shape == shape and x.dtype == torch.float32
+    s = torch.linalg.svdvals(x)
+    assert s.min() > 0.6 and s.max() < 1.25
+
+
+def test_newton_schulz_keeps_singular_vectors_and_tiny_values_stay_small():
+    # ||G||_F ~ 10.5, so these are normalised singular values ~0.95 ... 0.0038 and 1e-5:
+    # those >= ~0.003 reach [0.5, 1.25]; 1e-5 is only multiplied by ~a^5 ~ 490 in 5 steps.
+    s = torch.tensor([10.0, 3.0, 1.0, 0.1, 0.04, 1e-4])
+    g, polar = _with_singular_values(s, 6, 9)
+    x = zeropower_newton_schulz(g)
+    u, _, vh = torch.linalg.svd(g, full_matrices=False)
+    f = u.T @ x @ vh.T  # diagonal iff X shares G's singular vectors
+    assert torch.allclose(f, torch.diag(torch.diagonal(f)), atol=1e-4)
+    f = torch.diagonal(f)
+    assert f[:5].min() > 0.5 and f.max() < 1.25
+    assert f[5] < 0.1
+    assert torch.linalg.norm(x - polar) / torch.linalg.norm(polar) < 0.5
+
+
+def test_newton_schulz_square_bulk_and_batched_and_zero():
+    torch.manual_seed(0)
+    g = torch.randn(3, 128, 128)
+    x = zeropower_newton_schulz(g)
+    assert x.shape == g.shape
+    for i in range(3):
+        s = torch.linalg.svdvals(x[i])
+        assert s.max() < 1.25 and s.median() > 0.6  # only the near-null directions stay small
+        assert torch.allclose(x[i], zeropower_newton_schulz(g[i]), atol=1e-5)
+    assert torch.equal(zeropower_newton_schulz(torch.zeros(4, 6)), torch.zeros(4, 6))
+
+
+def test_newton_schulz_returns_input_dtype():
+    g = torch.randn(8, 16, dtype=torch.bfloat16)
+    assert zeropower_newton_schulz(g).dtype == torch.bfloat16
+
+
+def test_muon_decreases_quadratic_loss():
+    torch.manual_seed(0)
+    target = torch.randn(16, 32)
+    w = nn.Parameter(torch.zeros(16, 32))
+    opt = Muon([w], lr=0.1, momentum=0.9)
+    losses = []
+    for _ in range(100):
+        loss = ((w - target) ** 2).sum()
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < 0.01 * losses[0]
+
+
+def test_muon_first_step_matches_formula():
+    torch.manual_seed(0)
+    w0 = torch.randn(8, 4)
+    g = torch.randn(8, 4)
+    w = nn.Parameter(w0.clone())
+    w.grad = g.clone()
+    lr, mu, wd = 0.1, 0.9, 0.5
+    Muon([w], lr=lr, momentum=mu, weight_decay=wd).step()
+    u = g + mu * g  # buf = g on the first step; nesterov
+    expected = w0 * (1 - lr * wd) - lr * math.sqrt(8 / 4) * zeropower_newton_schulz(u)
+    assert torch.allclose(w.detach(), expected, atol=1e-6)
+
+
+def test_muon_weight_decay_alone_with_zero_grad():
+    w0 = torch.randn(8, 4)
+    w = nn.Parameter(w0.clone())
+    w.grad = torch.zeros_like(w)
+    Muon([w], lr=0.1, momentum=0.95, weight_decay=0.2).step()
+    assert torch.equal(w.detach(), w0 * (1 - 0.1 * 0.2))
+    assert torch.isfinite(w).all()
+
+
+def test_muon_skips_params_without_grad_and_rejects_non_2d():
+    w = nn.Parameter(torch.ones(3, 3))
+    Muon([w], lr=0.1, momentum=0.9, weight_decay=0.5).step()
+    assert torch.equal(w.detach(), torch.ones(3, 3))
+    with pytest.raises(ValueError, match="2-D"):
+        Muon([nn.Parameter(torch.ones(3))], lr=0.1, momentum=0.9)
+
+
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = declare(nn.Parameter(torch.randn(10, 4)), "embed", "embedding")
+        self.w1 = declare(nn.Parameter(torch.randn(4, 4)), "matrix", "quantize")
+        self.w2 = declare(nn.Parameter(torch.randn(8, 4)), "matrix", "quantize")
+        self.gain = declare(nn.Parameter(torch.ones(4)), "scalar", "float32")
+
+
+def test_build_optimizers_groups_from_declarations():
+    model = _Tiny()
+    cfg = OptimSection(matrix_lr=0.03, embed_lr=0.06, scalar_lr=0.01, adam_beta1=0.8, adam_beta2=0.9, adam_eps=1e-6, adam_weight_decay=0.1, muon_weight_decay=0.02)
+    muon, adam = build_optimizers(model, cfg)
+    assert isinstance(muon, Muon)
+    (mg,) = muon.param_groups
+    assert [id(p) for p in mg["params"]] == [id(model.w1), id(model.w2)]
+    assert mg["lr"] == mg["base_lr"] == 0.03
+    assert mg["momentum"] == cfg.muon_momentum_warmup_start and mg["weight_decay"] == 0.02
+    assert mg["backend_steps"] == cfg.muon_backend_steps and mg["nesterov"]
+    assert isinstance(adam, torch.optim.AdamW)
+    groups = {g["name"]: g for g in adam.param_groups}
+    assert [id(p) for p in groups["embed"]["params"]] == [id(model.emb)]
+    assert [id(p) for p in groups["scalar"]["params"]] == [id(model.gain)]
+    assert groups["embed"]["lr"] == groups["embed"]["base_lr"] == 0.06
+    assert groups["scalar"]["lr"] == groups["scalar"]["base_lr"] == 0.01
+    for g in adam.param_groups:
+        assert g["betas"] == (0.8, 0.9) and g["eps"] == 1e-6 and g["weight_decay"] == 0.1
+        assert not g["fused"]
+
+
+def test_build_optimizers_skips_empty_groups():
+    model = nn.Module()
+    model.gain = declare(nn.Parameter(torch.ones(4)), "scalar", "float32")
+    (adam,) = build_optimizers(model, OptimSection())
+    assert [g["name"] for g in adam.param_groups] == ["scalar"]
+    model = nn.Module()
+    model.w = declare(nn.Parameter(torch.ones(4, 4)), "matrix", "quantize")
+    (muon,) = build_optimizers(model, OptimSection())
+    assert isinstance(muon, Muon)
+
+
+def test_build_optimizers_errors():
+    model = _Tiny()
+    model.bias = nn.Parameter(torch.zeros(4))
+    with pytest.raises(ValueError, match="'bias'"):
+        build_optimizers(model, OptimSection())
+    model = _Tiny()
+    model.cube = declare(nn.Parameter(torch.zeros(2, 2, 2)), "matrix", "quantize")
+    with pytest.raises(ValueError, match="'cube'.*2-D"):
+        build_optimizers(model, OptimSection())
+
+
+def test_build_optimizers_steps_every_param():
+    model = _Tiny()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loss = model.emb.sum() + (model.w1 @ model.w2.T).pow(2).sum() + model.gain.pow(2).sum()
+    loss.backward()
+    for opt in build_optimizers(model, OptimSection()):
+        opt.step()
+    for n, p in model.named_parameters():
+        assert not torch.equal(p.detach(), before[n]), n
+
+
+def test_apply_lr_scale():
+    opts = build_optimizers(_Tiny(), OptimSection())
+    apply_lr_scale(opts, 0.25)
+    for opt in opts:
+        for g in opt.param_groups:
+            assert g["lr"] == g["base_lr"] * 0.25
+    apply_lr_scale(opts, 1.0)
+    assert opts[0].param_groups[0]["lr"] == OptimSection().matrix_lr
+    bare = torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1)
+    with pytest.raises(ValueError, match="base_lr"):
+        apply_lr_scale([bare], 0.5)
+
+
+def test_muon_momentum_warmup():
+    cfg = OptimSection(muon_momentum=0.95, muon_momentum_warmup_start=0.85, muon_momentum_warmup_steps=500)
+    assert muon_momentum_at(0, cfg) == pytest.approx(0.85)
+    assert muon_momentum_at(250, cfg) == pytest.approx(0.90)
+    assert muon_momentum_at(500, cfg) == pytest.approx(0.95)
+    assert muon_momentum_at(10_000, cfg) == pytest.approx(0.95)
+    assert muon_momentum_at(0, OptimSection(muon_momentum_warmup_steps=0)) == 0.95
+
+
+def test_set_muon_momentum_touches_only_muon():
+    opts = build_optimizers(_Tiny(), OptimSection())
+    set_muon_momentum(opts, 0.9)
+    muon, adam = opts
+    assert muon.param_groups[0]["momentum"] == 0.9
+    assert all("momentum" not in g for g in adam.param_groups)
+
+
+def test_clip_grad_norm_uses_global_norm():
+    model = _Tiny()
+    grads = {n: torch.full_like(p, 1.0) for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.grad = grads[n].clone()
+    total = math.sqrt(sum(g.numel() for g in grads.values()))
+    norm = clip_grad_norm(model, 0.0)
+    assert norm.item() == pytest.approx(total)
+    assert all(torch.equal(p.grad, grads[n]) for n, p in model.named_parameters())  # 0 = measure only
+    norm = clip_grad_norm(model, 1.0)
+    assert norm.item() == pytest.approx(total)
+    after = math.sqrt(sum(p.grad.pow(2).sum().item() for p in model.parameters()))
+    assert after == pytest.approx(1.0, rel=1e-4)
+    # every tensor scaled by the same factor (a global clip, not per tensor)
+    assert all(torch.allclose(p.grad, grads[n] / total, rtol=1e-4) for n, p in model.named_parameters())
+
+
+def test_clip_grad_norm_without_grads():
+    assert clip_grad_norm(_Tiny(), 1.0).item() == 0.0
