@@ -104,7 +104,7 @@ def run(
     main = int(os.environ.get("RANK", "0")) == 0
     with _progress() as progress:
         run_dir, result = run_recipe(config, available, dump_toml(config),
-                                     echo=lambda s: progress.console.print(s, markup=False),
+                                     echo=lambda s: progress.console.print(s, markup=False, soft_wrap=True),
                                      progress_factory=_progress_factory(progress))
     if main:
         _summary(result)
@@ -143,7 +143,7 @@ def eval_(
 
     available = discover(plugins_dir or [])
     with _progress() as progress:
-        rescore(run_dir, available, echo=lambda s: progress.console.print(s, markup=False),
+        rescore(run_dir, available, echo=lambda s: progress.console.print(s, markup=False, soft_wrap=True),
                 progress_factory=_progress_factory(progress))
 
 

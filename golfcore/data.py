@@ -441,7 +441,10 @@ def _train_tokenizer(docs: Iterable[str], vocab_size: int, dest: Path) -> None:
             minloglevel=2,
         )
     except RuntimeError as e:
-        raise DataError(f"training a {vocab_size}-piece tokenizer failed: {str(e).strip().splitlines()[-1]}") from None
+        raise DataError(
+            f"training a {vocab_size}-piece tokenizer failed ({str(e).strip().splitlines()[-1]}); "
+            "for little text, pass an existing --tokenizer or a smaller --vocab-size"
+        ) from None
     dest.write_bytes(model.getvalue())
 
 
@@ -815,5 +818,4 @@ def _fetch_fineweb(hub: _Hub, directory: Path, variant: str, train_shards: int) 
     for i in range(first, first + train_shards):
         hub.get(f"{remote_dir}/fineweb_train_{i:06d}.bin", directory / f"fineweb_train_{i:06d}.bin")
     for remote in tokenizer_files:
-        suffix = ".model" if remote.endswith(".model") else Path(remote).suffix
-        hub.get(remote, directory / f"tokenizer{suffix}")
+        hub.get(remote, directory / f"tokenizer{Path(remote).suffix}")

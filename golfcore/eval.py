@@ -302,3 +302,14 @@ def evaluate(
             "adapters": [a.name for a in adapters],
         },
     )
+
+
+def unigram_entropy_bpb(tokens: Tensor, luts: ByteLUTs) -> float:
+    """Bits per byte of the best context-free code for `tokens`: the entropy of their own
+    unigram distribution, spread over the bytes they decode to. A reference point, not a score:
+    a model that learned anything beyond token frequencies lands well below it."""
+    targets = tokens[1:]
+    counts = torch.bincount(targets, minlength=luts.base_bytes.numel()).double()
+    p = counts[counts > 0] / targets.numel()
+    nats = float(-(p * p.log()).sum()) * targets.numel()
+    return nats / math.log(2) / float(luts.count_bytes(tokens[:-1], targets).sum())

@@ -26,7 +26,7 @@ from .artifact import Int8Quantizer, ZstdCompressor, code_files_for, pack, repor
 from .config import RunConfig
 from .data import Corpus, DistributedTokenLoader, load_val_tokens, resolve_corpus
 from .errors import ConfigError, GolfError
-from .eval import EvalResult, build_byte_luts, evaluate
+from .eval import ByteLUTs, EvalResult, build_byte_luts, evaluate, unigram_entropy_bpb
 from .model import GPT, build_model, count_parameters
 from .params import param_specs
 from .plugins import Host, PluginInfo
@@ -163,11 +163,16 @@ class Session:
 
         return fn
 
+    def luts(self) -> ByteLUTs:
+        sp = spm.SentencePieceProcessor(model_file=str(self.corpus.tokenizer_path))
+        return build_byte_luts(sp, self.config.model.vocab_size).to(self.dist.device)
+
     def score(self, model: nn.Module, val_tokens: torch.Tensor, adapters: list = (), stride: int | None = None,
               progress: Callable[[int, int], None] | None = None) -> EvalResult:
-        sp = spm.SentencePieceProcessor(model_file=str(self.corpus.tokenizer_path))
-        luts = build_byte_luts(sp, self.config.model.vocab_size).to(self.dist.device)
+        luts = self.luts()
         model.eval()
+        for adapter in adapters:
+            adapter.start(model, self.config.model.vocab_size)
         return evaluate(
             self.logprob_fn(model), val_tokens.to(self.dist.device), luts,
             seq_len=self.config.eval_seq_len, stride=stride or self.config.eval_stride,
@@ -276,7 +281,8 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
         "stages": stages,
         "pre_export_val_loss": pre_export.val_loss,
         "quantization_damage_nats": stages["roundtrip"]["val_loss"] - pre_export.val_loss,
-        "data": {"corpus": corpus.name, "split": "val", "targets": targets, "fingerprint": corpus.fingerprint},
+        "data": {"corpus": corpus.name, "split": "val", "targets": targets, "fingerprint": corpus.fingerprint,
+                 "unigram_entropy_bpb": unigram_entropy_bpb(val_tokens.to(dist.device), session.luts())},
         "steps": outcome.steps,
         "tokens": outcome.tokens,
         "stopped_by": outcome.stopped_by,
