@@ -203,6 +203,7 @@ class EvalSection(Section):
     stride: int = option(0, "score the last `stride` targets of each window (0 = seq_len: non-overlapping)")
     batch_seqs: int = option(32, "windows per forward pass")
     chunk_tokens: int = option(32768, "targets per score-then-observe chunk for eval adapters")
+    adapter_prefixes: bool = option(True, "score every prefix of the eval adapters (each one's gain visible); false: only the full list")
 
     def check(self) -> None:
         if self.seq_len < 0 or self.stride < 0 or self.batch_seqs < 1 or self.chunk_tokens < 1:

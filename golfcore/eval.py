@@ -86,19 +86,22 @@ def build_byte_luts(sp: sentencepiece.SentencePieceProcessor, vocab_size: int) -
 class EvalAdapter(Protocol):
     """Changes the scored distributions from what it has observed (TTT, n-gram mixers).
 
-    The caller (which owns the model) calls ``start`` before ``evaluate``. ``adjust``
-    receives the model's log-probabilities of the scored positions and their histories,
+    The caller (which owns the model) calls ``start`` before ``evaluate``, with the number
+    of targets the stream holds (schedules such as TTT's cosine need it). ``adjust``
+    receives the model's log-probabilities of the scored positions, their histories and
+    their stream indices (target i is val[i+1]; on several ranks each sees only its share),
     never the targets, and must return normalized log-probabilities; it may record what it
     needs later but must not change future scores, so scores don't depend on batching.
-    ``observe`` receives each target exactly once, in stream order, after it was scored.
+    ``observe`` receives each target exactly once, in stream order, after it was scored;
+    the first token ``observe`` ever receives is target 0.
     """
 
     name: str
     history_len: int  # K
 
-    def start(self, model: torch.nn.Module, vocab_size: int) -> None: ...
+    def start(self, model: torch.nn.Module, vocab_size: int, num_targets: int) -> None: ...
 
-    def adjust(self, logprobs: Tensor, history: Tensor) -> Tensor: ...  # [N,V], [N,K] -> [N,V]
+    def adjust(self, logprobs: Tensor, history: Tensor, positions: Tensor) -> Tensor: ...  # [N,V], [N,K], [N] -> [N,V]
 
     def observe(self, tokens: Tensor) -> None: ...  # [M]
 
@@ -249,7 +252,7 @@ def evaluate(
                     k = adapter.history_len
                     if k not in histories:
                         histories[k] = _history(val, pos, k)
-                    out = adapter.adjust(lp, histories[k])
+                    out = adapter.adjust(lp, histories[k], pos)
                     if out.shape != lp.shape:
                         raise ComplianceError(
                             f"eval adapter {adapter.name!r} returned shape {tuple(out.shape)}, "

@@ -191,4 +191,6 @@ def golf_before_eval(model: nn.Module, config: RunConfig) -> None:
 @hookspec
 def golf_eval_adapter(config: RunConfig) -> EvalAdapter | None:
     """Called once per evaluation with adapters. Return a score-first eval adapter
-    (start / adjust / observe; see golfcore.eval). Ordered by its `order` attribute."""
+    (start / adjust / observe; see golfcore.eval.EvalAdapter). A fresh adapter per call:
+    the core calls `start` on the artifact model after golf_before_eval. Ordered by its
+    `order` attribute."""

@@ -155,7 +155,7 @@ class Session:
         return model
 
     def logprob_fn(self, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-        forward = torch.compile(model.logprobs, fullgraph=True, dynamic=False) if should_compile(self.config, self.dist.device) else model.logprobs
+        forward = torch.compile(model.logprobs, fullgraph=True) if should_compile(self.config, self.dist.device) else model.logprobs
 
         def fn(tokens: torch.Tensor) -> torch.Tensor:
             with autocast_for(self.dist.device):
@@ -172,7 +172,7 @@ class Session:
         luts = self.luts()
         model.eval()
         for adapter in adapters:
-            adapter.start(model, self.config.model.vocab_size)
+            adapter.start(model, self.config.model.vocab_size, val_tokens.numel() - 1)
         return evaluate(
             self.logprob_fn(model), val_tokens.to(self.dist.device), luts,
             seq_len=self.config.eval_seq_len, stride=stride or self.config.eval_stride,
@@ -182,17 +182,19 @@ class Session:
 
     def score_stages(self, artifact_model: GPT, val_tokens: torch.Tensor, log: RunLog,
                      progress_factory: Callable[[str, int], Callable[[int, int], None]]) -> dict[str, dict]:
-        """Score the artifact model: plainly, then (if any plugin provides adapters) with them."""
+        """Score the artifact model plainly, then with each prefix of the eval adapters
+        (roundtrip, roundtrip+a1, roundtrip+a1+a2, ...; only the full list when
+        eval.adapter_prefixes is off), every stage on its own fresh copy of the model."""
         self.host.call("golf_before_eval", model=artifact_model, config=self.config)
-        stages: dict[str, dict] = {}
-        adapters = self.host.collect("golf_eval_adapter", config=self.config)
-        plain_model = copy.deepcopy(artifact_model) if adapters else artifact_model
+        names = [a.name for a in self.host.collect("golf_eval_adapter", config=self.config)]
+        counts = range(1, len(names) + 1) if self.config.eval.adapter_prefixes else [len(names)] * bool(names)
         targets = val_tokens.numel() - 1
-        runs = [("roundtrip", plain_model, [])]
-        if adapters:
-            runs.append(("roundtrip+" + "+".join(a.name for a in adapters), artifact_model, adapters))
-        for stage, model, stage_adapters in runs:
-            result = self.score(model, val_tokens, stage_adapters, progress=progress_factory(stage, targets))
+        stages: dict[str, dict] = {}
+        for count in [0, *counts]:
+            stage = "+".join(["roundtrip", *names[:count]])
+            adapters = self.host.collect("golf_eval_adapter", config=self.config)[:count]
+            model = copy.deepcopy(artifact_model) if adapters else artifact_model
+            result = self.score(model, val_tokens, adapters, progress=progress_factory(stage, targets))
             stages[stage] = {
                 "val_bpb": result.val_bpb, "val_loss": result.val_loss, "eval_seconds": result.seconds,
                 "targets": result.targets, "bytes": result.bytes, "checks": result.checks,

@@ -50,6 +50,16 @@ class Config(golfcore.Section):
             raise self.invalid("max_level", f"{self.max_level} is not in 1..127 (levels are stored in int8)")
 
 
+def fp16_round(x: Tensor) -> Tensor:
+    """x.to(float16).float() for float32 |x| <= 65504, written without a dtype cast: inductor
+    drops a float32->float16->float32 round trip inside a fused kernel (emulate_precision_casts is
+    off by default), which would give compiled QAT a slightly different grid than the export.
+    Rounds to fp16's spacing, 2^(e-10) (e = x's binary exponent, at least 2^-24), half to even."""
+    exponent = (x.view(torch.int32) >> 23) & 0xFF  # biased float32 exponent
+    spacing = ((exponent - 10).clamp_min(127 - 24) << 23).view(torch.float32)  # a power of two
+    return torch.round(x / spacing) * spacing
+
+
 class GptqLiteQuantizer(Int8Quantizer):
     """Int8Quantizer with "quantize" matrices on a per-row int-`max_level` grid chosen by search."""
 
@@ -74,7 +84,8 @@ class GptqLiteQuantizer(Int8Quantizer):
             lo = math.floor(pos)
             hi = min(lo + 1, n - 1)
             clips.append(torch.lerp(a[:, lo], a[:, hi], pos - lo))
-        steps = (torch.stack(clips) / self.max_level).to(torch.float16).float()  # [P, R], the stored fp16 steps
+        raw = torch.stack(clips) / self.max_level  # [P, R]
+        steps = raw + (fp16_round(raw.detach()) - raw).detach()  # the stored fp16 steps; gradient of raw
         with torch.no_grad():
             s = steps.detach().unsqueeze(-1)  # [P, R, 1]
             w32 = w.detach().float()
@@ -117,7 +128,7 @@ class GptqLiteQuantizer(Int8Quantizer):
     def fake_quantize(self, weight: Tensor) -> Tensor:
         """Exactly what the artifact round trip returns for a "quantize" weight (no gradient)."""
         if weight.numel() <= self.float_max_numel:
-            return weight.detach().to(torch.float16).to(weight.dtype)
+            return fp16_round(weight.detach().float()).to(weight.dtype)
         flat = weight.detach().float().reshape(-1, weight.size(-1))
         step, _ = self._search(flat)
         step = step.unsqueeze(-1)

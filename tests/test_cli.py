@@ -111,7 +111,7 @@ def test_run_then_eval_reproduces_the_score(tmp_path, pystdlib_root):
 
 @pytest.mark.slow
 def test_run_with_two_processes(tmp_path, pystdlib_root):
-    recipe = tiny_recipe(tmp_path, pystdlib_root, "[train]\nmicro_batches = 2\n".replace("[train]\n", ""))
+    recipe = tiny_recipe(tmp_path, pystdlib_root)
     text = recipe.read_text().replace("iterations = 6", "iterations = 6\nmicro_batches = 2")
     recipe.write_text(text)
     proc = golf("run", recipe, "--nproc", "2")

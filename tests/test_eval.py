@@ -289,10 +289,10 @@ class Recorder:
         self.adjusted = 0
         self.adjusted_at_observe: list[int] = []
 
-    def start(self, model, vocab_size):
+    def start(self, model, vocab_size, num_targets):
         pass
 
-    def adjust(self, logprobs, history):
+    def adjust(self, logprobs, history, positions):
         assert history.dtype == torch.int64 and history.shape == (logprobs.shape[0], self.history_len)
         self.histories.append(history.clone())
         self.adjusted += len(history)
@@ -313,13 +313,13 @@ class UnigramMix:
         self.lam = lam
         self.counts = torch.zeros(v, dtype=torch.float64)
 
-    def start(self, model, vocab_size):
+    def start(self, model, vocab_size, num_targets):
         pass
 
     def probs(self):
         return (self.counts + 0.5) / (self.counts.sum() + 0.5 * len(self.counts))
 
-    def adjust(self, logprobs, history):
+    def adjust(self, logprobs, history, positions):
         uni = self.probs().log().float() + math.log(self.lam)
         return torch.logaddexp(logprobs + math.log(1 - self.lam), uni)
 
@@ -342,10 +342,10 @@ class PositionOracle:
         self.pos = 0
         self.hits = 0
 
-    def start(self, model, vocab_size):
+    def start(self, model, vocab_size, num_targets):
         pass
 
-    def adjust(self, logprobs, history):
+    def adjust(self, logprobs, history, positions):
         out = logprobs.clone()
         for r in range(len(out)):
             if self.pos + r < len(self.seen):
@@ -407,7 +407,7 @@ def test_unnormalized_adapter_is_named():
     class Inflate(UnigramMix):
         name = "inflate"
 
-        def adjust(self, logprobs, history):
+        def adjust(self, logprobs, history, positions):
             return logprobs + 0.01
 
     with pytest.raises(ComplianceError, match=r"'inflate'.*= 0\.01 "):

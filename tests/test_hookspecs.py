@@ -364,10 +364,10 @@ def test_golf_eval_adapter():
     class Uniformish:
         name, history_len, order = "mix_uniform", 1, 0
 
-        def start(self, model, vocab_size):
+        def start(self, model, vocab_size, num_targets):
             self.vocab_size = vocab_size
 
-        def adjust(self, logprobs, history):
+        def adjust(self, logprobs, history, positions):
             uniform = torch.full_like(logprobs, -torch.log(torch.tensor(float(self.vocab_size))))
             return torch.logaddexp(logprobs + torch.log(torch.tensor(0.5)), uniform + torch.log(torch.tensor(0.5)))
 
@@ -384,7 +384,7 @@ def test_golf_eval_adapter():
     config, host, model = build(P)
     adapters = host.collect("golf_eval_adapter", config=config)
     assert [a.name for a in adapters] == ["mix_uniform"]
-    adapters[0].start(model, config.model.vocab_size)
+    adapters[0].start(model, config.model.vocab_size, 199)
     sp = spm.SentencePieceProcessor(model_file=str(FINEWEB_TOKENIZER))
     luts = build_byte_luts(sp, config.model.vocab_size)
     tokens = torch.randint(2, 64, (200,))

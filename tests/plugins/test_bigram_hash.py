@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from golf_plugins.bigram_hash import BigramHash, BigramHashPlugin, bigram_buckets
 from golfcore.errors import ConfigError

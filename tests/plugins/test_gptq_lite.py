@@ -4,7 +4,7 @@ row_step/fake_quantize with the export, artifact size against the core, config v
 import pytest
 import torch
 
-from golf_plugins.gptq_lite import DEFAULT_PERCENTILES, GptqLite, GptqLiteQuantizer
+from golf_plugins.gptq_lite import DEFAULT_PERCENTILES, GptqLite, GptqLiteQuantizer, fp16_round
 from golf_plugins.lzma import LzmaCompressor
 from golfcore.artifact import Int8Quantizer, ZstdCompressor, pack, unpack
 from golfcore.errors import ConfigError
@@ -111,6 +111,14 @@ def test_row_step_and_fake_quantize_match_the_export_exactly():
     assert stored["b.scale"].shape == (2, 8) and torch.equal(q.fake_quantize(w3), back)
 
 
+def test_fp16_round_is_the_float16_cast():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(200_000, generator=g) * 10.0 ** torch.randint(-9, 5, (200_000,), generator=g).float()
+    edges = torch.tensor([0.0, -0.0, 2**-24, 2**-25, 3 * 2**-25, 2**-14, 1.5 * 2**-15, 1 + 2**-11, 1 + 3 * 2**-11, 65504.0, -65504.0])
+    for values in (x.clamp(-65504, 65504), edges):
+        assert torch.equal(fp16_round(values), values.to(torch.float16).float())
+
+
 def test_fake_quantize_compiles_fullgraph():
     q = GptqLiteQuantizer(float_max_numel=0)
     w = outlier_matrix(rows=8, cols=256)
@@ -136,7 +144,7 @@ def test_other_export_kinds_follow_the_core():
 def small_trained_model(quantizer):
     config = tiny_config(model_dim=128, num_layers=2, num_heads=4, num_kv_heads=2)
     config.export.float_max_numel = 4096
-    config.train.iterations = 8
+    config.train.iterations = 3
     host = host_with(config, GptqLite)
     model = build_model(config, host, quantizer)
     Trainer(config, model, host, quantizer, synthetic_loader(config), CPU, None, lambda r: None).run()

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import golfcore as golf
-from golf_plugins.value_embeddings import CTX_KEY, Config, SharedValueEmbedding, ValueEmbeddingAdd, ValueEmbeddings
+from golf_plugins.value_embeddings import CTX_KEY, Config, ValueEmbeddingAdd, ValueEmbeddings
 from golfcore.artifact import Int8Quantizer, pack, unpack
 from golfcore.errors import ConfigError
 from golfcore.model import build_model

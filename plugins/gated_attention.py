@@ -1,0 +1,116 @@
+"""Gated attention: a learned head-wise sigmoid gate on the attention output, before W_o.
+
+TECHNIQUES.md §6 (PR #638; Qiu et al. 2025, the Qwen "G1" gate, head-specific form):
+
+    y_{t,h} ← σ(w_h·x̃_t + b_h) · y_{t,h}        W = [w_h] ∈ R^{H×d} init 0,  b ∈ R^H init 4 (σ ≈ 0.982)
+
+x̃ is the attention input the block passes to output transforms: RMSNorm(x_in) times any
+sublayer input scale (ln_scale's 1/√(i+1)), so in deep layers the bias dominates, as in the
+reference. An attention-output transform at order 10: after XSA (order 0); a head-wise scalar
+gate commutes with XSA anyway. One gate per virtual layer (under recurrence each repeat owns its
+gate). Reproduces the reference; fixes no defect.
+
+Parameters: H·d + H per gated layer (4,104 at d=512, H=8; 53,352 over 13 virtual layers), in
+the scalar (Adam) group as in the reference. Export: W as float16, as the reference stored it
+(zero-initialised, small entries; 4,096 values); b as float32: 8 values, where fp16 would round a
+bias near 4 to steps of 2^-8 (gate errors up to ~3.5e-5 at σ ≈ 0.98) to save 16 bytes.
+
+`layers` selects the gated layers as in the xsa plugin: "all" (default), "last:N", or a list of
+indices read as `index` says (virtual by default).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import golfcore as golf
+
+_LAST = re.compile(r"last:(\d+)")
+
+
+@dataclass
+class Config(golf.Section):
+    layers: str | list[int] = golf.option(
+        "all", '"all" (every layer), "last:N" (the last N layers), or a list of layer indices (as `index` says)'
+    )
+    index: Literal["virtual", "physical"] = golf.option(
+        "virtual", "whether `layers` (and N in last:N) count virtual layers (execution order) or physical ones"
+    )
+    bias_init: float = golf.option(4.0, "initial gate bias b_h (4 = σ ≈ 0.982, near pass-through)")
+
+    def check(self) -> None:
+        spec = self.layers
+        if isinstance(spec, str):
+            match = _LAST.fullmatch(spec)
+            if spec != "all" and (match is None or int(match.group(1)) < 1):
+                raise self.invalid("layers", f'{spec!r} is not "all", "last:N" (N >= 1) or a list of layer indices')
+        elif not spec:
+            raise self.invalid("layers", "must list at least one layer (or say \"all\")")
+        elif any(i < 0 for i in spec):
+            raise self.invalid("layers", f"{spec}: indices must be >= 0")
+        elif len(set(spec)) != len(spec):
+            raise self.invalid("layers", f"{spec} lists a layer twice")
+        if not math.isfinite(self.bias_init):
+            raise self.invalid("bias_init", "must be finite")
+
+    def check_range(self, count: int) -> None:
+        """ConfigError if `layers` asks for layers beyond the model's `count` (virtual or physical) layers."""
+        spec, kind = self.layers, self.index
+        if isinstance(spec, str):
+            match = _LAST.fullmatch(spec)
+            if match and int(match.group(1)) > count:
+                raise golf.ConfigError(f"[plugins.gated_attention] layers: {spec!r} asks for more than the model's {count} {kind} layers")
+            return
+        bad = [i for i in spec if i >= count]
+        if bad:
+            raise golf.ConfigError(f"[plugins.gated_attention] layers: {bad} not among the model's {count} {kind} layers (0..{count - 1})")
+
+    def selects(self, layer: golf.LayerInfo) -> bool:
+        i, count = (layer.virtual, layer.num_virtual) if self.index == "virtual" else (layer.physical, layer.num_physical)
+        if self.layers == "all":
+            return True
+        if isinstance(self.layers, str):
+            return i >= count - int(_LAST.fullmatch(self.layers).group(1))
+        return i in self.layers
+
+
+class HeadGate(nn.Module):
+    """y_h ← σ(w_h·x̃ + b_h)·y_h for one virtual layer."""
+
+    order = 10
+
+    def __init__(self, model_dim: int, num_heads: int, bias_init: float):
+        super().__init__()
+        self.weight = golf.declare(nn.Parameter(torch.zeros(num_heads, model_dim)), "scalar", "float16")  # W [H,d]
+        self.bias = golf.declare(nn.Parameter(torch.full((num_heads,), float(bias_init))), "scalar", "float32")  # b [H]
+
+    def forward(self, y: Tensor, v: Tensor, x: Tensor, ctx: dict) -> Tensor:  # y [B,T,H,D], x [B,T,d] -> [B,T,H,D]
+        g = torch.sigmoid(F.linear(x, self.weight.to(x.dtype), self.bias.to(x.dtype)))  # [B,T,H]
+        return y * g.to(y.dtype).unsqueeze(-1)
+
+
+class GatedAttention(golf.Plugin):
+    name = "gated_attention"
+    description = "head-wise sigmoid gate on the attention output before W_o (PR #638, Qwen G1)"
+    Config = Config
+
+    @golf.hookimpl
+    def golf_check_config(self, config):
+        if self.config.index == "physical":
+            self.config.check_range(config.model.num_layers)
+        # virtual counts depend on the layer schedule, known only at build time (checked there)
+
+    @golf.hookimpl
+    def golf_attention_output_transform(self, config, layer):
+        if layer.virtual == 0:  # a build visits virtual layers from 0
+            self.config.check_range(layer.num_virtual if self.config.index == "virtual" else layer.num_physical)
+        if not self.config.selects(layer):
+            return None
+        return HeadGate(config.model.model_dim, config.model.num_heads, self.config.bias_init)

@@ -1,0 +1,105 @@
+"""Depth recurrence: run a contiguous run of physical layers twice, sharing their matrices.
+
+TECHNIQUES.md §8 (PR #686; the 2026-03-31 and 2026-04-03 records; PR #733). With R the
+repeated physical layers (`repeat`, contiguous and ascending) and c = max(R) + 1, the layer
+schedule is
+
+    v2p = [0 .. c−1] + R + [c .. L−1]      L = 11, R = [4, 5]  ->  [0,1,2,3,4,5,4,5,6,7,8,9,10], Lv = 13
+
+The core builds one Block per virtual layer, so every repeat owns its scalars (attn/mlp
+scales, resid_mix, q_gain, gate, VRL λ, LN scale, XSA flag, rotary), while the matrices of
+`model.layers[v2p[i]]` are shared: autograd sums both passes' gradients into them. The U-Net
+split counts virtual layers. No new parameters besides those per-virtual-layer scalars and the
+extra skip weight (12,836 at full scale); about 18% more layer FLOPs for R = [4, 5].
+
+Untie before eval (`untie_before_eval`, default true as PR #733's TTT_UNTIE=1): in
+golf_before_eval, which runs on the model loaded from the artifact before any eval adapter
+(TTT) builds its optimizer, the shared layers are cloned so that every virtual layer gets its
+own LayerWeights, in virtual order, and `model.v2p` becomes the identity; each block's
+`layer` info is updated to match. The logits are unchanged; test-time training can then adapt
+each repeat independently. The artifact keeps the tied weights: untying adds parameters only
+at eval (at full scale 2 × 2,359,296 matrix entries: 27.05M -> 31.77M in #733's log).
+
+Fixes no reference defect. Per-layer settings of other plugins say whether they index virtual
+or physical layers (xsa, gated_attention: virtual by default; value_embeddings: physical).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+
+from torch import nn
+
+import golfcore as golf
+from golfcore.params import spec_of
+
+
+@dataclass
+class Config(golf.Section):
+    repeat: list[int] = golf.option([4, 5], "physical layers run twice: contiguous, ascending, within 0..num_layers-1")
+    untie_before_eval: bool = golf.option(
+        True, "before eval, give every virtual layer its own copy of the shared matrices (PR #733's TTT_UNTIE=1)"
+    )
+
+    def check(self) -> None:
+        r = self.repeat
+        if not r:
+            raise self.invalid("repeat", "must list at least one layer")
+        if any(i < 0 for i in r):
+            raise self.invalid("repeat", f"{r}: indices must be >= 0")
+        if any(b != a + 1 for a, b in zip(r, r[1:])):
+            raise self.invalid("repeat", f"{r} must be contiguous and ascending (e.g. [4, 5])")
+
+
+def schedule(num_layers: int, repeat: list[int]) -> list[int]:
+    """v2p = [0..c−1] + R + [c..L−1], c = max(R) + 1."""
+    c = max(repeat) + 1
+    return list(range(c)) + list(repeat) + list(range(c, num_layers))
+
+
+def untie(model: nn.Module) -> None:
+    """Give every virtual layer its own deep copy of its physical layer's matrices; v2p becomes the identity."""
+    v2p = list(model.v2p)
+    if v2p == list(range(len(model.layers))):
+        return  # nothing shared
+    layers = []
+    for p in v2p:
+        clone = copy.deepcopy(model.layers[p])
+        for original, copied in zip(model.layers[p].parameters(), clone.parameters()):
+            spec = spec_of(original)  # deepcopy drops the declaration: carry it over
+            if spec is not None:
+                golf.declare(copied, spec.group, spec.export)
+        layers.append(clone)
+    model.layers = nn.ModuleList(layers)
+    model.v2p = list(range(len(v2p)))
+    for i, block in enumerate(model.blocks):
+        block.layer = dataclasses.replace(block.layer, physical=i, num_physical=len(v2p))
+
+
+class Recurrence(golf.Plugin):
+    name = "recurrence"
+    description = "depth recurrence: repeat contiguous physical layers with shared matrices, untied before eval (PR #686/#733)"
+    Config = Config
+
+    def _check_range(self, num_layers: int) -> None:
+        bad = [i for i in self.config.repeat if i >= num_layers]
+        if bad:
+            raise golf.ConfigError(
+                f"[plugins.recurrence] repeat: {bad} not among the model's {num_layers} physical layers (0..{num_layers - 1})"
+            )
+
+    @golf.hookimpl
+    def golf_check_config(self, config):
+        self._check_range(config.model.num_layers)
+
+    @golf.hookimpl
+    def golf_layer_schedule(self, config):
+        self._check_range(config.model.num_layers)
+        return schedule(config.model.num_layers, self.config.repeat)
+
+    @golf.hookimpl
+    def golf_before_eval(self, model, config):
+        if self.config.untie_before_eval:
+            untie(model)

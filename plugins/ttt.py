@@ -1,0 +1,221 @@
+"""Score-first test-time training as an eval adapter (TECHNIQUES.md §9; PR #461 -> #549, used by #733).
+
+The eval loop (golfcore.eval.evaluate) scores the validation targets chunk by chunk
+(`eval.chunk_tokens`, default 32,768) and hands each chunk's targets to `observe` only after
+every one of them was scored. Here `observe` trains the model on exactly those tokens, so the
+next chunk is scored by a model that has seen the past and nothing else (C1-C4 hold by
+construction; `adjust` returns the model's log-probabilities unchanged).
+
+Per chunk ci (0-based, = index of the chunk's first target // chunk_tokens), unless it is the
+last one (no target is left to score, so training there could not help):
+
+- the stream is the previous chunk's last target followed by this chunk's targets (the
+  adapter never sees val[0], the first input, so the first chunk starts at target 0); it is
+  cut into sequences of `seq_len` inputs (0 = the eval window length), the last one
+  shorter and padded (padding is never a target);
+- `epochs` passes over those sequences in order, `batch_seqs` sequences per optimizer step,
+  plain cross-entropy averaged over the step's targets, gradient clipped to a global norm
+  of `grad_clip`, SGD with momentum `momentum` whose buffer persists across chunks;
+- lr = lr0 * (1 + cos(pi * ci / (N - 1))) / 2 with N = ceil(num_targets / chunk_tokens);
+- under bf16 autocast on CUDA, as the trainer (golfcore.train.autocast_for); compiled
+  (fullgraph) when the run compiles (golfcore.train.should_compile); the model is put back
+  in eval mode afterwards.
+
+Several ranks (torch.distributed initialised, world size W > 1): every rank observes the full
+chunk; each optimizer step's `batch_seqs` sequences are split into W contiguous slices, one
+per rank; each rank backpropagates its slice's summed CE divided by the step's total target
+count, and the gradients are all-reduced with SUM, i.e. the average over the step's targets,
+before clipping. So the clip sees the global-batch norm (D17) and every rank applies the
+same update: the weights stay identical, and the result does not depend on W.
+
+Freezing (`freeze_blocks = k`): the first k *virtual* blocks are frozen, meaning every
+parameter inside `model.blocks[i]` for i < k (their scalars and any plugin modules they
+hold) and the matrices of each *physical* layer all of whose virtual users are among them.
+A physical layer that is shared with a later, unfrozen block (depth recurrence without
+untying) stays trainable: it is one tensor, and freezing it would freeze the later block's
+weights too. Untie the recurrence first (golf_before_eval runs before `start`) for a strict
+freeze. Embeddings, skip weights and other model-level tensors are never frozen.
+
+Defects fixed against the reference:
+- D14: freezing by the name `blocks.{i}.` froze only per-block scalars; the matrices lived
+  in top-level banks and kept training. Here the physical layers are frozen too.
+- D17: the reference clipped before averaging across ranks; here the clip follows the
+  all-reduce.
+- Chunk boundary: the reference trained only on whole sequences of the chunk; here the
+  boundary target (previous chunk's last token -> this chunk's first) and a partial last
+  sequence are trained on too, so every scored target is trained on once per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import golfcore
+from golfcore.errors import ConfigError
+from golfcore.train import autocast_for, should_compile
+
+IGNORE = -100  # F.cross_entropy's ignore_index: padding positions are not targets
+
+
+@dataclass
+class Config(golfcore.Section):
+    lr: float = golfcore.option(0.002, "SGD learning rate at the first chunk (cosine to 0 over the chunks)")
+    momentum: float = golfcore.option(0.9, "SGD momentum; the buffer persists across chunks")
+    epochs: int = golfcore.option(3, "passes over each scored chunk")
+    seq_len: int = golfcore.option(0, "training sequence length (0 = the eval window length)")
+    batch_seqs: int = golfcore.option(32, "sequences per optimizer step (across all ranks)")
+    grad_clip: float = golfcore.option(1.0, "clip the global gradient norm to this (0 = off)")
+    freeze_blocks: int = golfcore.option(0, "freeze the first N virtual blocks and the physical layers only they use")
+
+    def check(self) -> None:
+        if not self.lr > 0:
+            raise self.invalid("lr", f"{self.lr} must be > 0")
+        if not 0 <= self.momentum < 1:
+            raise self.invalid("momentum", f"{self.momentum} is not in [0, 1)")
+        if self.epochs < 1:
+            raise self.invalid("epochs", f"{self.epochs} must be >= 1")
+        if self.seq_len < 0:
+            raise self.invalid("seq_len", f"{self.seq_len} must be >= 0 (0 = eval seq_len)")
+        if self.batch_seqs < 1:
+            raise self.invalid("batch_seqs", f"{self.batch_seqs} must be >= 1")
+        if not self.grad_clip >= 0:
+            raise self.invalid("grad_clip", f"{self.grad_clip} must be >= 0 (0 = off)")
+        if self.freeze_blocks < 0:
+            raise self.invalid("freeze_blocks", f"{self.freeze_blocks} must be >= 0")
+
+
+def frozen_parameters(model: nn.Module, freeze_blocks: int) -> list[nn.Parameter]:
+    """The parameters `freeze_blocks` freezes (see the module docstring), each once."""
+    blocks, v2p = model.blocks, list(model.v2p)
+    if freeze_blocks > len(blocks):
+        raise ConfigError(f"[plugins.ttt] freeze_blocks: {freeze_blocks} exceeds the model's {len(blocks)} blocks")
+    frozen: dict[int, nn.Parameter] = {}
+    for block in blocks[:freeze_blocks]:
+        frozen.update((id(p), p) for p in block.parameters())
+    for p_idx, layer in enumerate(model.layers):
+        users = [i for i, p in enumerate(v2p) if p == p_idx]
+        if users and max(users) < freeze_blocks:
+            frozen.update((id(p), p) for p in layer.parameters())
+    return list(frozen.values())
+
+
+def lr_at(lr0: float, ci: int, num_chunks: int) -> float:
+    """lr0 * (1 + cos(pi * ci / (num_chunks - 1))) / 2; lr0 when there is a single chunk."""
+    if num_chunks <= 1:
+        return lr0
+    return lr0 * 0.5 * (1 + math.cos(math.pi * ci / (num_chunks - 1)))
+
+
+def _distributed() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class TttAdapter:
+    """One evaluation's test-time training (fresh per evaluation)."""
+
+    name = "ttt"
+    history_len = 0
+    order = 0  # before mixers, which mix the (already adapted) model's distribution
+
+    def __init__(self, cfg: Config, run_config):
+        self.cfg = cfg
+        self.seq_len = cfg.seq_len or run_config.eval_seq_len
+        self.chunk_tokens = run_config.eval.chunk_tokens
+        self.run_config = run_config
+        self.log: list[dict] = []  # per observed chunk: ci, lr, steps, targets trained on
+
+    def start(self, model: nn.Module, vocab_size: int, num_targets: int) -> None:
+        self.model = model
+        self.num_targets = num_targets
+        self.num_chunks = max(1, math.ceil(num_targets / self.chunk_tokens))
+        frozen = {id(p) for p in frozen_parameters(model, self.cfg.freeze_blocks)}
+        self.params = [p for p in model.parameters() if id(p) not in frozen and p.is_floating_point()]
+        self.frozen = [p for p in model.parameters() if id(p) in frozen]
+        for p in self.frozen:
+            p.requires_grad_(False)  # the eval model is the adapter's; no gradient work for frozen weights
+        self.optimizer = torch.optim.SGD(self.params, lr=self.cfg.lr, momentum=self.cfg.momentum)
+        self.device = next(model.parameters()).device
+        self.logits = model.logits
+        if should_compile(self.run_config, self.device):
+            self.logits = torch.compile(model.logits, fullgraph=True, dynamic=False)
+        self.seen = 0  # targets observed so far
+        self.prev: Tensor | None = None  # the last observed target: first input of the next chunk
+
+    def adjust(self, logprobs: Tensor, history: Tensor, positions: Tensor) -> Tensor:
+        return logprobs  # the model already reflects every update made on scored tokens
+
+    def observe(self, tokens: Tensor) -> None:
+        ci = self.seen // self.chunk_tokens
+        self.seen += tokens.numel()
+        stream = tokens if self.prev is None else torch.cat([self.prev, tokens])
+        self.prev = tokens[-1:].clone()
+        if self.seen >= self.num_targets:  # the final chunk: nothing is left to score
+            self.log.append({"chunk": ci, "lr": 0.0, "steps": 0, "targets": 0})
+            return
+        lr = lr_at(self.cfg.lr, ci, self.num_chunks)
+        steps = self.train(stream.to(self.device), lr) if stream.numel() > 1 else 0
+        self.log.append({"chunk": ci, "lr": lr, "steps": steps, "targets": stream.numel() - 1})
+
+    def sequences(self, stream: Tensor) -> tuple[Tensor, Tensor]:
+        """(inputs, targets) [S, seq_len]: the stream cut into sequences; padding targets are IGNORE."""
+        n, t = stream.numel() - 1, self.seq_len
+        s = math.ceil(n / t)
+        x = torch.zeros(s * t, dtype=torch.long, device=stream.device)
+        y = torch.full((s * t,), IGNORE, dtype=torch.long, device=stream.device)
+        x[:n], y[:n] = stream[:-1], stream[1:]
+        return x.view(s, t), y.view(s, t)
+
+    def train(self, stream: Tensor, lr: float) -> int:
+        x, y = self.sequences(stream.long())
+        rank, world = _distributed()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        steps = 0
+        self.model.train()
+        try:
+            for _ in range(self.cfg.epochs):
+                for b in range(0, x.size(0), self.cfg.batch_seqs):
+                    xb, yb = x[b : b + self.cfg.batch_seqs], y[b : b + self.cfg.batch_seqs]
+                    count = int((yb != IGNORE).sum())
+                    lo, hi = rank * xb.size(0) // world, (rank + 1) * xb.size(0) // world
+                    self.step(xb[lo:hi], yb[lo:hi], count, world)
+                    steps += 1
+        finally:
+            self.model.eval()
+        return steps
+
+    def step(self, x: Tensor, y: Tensor, count: int, world: int) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if x.size(0):
+            with autocast_for(self.device):
+                logits = self.logits(x)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
+            (loss / count).backward()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        if world > 1:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+            grads = list(torch.split(flat, [g.numel() for g in grads]))
+            grads = [g.view_as(p) for g, p in zip(grads, self.params)]
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.optimizer.step()
+
+
+class Ttt(golfcore.Plugin):
+    name = "ttt"
+    description = "score-first test-time training: SGD on each chunk after it is scored (PR #461/#549; D14, D17 fixed)"
+    Config = Config
+
+    @golfcore.hookimpl
+    def golf_eval_adapter(self, config):
+        return TttAdapter(self.config, config)

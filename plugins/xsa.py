@@ -1,0 +1,110 @@
+"""XSA, exclusive self-attention: remove from each head's attention output its own value's direction.
+
+TECHNIQUES.md §4 (Zhai 2026; all layers in PR #634, partial in PR #287 and the 2026-03-20
+EfficientPartialXSA record). For the attention output y_{t,h} ∈ R^D (softmax(qkᵀ/√D)·V, before
+any gate and W_o) and the value v_{t,g(h)} at the same position in head h's KV group:
+
+    z_{t,h} = y_{t,h} − (y_{t,h}·v̂_{t,g(h)}) v̂_{t,g(h)},   v̂ = v / max(‖v‖, 1e−12),   g(h) = h // (H/G)
+
+GQA without repeating KV heads: y is reshaped to [B,T,G,r,D] (r = H/G) and v̂ broadcast as
+[B,T,G,1,D]; contiguous head grouping, as FlashAttention's GQA and SDPA's `enable_gqa` map
+query heads to KV heads. `v` is the value actually attended: after value embeddings and value
+residual (the core passes it), so with VRL the token's own layer-0 value is removed as well.
+
+An attention-output transform at order 0: it runs before gated attention (order 10); a
+head-wise scalar gate commutes with it anyway. No parameters.
+
+Layer selection (defect D5 fixed): `layers = "all"` (the default) applies it to every virtual
+layer. PR #733's `XSA_LAST_N=11` counted from the end of 13 virtual layers, leaving layers 0–1
+out despite its "XSA all" claim; `layers = "last:11"` reproduces that. A list of ints selects
+layers by `index` (virtual by default; physical = every virtual layer running that physical
+layer under recurrence).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import golfcore as golf
+
+_LAST = re.compile(r"last:(\d+)")
+
+
+@dataclass
+class Config(golf.Section):
+    layers: str | list[int] = golf.option(
+        "all", '"all" (every layer), "last:N" (the last N layers), or a list of layer indices (as `index` says)'
+    )
+    index: Literal["virtual", "physical"] = golf.option(
+        "virtual", "whether `layers` (and N in last:N) count virtual layers (execution order) or physical ones"
+    )
+
+    def check(self) -> None:
+        spec = self.layers
+        if isinstance(spec, str):
+            match = _LAST.fullmatch(spec)
+            if spec != "all" and (match is None or int(match.group(1)) < 1):
+                raise self.invalid("layers", f'{spec!r} is not "all", "last:N" (N >= 1) or a list of layer indices')
+        elif not spec:
+            raise self.invalid("layers", "must list at least one layer (or say \"all\")")
+        elif any(i < 0 for i in spec):
+            raise self.invalid("layers", f"{spec}: indices must be >= 0")
+        elif len(set(spec)) != len(spec):
+            raise self.invalid("layers", f"{spec} lists a layer twice")
+
+    def check_range(self, count: int) -> None:
+        """ConfigError if `layers` asks for layers beyond the model's `count` (virtual or physical) layers."""
+        spec, kind = self.layers, self.index
+        if isinstance(spec, str):
+            match = _LAST.fullmatch(spec)
+            if match and int(match.group(1)) > count:
+                raise golf.ConfigError(f"[plugins.xsa] layers: {spec!r} asks for more than the model's {count} {kind} layers")
+            return
+        bad = [i for i in spec if i >= count]
+        if bad:
+            raise golf.ConfigError(f"[plugins.xsa] layers: {bad} not among the model's {count} {kind} layers (0..{count - 1})")
+
+    def selects(self, layer: golf.LayerInfo) -> bool:
+        i, count = (layer.virtual, layer.num_virtual) if self.index == "virtual" else (layer.physical, layer.num_physical)
+        if self.layers == "all":
+            return True
+        if isinstance(self.layers, str):
+            return i >= count - int(_LAST.fullmatch(self.layers).group(1))
+        return i in self.layers
+
+
+class ExclusiveSelfAttention(nn.Module):
+    """z = y − (y·v̂) v̂ per head, with v̂ the normalized value of the head's KV group at the same position."""
+
+    order = 0
+
+    def forward(self, y: Tensor, v: Tensor, x: Tensor, ctx: dict) -> Tensor:  # y [B,T,H,D], v [B,T,G,D] -> [B,T,H,D]
+        B, T, H, D = y.shape
+        G = v.size(2)
+        vn = F.normalize(v, dim=-1, eps=1e-12).to(y.dtype).unsqueeze(3)  # v̂ [B,T,G,1,D]
+        yg = y.reshape(B, T, G, H // G, D)  # [B,T,G,r,D]: heads h = g·r + j share KV head g
+        z = yg - (yg * vn).sum(dim=-1, keepdim=True) * vn  # [B,T,G,r,D]
+        return z.reshape(B, T, H, D)
+
+
+class Xsa(golf.Plugin):
+    name = "xsa"
+    description = "exclusive self-attention: project each head's own value direction out of its output (PR #634; D5 fixed)"
+    Config = Config
+
+    @golf.hookimpl
+    def golf_check_config(self, config):
+        if self.config.index == "physical":
+            self.config.check_range(config.model.num_layers)
+        # virtual counts depend on the layer schedule, known only at build time (checked there)
+
+    @golf.hookimpl
+    def golf_attention_output_transform(self, config, layer):
+        if layer.virtual == 0:  # a build visits virtual layers from 0
+            self.config.check_range(layer.num_virtual if self.config.index == "virtual" else layer.num_physical)
+        return ExclusiveSelfAttention() if self.config.selects(layer) else None
