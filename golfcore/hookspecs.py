@@ -41,12 +41,13 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def golf_check_config(config: RunConfig) -> None:
-    """Called once after the recipe is resolved, before anything is built.
+def golf_check_config(config: RunConfig, schedule: list[int]) -> None:
+    """Called once after the recipe is resolved, before anything is built, with the layer
+    schedule (`schedule[i]` = physical layer of virtual layer i).
 
-    Validate combinations that involve more than this plugin's own table (its own fields
-    are checked by its Config). Raise `golfcore.ConfigError("[plugins.NAME] key: why")`.
-    Must not modify `config`.
+    Validate what involves more than this plugin's own table (its own fields are checked by
+    its Config), e.g. layer indices against the schedule. Raise
+    `golfcore.ConfigError("[plugins.NAME] key: why")`. Must not modify `config`.
     """
 
 

@@ -196,13 +196,27 @@ class GPT(nn.Module):
         return F.log_softmax(self.logits(tokens), dim=-1)
 
 
+def layer_schedule(config: RunConfig, host: Host) -> list[int]:
+    """The physical layer of each virtual layer: a plugin's golf_layer_schedule, or one pass."""
+    num_layers = config.model.num_layers
+    v2p = host.first("golf_layer_schedule", config=config) or list(range(num_layers))
+    if not v2p or any(not isinstance(p, int) or not 0 <= p < num_layers for p in v2p):
+        raise GolfError(f"layer schedule {v2p} must list physical layers in 0..{num_layers - 1}")
+    return v2p
+
+
+def check_config(config: RunConfig, host: Host) -> list[int]:
+    """Run the plugins' golf_check_config with the layer schedule; returns the schedule."""
+    schedule = layer_schedule(config, host)
+    host.call("golf_check_config", config=config, schedule=schedule)
+    return schedule
+
+
 def build_model(config: RunConfig, host: Host, quantizer) -> GPT:
     """Ask the enabled plugins for their modules and assemble the GPT (seeded by run.seed)."""
     cfg = config.model
     torch.manual_seed(config.run.seed)
-    v2p = host.first("golf_layer_schedule", config=config) or list(range(cfg.num_layers))
-    if not v2p or any(not isinstance(p, int) or not 0 <= p < cfg.num_layers for p in v2p):
-        raise GolfError(f"layer schedule {v2p} must list physical layers in 0..{cfg.num_layers - 1}")
+    v2p = layer_schedule(config, host)
     weight_transform = host.first("golf_weight_transform", config=config, quantizer=quantizer) or nn.Identity()
     blocks = []
     for i, p in enumerate(v2p):

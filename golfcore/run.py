@@ -8,7 +8,6 @@ and renamed only when result.json is complete, so a crashed run never looks fini
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import importlib.metadata
 import json
@@ -27,7 +26,7 @@ from .config import RunConfig
 from .data import Corpus, DistributedTokenLoader, load_val_tokens, resolve_corpus
 from .errors import ConfigError, GolfError
 from .eval import ByteLUTs, EvalResult, build_byte_luts, evaluate, unigram_entropy_bpb
-from .model import GPT, build_model, count_parameters
+from .model import GPT, build_model, check_config, count_parameters
 from .params import param_specs
 from .plugins import Host, PluginInfo
 from .recipe import dump_toml
@@ -118,7 +117,7 @@ class Session:
         self.available = available
         self.dist = dist or setup_dist(config.train.device)
         self.host = Host(config, available)
-        self.host.call("golf_check_config", config=config)
+        check_config(config, self.host)
         self.quantizer = self.host.first("golf_quantizer", config=config) or Int8Quantizer(config.export.float_max_numel)
         self.compressor = self.host.first("golf_compressor", config=config) or ZstdCompressor(config.export.zstd_level)
         self.corpus: Corpus | None = None
@@ -180,20 +179,21 @@ class Session:
             rank=self.dist.rank, world_size=self.dist.world_size, progress=progress,
         )
 
-    def score_stages(self, artifact_model: GPT, val_tokens: torch.Tensor, log: RunLog,
+    def score_stages(self, blob: bytes, val_tokens: torch.Tensor, log: RunLog,
                      progress_factory: Callable[[str, int], Callable[[int, int], None]]) -> dict[str, dict]:
-        """Score the artifact model plainly, then with each prefix of the eval adapters
-        (roundtrip, roundtrip+a1, roundtrip+a1+a2, ...; only the full list when
-        eval.adapter_prefixes is off), every stage on its own fresh copy of the model."""
-        self.host.call("golf_before_eval", model=artifact_model, config=self.config)
+        """Score the artifact plainly, then with each prefix of the eval adapters (roundtrip,
+        roundtrip+a1, roundtrip+a1+a2, ...; only the full list when eval.adapter_prefixes is
+        off). Every stage loads its own model from the artifact bytes, since adapters such as
+        TTT change the weights they are given."""
         names = [a.name for a in self.host.collect("golf_eval_adapter", config=self.config)]
         counts = range(1, len(names) + 1) if self.config.eval.adapter_prefixes else [len(names)] * bool(names)
         targets = val_tokens.numel() - 1
         stages: dict[str, dict] = {}
         for count in [0, *counts]:
             stage = "+".join(["roundtrip", *names[:count]])
+            model = self.load_artifact(blob)
+            self.host.call("golf_before_eval", model=model, config=self.config)
             adapters = self.host.collect("golf_eval_adapter", config=self.config)[:count]
-            model = copy.deepcopy(artifact_model) if adapters else artifact_model
             result = self.score(model, val_tokens, adapters, progress=progress_factory(stage, targets))
             stages[stage] = {
                 "val_bpb": result.val_bpb, "val_loss": result.val_loss, "eval_seconds": result.seconds,
@@ -269,8 +269,7 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
     if not art.within_budget:
         log.line(f"WARNING: artifact is {art.total_bytes - art.budget_bytes} bytes over the {art.budget_bytes}-byte budget")
 
-    artifact_model = session.load_artifact(blob)
-    stages = session.score_stages(artifact_model, val_tokens, log, progress_factory)
+    stages = session.score_stages(blob, val_tokens, log, progress_factory)
     final_stage = list(stages)[-1]
     compliance = audit.compliance_record(
         session.logprob_fn(session.load_artifact(blob)), val_tokens, config, stages, art, outcome.train_seconds
@@ -320,5 +319,5 @@ def rescore(run_dir: Path, available: dict[str, PluginInfo], echo: Callable[[str
     blob = artifact.read_bytes()
     val_tokens = load_val_tokens(session.corpus, config.data.max_val_tokens)
     log = RunLog(None, echo if session.dist.is_main else (lambda _: None))
-    stages = session.score_stages(session.load_artifact(blob), val_tokens, log, progress_factory or (lambda s, t: None))
+    stages = session.score_stages(blob, val_tokens, log, progress_factory or (lambda s, t: None))
     return {"run_dir": str(run_dir), "stages": stages, "data": {"corpus": session.corpus.name, "targets": val_tokens.numel() - 1}}

@@ -22,63 +22,25 @@ indices read as `index` says (virtual by default).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 import golfcore as golf
-
-_LAST = re.compile(r"last:(\d+)")
-
+from golfcore.layers import LayerSelection
 
 @dataclass
-class Config(golf.Section):
-    layers: str | list[int] = golf.option(
-        "all", '"all" (every layer), "last:N" (the last N layers), or a list of layer indices (as `index` says)'
-    )
-    index: Literal["virtual", "physical"] = golf.option(
-        "virtual", "whether `layers` (and N in last:N) count virtual layers (execution order) or physical ones"
-    )
+class Config(LayerSelection):
+    """`layers`/`index` as golfcore.layers.LayerSelection ("all" virtual layers by default), plus the bias."""
+
     bias_init: float = golf.option(4.0, "initial gate bias b_h (4 = σ ≈ 0.982, near pass-through)")
 
     def check(self) -> None:
-        spec = self.layers
-        if isinstance(spec, str):
-            match = _LAST.fullmatch(spec)
-            if spec != "all" and (match is None or int(match.group(1)) < 1):
-                raise self.invalid("layers", f'{spec!r} is not "all", "last:N" (N >= 1) or a list of layer indices')
-        elif not spec:
-            raise self.invalid("layers", "must list at least one layer (or say \"all\")")
-        elif any(i < 0 for i in spec):
-            raise self.invalid("layers", f"{spec}: indices must be >= 0")
-        elif len(set(spec)) != len(spec):
-            raise self.invalid("layers", f"{spec} lists a layer twice")
+        super().check()
         if not math.isfinite(self.bias_init):
             raise self.invalid("bias_init", "must be finite")
-
-    def check_range(self, count: int) -> None:
-        """ConfigError if `layers` asks for layers beyond the model's `count` (virtual or physical) layers."""
-        spec, kind = self.layers, self.index
-        if isinstance(spec, str):
-            match = _LAST.fullmatch(spec)
-            if match and int(match.group(1)) > count:
-                raise golf.ConfigError(f"[plugins.gated_attention] layers: {spec!r} asks for more than the model's {count} {kind} layers")
-            return
-        bad = [i for i in spec if i >= count]
-        if bad:
-            raise golf.ConfigError(f"[plugins.gated_attention] layers: {bad} not among the model's {count} {kind} layers (0..{count - 1})")
-
-    def selects(self, layer: golf.LayerInfo) -> bool:
-        i, count = (layer.virtual, layer.num_virtual) if self.index == "virtual" else (layer.physical, layer.num_physical)
-        if self.layers == "all":
-            return True
-        if isinstance(self.layers, str):
-            return i >= count - int(_LAST.fullmatch(self.layers).group(1))
-        return i in self.layers
 
 
 class HeadGate(nn.Module):
@@ -102,15 +64,11 @@ class GatedAttention(golf.Plugin):
     Config = Config
 
     @golf.hookimpl
-    def golf_check_config(self, config):
-        if self.config.index == "physical":
-            self.config.check_range(config.model.num_layers)
-        # virtual counts depend on the layer schedule, known only at build time (checked there)
+    def golf_check_config(self, config, schedule):
+        self.config.check_range(self.name, schedule, config.model.num_layers)
 
     @golf.hookimpl
     def golf_attention_output_transform(self, config, layer):
-        if layer.virtual == 0:  # a build visits virtual layers from 0
-            self.config.check_range(layer.num_virtual if self.config.index == "virtual" else layer.num_physical)
         if not self.config.selects(layer):
             return None
         return HeadGate(config.model.model_dim, config.model.num_heads, self.config.bias_init)

@@ -9,8 +9,9 @@ schedule is
 The core builds one Block per virtual layer, so every repeat owns its scalars (attn/mlp
 scales, resid_mix, q_gain, gate, VRL λ, LN scale, XSA flag, rotary), while the matrices of
 `model.layers[v2p[i]]` are shared: autograd sums both passes' gradients into them. The U-Net
-split counts virtual layers. No new parameters besides those per-virtual-layer scalars and the
-extra skip weight (12,836 at full scale); about 18% more layer FLOPs for R = [4, 5].
+split counts virtual layers. No new matrices: only the repeats' per-virtual-layer scalars and
+one more skip vector (at d=512: 2×2,056 + 512 = 4,624 for the core's block scalars; 12,836 in
+#733's stack with gated attention and VRL); about 18% more layer FLOPs for R = [4, 5].
 
 Untie before eval (`untie_before_eval`, default true as PR #733's TTT_UNTIE=1): in
 golf_before_eval, which runs on the model loaded from the artifact before any eval adapter

@@ -39,14 +39,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import golfcore as golf
+from golfcore.layers import LayerSelection
 
 CTX_KEY = "value_embedding"
 TABLE_INIT_STD = 0.01
 
 
 @dataclass
-class Config(golf.Section):
-    layers: list[int] = golf.option([9, 10], "layers that get the value embedding (indices as `index` says)")
+class Config(LayerSelection):
+    layers: str | list[int] = golf.option([9, 10], 'layers that get the value embedding ("all", "last:N" or indices, as `index` says)')
     index: Literal["physical", "virtual"] = golf.option(
         "physical", "whether `layers` are physical or virtual indices (virtual = the reference under recurrence, D6)"
     )
@@ -54,12 +55,7 @@ class Config(golf.Section):
     scale_init: float = golf.option(0.1, "initial value of the shared scale β")
 
     def check(self) -> None:
-        if not self.layers:
-            raise self.invalid("layers", "must list at least one layer")
-        if any(i < 0 for i in self.layers):
-            raise self.invalid("layers", f"{self.layers}: indices must be >= 0")
-        if len(set(self.layers)) != len(self.layers):
-            raise self.invalid("layers", f"{self.layers} lists a layer twice")
+        super().check()
         if self.dim < 1:
             raise self.invalid("dim", f"{self.dim} must be >= 1")
         if not math.isfinite(self.scale_init):
@@ -109,27 +105,15 @@ class ValueEmbeddings(golf.Plugin):
         super().__init__(config)
         self._shared: SharedValueEmbedding | None = None  # the current build's shared module
 
-    def _check_layers(self, count: int) -> None:
-        bad = [i for i in self.config.layers if i >= count]
-        if bad:
-            kind = self.config.index
-            raise golf.ConfigError(
-                f"[plugins.value_embeddings] layers: {bad} not among the model's {count} {kind} layers (0..{count - 1})"
-            )
-
     @golf.hookimpl
-    def golf_check_config(self, config):
-        if self.config.index == "physical":
-            self._check_layers(config.model.num_layers)
-        # virtual indices depend on the layer schedule, known only at build time (checked there)
+    def golf_check_config(self, config, schedule):
+        self.config.check_range(self.name, schedule, config.model.num_layers)
 
     @golf.hookimpl
     def golf_value_transform(self, config, layer):
         if layer.virtual == 0:  # a build visits virtual layers from 0: start a fresh shared module
             self._shared = None
-            self._check_layers(layer.num_physical if self.config.index == "physical" else layer.num_virtual)
-        index = layer.physical if self.config.index == "physical" else layer.virtual
-        if index not in self.config.layers:
+        if not self.config.selects(layer):
             return None
         if self._shared is None:
             m = config.model

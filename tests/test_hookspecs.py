@@ -10,7 +10,7 @@ from torch import nn
 import golfcore as golf
 from golfcore import hookspecs
 from golfcore.errors import ConfigError
-from golfcore.model import build_model
+from golfcore.model import build_model, check_config
 from golfcore.train import Dist, Trainer
 from tests.helpers import FINEWEB_TOKENIZER, host_with, synthetic_loader, tiny_config
 
@@ -26,7 +26,7 @@ def exercise(fn):
 def build(*plugins, config=None):
     config = config or tiny_config()
     host = host_with(config, *plugins)
-    host.call("golf_check_config", config=config)
+    check_config(config, host)
     return config, host, build_model(config, host, None)
 
 

@@ -7,7 +7,7 @@ import torch
 
 from golf_plugins.bigram_hash import BigramHash, BigramHashPlugin, bigram_buckets
 from golfcore.errors import ConfigError
-from golfcore.model import build_model, rms_norm
+from golfcore.model import build_model, check_config, rms_norm
 from golfcore.params import ParamSpec, param_specs
 from golfcore.plugins import discover
 from golfcore.recipe import resolve
@@ -21,7 +21,7 @@ M = 2048
 def build(*plugins, config=None):
     config = config or tiny_config()
     host = host_with(config, *plugins)
-    host.call("golf_check_config", config=config)
+    check_config(config, host)
     return config, host, build_model(config, host, None)
 
 

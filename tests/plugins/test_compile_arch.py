@@ -7,7 +7,7 @@ from torch import nn
 
 import golfcore as golf
 from golf_plugins import bigram_hash, leaky_relu2, ln_scale, ortho_init, partial_rope, smear_gate, value_embeddings
-from golfcore.model import build_model
+from golfcore.model import build_model, check_config
 from golfcore.plugins import Host, PluginInfo
 from tests.helpers import tiny_config
 
@@ -38,7 +38,7 @@ def test_compiled_logits_match_eager():
     for cls, cfg in PLUGINS.items():
         config.plugins[cls.name] = cfg
     host = Host(config, {cls.name: PluginInfo(cls.name, cls, "test", "0") for cls in PLUGINS})
-    host.call("golf_check_config", config=config)
+    check_config(config, host)
     model = build_model(config, host, None).eval()
     torch.manual_seed(0)
     with torch.no_grad():  # every zero-initialised piece contributes

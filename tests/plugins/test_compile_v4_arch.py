@@ -7,13 +7,13 @@ import torch
 from torch import nn
 
 from golf_plugins import gated_attention, recurrence, value_embeddings, value_residual, xsa
-from golfcore.model import build_model
+from golfcore.model import build_model, check_config
 from golfcore.plugins import Host, PluginInfo
 from tests.helpers import tiny_config
 
 PLUGINS = {
     recurrence.Recurrence: recurrence.Config(repeat=[1, 2]),  # v2p [0, 1, 2, 1, 2, 3]
-    value_embeddings.ValueEmbeddings: value_embeddings.Config(layers=[0, 3], dim=16),  # physical 0 and 3 (virtual 0 and 5): v0 gets VE
+    value_embeddings.ValueEmbeddings: value_embeddings.Config(layers=[0, 3], dim=16),  # virtual 0 and 5: v0 gets VE
     value_residual.ValueResidual: value_residual.Config(),  # mix (gate mode: the same ops plus a sigmoid)
     xsa.Xsa: xsa.Config(),
     gated_attention.GatedAttention: gated_attention.Config(),
@@ -26,7 +26,7 @@ def test_compiled_logits_match_eager():
     for cls, cfg in PLUGINS.items():
         config.plugins[cls.name] = cfg
     host = Host(config, {cls.name: PluginInfo(cls.name, cls, "test", "0") for cls in PLUGINS})
-    host.call("golf_check_config", config=config)
+    check_config(config, host)
     model = build_model(config, host, None).eval()
     torch.manual_seed(0)
     with torch.no_grad():  # every zero-initialised or pass-through piece contributes

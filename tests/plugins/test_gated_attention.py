@@ -12,7 +12,7 @@ import golfcore as golf
 from golf_plugins import ln_scale, recurrence, xsa
 from golf_plugins.gated_attention import Config, GatedAttention, HeadGate
 from golfcore.errors import ConfigError
-from golfcore.model import build_model, rms_norm
+from golfcore.model import build_model, check_config, rms_norm
 from golfcore.params import ParamSpec, param_specs
 from golfcore.plugins import Host, NoConfig, PluginInfo, discover
 from golfcore.recipe import resolve
@@ -57,7 +57,7 @@ def build(cfgs: dict, config=None):
     for cls, cfg in cfgs.items():
         config.plugins[cls.name] = cfg
     host = Host(config, {cls.name: PluginInfo(cls.name, cls, "test", "0") for cls in cfgs})
-    host.call("golf_check_config", config=config)
+    check_config(config, host)
     return config, host, build_model(config, host, None)
 
 
@@ -172,4 +172,4 @@ def test_bad_config(table, key):
 def test_physical_range_checked_in_check_config():
     config = resolved({"layers": [3, 12], "index": "physical"})
     with pytest.raises(ConfigError, match=r"\[plugins.gated_attention\] layers: \[12\]"):
-        Host(config, discover()).call("golf_check_config", config=config)
+        check_config(config, Host(config, discover()))

@@ -8,7 +8,7 @@ from torch import nn
 
 from golf_plugins.leaky_relu2 import LeakyRelu2, LeakyReluSquared
 from golfcore.errors import ConfigError
-from golfcore.model import ReluSquared, build_model, count_parameters
+from golfcore.model import ReluSquared, build_model, check_config, count_parameters
 from golfcore.plugins import discover
 from golfcore.recipe import resolve
 from golfcore.train import Dist, Trainer
@@ -20,7 +20,7 @@ CPU = Dist(0, 1, 0, torch.device("cpu"))
 def build(*plugins, config=None):
     config = config or tiny_config()
     host = host_with(config, *plugins)
-    host.call("golf_check_config", config=config)
+    check_config(config, host)
     return config, host, build_model(config, host, None)
 
 

@@ -9,7 +9,7 @@ from torch import nn
 import golfcore as golf
 from golf_plugins.ln_scale import Config, LnScale
 from golfcore.errors import ConfigError
-from golfcore.model import build_model, count_parameters, rms_norm
+from golfcore.model import build_model, check_config, count_parameters, rms_norm
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
 from golfcore.train import Dist, Trainer
@@ -32,7 +32,7 @@ def build(index="virtual", schedule=False):
     for cls in classes:
         config.plugins[cls.name] = Config(index=index) if cls is LnScale else cls.Config()
     host = Host(config, {cls.name: PluginInfo(cls.name, cls, "test", "0") for cls in classes})
-    host.call("golf_check_config", config=config)
+    check_config(config, host)
     return config, host, build_model(config, host, None)
 
 

@@ -8,7 +8,7 @@ import torch
 import golfcore as golf
 from golf_plugins.ortho_init import Config, OrthoInit
 from golfcore.errors import ConfigError
-from golfcore.model import build_model
+from golfcore.model import build_model, check_config
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
 from golfcore.train import Dist, Trainer
@@ -31,7 +31,7 @@ def build(ortho: Config | None = None, schedule=False, config=None):
     for cls in classes:
         config.plugins[cls.name] = ortho if cls is OrthoInit else cls.Config()
     host = Host(config, {cls.name: PluginInfo(cls.name, cls, "test", "0") for cls in classes})
-    host.call("golf_check_config", config=config)
+    check_config(config, host)
     return config, host, build_model(config, host, None)
 
 

@@ -7,7 +7,7 @@ import torch
 
 from golf_plugins.partial_rope import NTKRotary, PartialRope, ntk_base
 from golfcore.errors import ConfigError
-from golfcore.model import Rotary, build_model, count_parameters
+from golfcore.model import Rotary, build_model, check_config, count_parameters
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
 from golfcore.train import Dist, Trainer
@@ -21,7 +21,7 @@ def build(config=None, **options):
     config.plugins["partial_rope"] = PartialRope.Config(**options)
     config.plugins["partial_rope"].check()
     host = Host(config, {"partial_rope": PluginInfo("partial_rope", PartialRope, "test", "0")})
-    host.call("golf_check_config", config=config)
+    check_config(config, host)
     return config, host, build_model(config, host, None)
 
 
@@ -106,4 +106,4 @@ def test_bad_config(table, key):
 def test_dims_beyond_the_head_dim_is_a_config_error():
     config = resolve({"model": {"num_heads": 16}, "plugins": {"partial_rope": {"dims": 34}}}, discover(), "<test>")
     with pytest.raises(ConfigError, match=r"\[plugins.partial_rope\] dims: 34 exceeds the head dim 32"):
-        Host(config, discover()).call("golf_check_config", config=config)
+        check_config(config, Host(config, discover()))

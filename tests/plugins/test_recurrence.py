@@ -11,7 +11,7 @@ from torch import nn
 from golf_plugins.recurrence import Config, Recurrence, schedule, untie
 from golfcore.artifact import Int8Quantizer, pack, unpack
 from golfcore.errors import ConfigError
-from golfcore.model import build_model
+from golfcore.model import build_model, check_config
 from golfcore.optim import build_optimizers
 from golfcore.params import param_specs
 from golfcore.plugins import Host, PluginInfo, discover
@@ -26,7 +26,7 @@ def build(cfg: Config, config=None):
     config = config or tiny_config()
     config.plugins[Recurrence.name] = cfg
     host = Host(config, {Recurrence.name: PluginInfo(Recurrence.name, Recurrence, "test", "0")})
-    host.call("golf_check_config", config=config)
+    check_config(config, host)
     model = build_model(config, host, None)
     torch.manual_seed(0)
     with torch.no_grad():  # let every matrix reach the logits
@@ -171,7 +171,7 @@ def test_bad_config(table, key):
 def test_repeat_beyond_the_model_is_a_config_error():
     config = resolved({"repeat": [8, 9]})  # the 9-layer baseline: 0..8
     with pytest.raises(ConfigError, match=r"\[plugins.recurrence\] repeat: \[9\]"):
-        Host(config, discover()).call("golf_check_config", config=config)
+        check_config(config, Host(config, discover()))
     config = tiny_config()
     config.plugins["recurrence"] = Config(repeat=[3, 4])
     host = Host(config, {"recurrence": PluginInfo("recurrence", Recurrence, "test", "0")})

@@ -7,7 +7,7 @@ import torch
 
 from golf_plugins.smear_gate import SmearGate, SmearGatePlugin
 from golfcore.errors import ConfigError
-from golfcore.model import build_model
+from golfcore.model import build_model, check_config
 from golfcore.params import ParamSpec, param_specs
 from golfcore.plugins import discover
 from golfcore.recipe import resolve
@@ -20,7 +20,7 @@ CPU = Dist(0, 1, 0, torch.device("cpu"))
 def build(*plugins, config=None):
     config = config or tiny_config()
     host = host_with(config, *plugins)
-    host.call("golf_check_config", config=config)
+    check_config(config, host)
     return config, host, build_model(config, host, None)
 
 

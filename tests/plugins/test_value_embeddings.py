@@ -12,7 +12,7 @@ import golfcore as golf
 from golf_plugins.value_embeddings import CTX_KEY, Config, ValueEmbeddingAdd, ValueEmbeddings
 from golfcore.artifact import Int8Quantizer, pack, unpack
 from golfcore.errors import ConfigError
-from golfcore.model import build_model
+from golfcore.model import build_model, check_config
 from golfcore.params import ParamSpec, param_specs
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
@@ -64,7 +64,7 @@ def make_host(config, ve: Config | None, *extra):
 def build(ve: Config | None, *extra, config=None):
     config = config or tiny_config()
     host = make_host(config, ve, *extra)
-    host.call("golf_check_config", config=config)
+    check_config(config, host)
     return config, host, build_model(config, host, None)
 
 
@@ -209,7 +209,7 @@ def test_missing_physical_layer_is_a_config_error():
     config = resolved({})  # default layers [9, 10] on the 9-layer baseline: layer 10 does not exist
     host = Host(config, discover())
     with pytest.raises(ConfigError, match=r"\[plugins.value_embeddings\] layers: \[9, 10\]"):
-        host.call("golf_check_config", config=config)
+        check_config(config, host)
 
 
 def test_missing_virtual_layer_is_a_config_error_at_build():

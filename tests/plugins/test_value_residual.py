@@ -11,7 +11,7 @@ import golfcore as golf
 from golf_plugins import recurrence, value_embeddings
 from golf_plugins.value_residual import CTX_KEY, CaptureFirstValue, Config, ValueGate, ValueMix, ValueResidual
 from golfcore.errors import ConfigError
-from golfcore.model import build_model
+from golfcore.model import build_model, check_config
 from golfcore.params import ParamSpec, param_specs
 from golfcore.plugins import Host, NoConfig, PluginInfo, discover
 from golfcore.recipe import resolve
@@ -49,7 +49,7 @@ def build(cfgs: dict, config=None):
     for cls, cfg in cfgs.items():
         config.plugins[cls.name] = cfg
     host = Host(config, {cls.name: PluginInfo(cls.name, cls, "test", "0") for cls in cfgs})
-    host.call("golf_check_config", config=config)
+    check_config(config, host)
     return config, host, build_model(config, host, None)
 
 

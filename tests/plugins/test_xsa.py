@@ -10,7 +10,7 @@ from torch import nn
 import golfcore as golf
 from golf_plugins.xsa import Config, ExclusiveSelfAttention, Xsa
 from golfcore.errors import ConfigError
-from golfcore.model import build_model
+from golfcore.model import build_model, check_config
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
 from golfcore.train import Dist, Trainer
@@ -34,7 +34,7 @@ def build(cfg: Config, *extra, config=None):
     for cls in classes:
         config.plugins[cls.name] = cfg if cls is Xsa else cls.Config()
     host = Host(config, {cls.name: PluginInfo(cls.name, cls, "test", "0") for cls in classes})
-    host.call("golf_check_config", config=config)
+    check_config(config, host)
     return config, host, build_model(config, host, None)
 
 
@@ -177,10 +177,10 @@ def test_bad_config(table, key):
 def test_physical_range_checked_in_check_config():
     config = resolved({"layers": [9], "index": "physical"})  # the 9-layer baseline: 0..8
     with pytest.raises(ConfigError, match=r"\[plugins.xsa\] layers: \[9\]"):
-        Host(config, discover()).call("golf_check_config", config=config)
+        check_config(config, Host(config, discover()))
     config = resolved({"layers": "last:10", "index": "physical"})
     with pytest.raises(ConfigError, match=r"\[plugins.xsa\] layers: 'last:10'"):
-        Host(config, discover()).call("golf_check_config", config=config)
+        check_config(config, Host(config, discover()))
 
 
 def test_virtual_range_checked_at_build():
