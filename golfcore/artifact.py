@@ -93,7 +93,17 @@ def _row_quantile(w: Tensor, q: float) -> Tensor:
     return torch.lerp(a[..., lo], a[..., hi], pos - lo)
 
 
-def _to_float16(name: str, tensor: Tensor) -> Tensor:
+def fp16_round(x: Tensor) -> Tensor:
+    """x.to(float16).float() for float32 |x| <= 65504, written without a dtype cast: inductor
+    drops a float32->float16->float32 round trip inside a fused kernel (emulate_precision_casts is
+    off by default), which would give compiled QAT a slightly different grid than the export.
+    Rounds to fp16's spacing, 2^(e-10) (e = x's binary exponent, at least 2^-24), half to even."""
+    exponent = (x.view(torch.int32) >> 23) & 0xFF  # biased float32 exponent
+    spacing = ((exponent - 10).clamp_min(127 - 24) << 23).view(torch.float32)  # a power of two
+    return torch.round(x / spacing) * spacing
+
+
+def to_float16(name: str, tensor: Tensor) -> Tensor:
     """fp16 copy; refuses to turn finite values into inf silently."""
     out = tensor.to(torch.float16)
     if not torch.isfinite(out).all() and torch.isfinite(tensor).all():
@@ -117,26 +127,27 @@ class Int8Quantizer:
     def __init__(self, float_max_numel: int = 65536):
         self.float_max_numel = float_max_numel
 
-    def _int8_rows(self, name: str, w: Tensor) -> tuple[Tensor, Tensor]:
-        """q int8 [..., cols] and step fp16 [...]; q is rounded with the fp16 step that is
-        stored, so every unclipped element comes back within step/2."""
+    def _int8_rows(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        """q [..., cols] (float, integer values) and step [...] (fp32 holding the fp16 value that
+        is stored), so every unclipped element comes back within step/2. Plain tensor code:
+        fake_quantize runs it inside compiled graphs."""
         w32 = w.detach().float()
         clip = _row_quantile(w32, CLIP_PERCENTILE / 100).unsqueeze(-1)  # [..., 1]
-        step = _to_float16(name, clip.squeeze(-1) / 127)  # [...]
-        s = step.float().unsqueeze(-1)
+        step = fp16_round(clip.squeeze(-1) / 127)  # [...]
+        s = step.unsqueeze(-1)
         q = torch.round(torch.clamp(w32, -clip, clip) / torch.where(s > 0, s, 1.0)).clamp(-127, 127)
-        return q.to(torch.int8), step
+        return q, step
 
     def quantize(self, name: str, tensor: Tensor, export: str) -> tuple[dict[str, Tensor], dict]:
         if not tensor.is_floating_point():
             return {name: tensor}, {"scheme": "raw"}
         if export in ("quantize", "embedding") and tensor.numel() > self.float_max_numel:
-            q, step = self._int8_rows(name, tensor)
-            return {f"{name}.q": q, f"{name}.scale": step}, {"scheme": "int8_row"}
+            q, step = self._int8_rows(tensor)
+            return {f"{name}.q": q.to(torch.int8), f"{name}.scale": to_float16(name, step)}, {"scheme": "int8_row"}
         if export == "float32":
             return {name: tensor.float()}, {"scheme": "float32"}
         if export in ("quantize", "embedding", "float16"):
-            return {name: _to_float16(name, tensor)}, {"scheme": "float16"}
+            return {name: to_float16(name, tensor)}, {"scheme": "float16"}
         raise ValueError(f"{name}: unknown export kind {export!r}")
 
     def dequantize(self, name: str, stored: dict[str, Tensor], info: dict) -> Tensor:
@@ -153,9 +164,9 @@ class Int8Quantizer:
     def fake_quantize(self, weight: Tensor) -> Tensor:
         """Same rule as `quantize(..., "quantize")`: small matrices round-trip through fp16."""
         if weight.numel() <= self.float_max_numel:
-            return weight.detach().to(torch.float16).to(weight.dtype)
-        q, step = self._int8_rows("weight", weight)
-        return (q.float() * step.float().unsqueeze(-1)).to(weight.dtype)
+            return fp16_round(weight.detach().float()).to(weight.dtype)
+        q, step = self._int8_rows(weight)
+        return (q * step.unsqueeze(-1)).to(weight.dtype)
 
 
 class ZstdCompressor:

@@ -48,12 +48,15 @@ class Rotary(nn.Module):
         self.dims = dims or head_dim
         if self.dims % 2 or self.dims > head_dim:
             raise ValueError(f"rotary dims {self.dims} must be even and <= head_dim {head_dim}")
-        inv_freq = base ** (-torch.arange(0, self.dims, 2, dtype=torch.float32) / self.dims)  # [dims/2]
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.base = base
+
+    def inv_freq(self, seq_len: int, device: torch.device) -> Tensor:  # [dims/2]; seq_len lets subclasses rescale
+        return self.base ** (-torch.arange(0, self.dims, 2, device=device, dtype=torch.float32) / self.dims)
 
     def forward(self, x: Tensor) -> Tensor:  # x [B,T,h,D]
-        t = torch.arange(x.size(1), device=x.device, dtype=torch.float32)
-        freqs = torch.outer(t, self.inv_freq)[:, None, :]  # [T,1,dims/2]
+        T = x.size(1)
+        t = torch.arange(T, device=x.device, dtype=torch.float32)
+        freqs = torch.outer(t, self.inv_freq(T, x.device))[:, None, :]  # [T,1,dims/2]
         cos, sin = freqs.cos().to(x.dtype), freqs.sin().to(x.dtype)
         half = self.dims // 2
         x1, x2, rest = x[..., :half], x[..., half : self.dims], x[..., self.dims :]

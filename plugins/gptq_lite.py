@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 import golfcore
-from golfcore.artifact import Int8Quantizer, _to_float16
+from golfcore.artifact import Int8Quantizer, fp16_round, to_float16
 
 DEFAULT_PERCENTILES = [0.999, 0.9995, 0.9999, 0.99999, 1.0]
 
@@ -48,16 +48,6 @@ class Config(golfcore.Section):
             raise self.invalid("percentiles", f"{self.percentiles}: each must be in (0, 1]")
         if not 1 <= self.max_level <= 127:
             raise self.invalid("max_level", f"{self.max_level} is not in 1..127 (levels are stored in int8)")
-
-
-def fp16_round(x: Tensor) -> Tensor:
-    """x.to(float16).float() for float32 |x| <= 65504, written without a dtype cast: inductor
-    drops a float32->float16->float32 round trip inside a fused kernel (emulate_precision_casts is
-    off by default), which would give compiled QAT a slightly different grid than the export.
-    Rounds to fp16's spacing, 2^(e-10) (e = x's binary exponent, at least 2^-24), half to even."""
-    exponent = (x.view(torch.int32) >> 23) & 0xFF  # biased float32 exponent
-    spacing = ((exponent - 10).clamp_min(127 - 24) << 23).view(torch.float32)  # a power of two
-    return torch.round(x / spacing) * spacing
 
 
 class GptqLiteQuantizer(Int8Quantizer):
@@ -110,7 +100,7 @@ class GptqLiteQuantizer(Int8Quantizer):
 
     def quantize(self, name: str, tensor: Tensor, export: str) -> tuple[dict[str, Tensor], dict]:
         if tensor.is_floating_point() and export == "quantize" and tensor.numel() > self.float_max_numel and tensor.ndim >= 1:
-            _to_float16(name, tensor.detach().float().abs().amax() / self.max_level)  # refuse a step fp16 cannot hold
+            to_float16(name, tensor.detach().float().abs().amax() / self.max_level)  # refuse a step fp16 cannot hold
             q, step = self._rows(tensor)
             return {f"{name}.q": q, f"{name}.scale": step.to(torch.float16)}, {"scheme": "int_row", "max_level": self.max_level}
         return super().quantize(name, tensor, export)

@@ -22,6 +22,9 @@ every batch). w starts at (neural_prior, 0, 0, 0). Hedge: after a chunk is score
 targets are known, w_k -= eta * (mean over the chunk's scored positions of -log p_k(y_t)).
 Until `warmup_tokens` targets have been observed the neural distribution passes through
 unchanged and w is not updated (the decision is taken per chunk, from the tables' state).
+Targets reach an adapter once per chunk, so w moves once per chunk (the reference moved it
+after every batch of 32 windows, ~16 times per 32,768-token chunk at stride 64, with the
+same eta): at equal eta the weights here adapt more slowly; raise eta to compensate.
 
 `entropy_feature` (off by default) lets the neural expert's weight depend on the neural
 distribution's entropy H_t (nats): pi_t = softmax(w + beta * H_t * e_neural), so the model

@@ -6,7 +6,9 @@ fake_quantize is the run's own quantizer (int6 per row with gptq_lite, the core'
 otherwise): forward sees exactly the exported weights, backward passes the gradient to w
 unchanged. `enabled` is a non-persistent float buffer (0 or 1) switched between steps in
 golf_step_end (latched on at the first step whose lr scale is below `threshold`; the next
-step trains quantized), so torch.compile treats it as an input and cannot fold it.
+step trains quantized), so torch.compile treats it as an input and cannot fold it. The price:
+the quantized weights are computed in every forward, also while off (forward only; no
+backward through them).
 
 Defects fixed:
 - D3: the reference fake-quantized only `CastedLinear`s (two tiny fp16 tensors) and never

@@ -59,19 +59,11 @@ class NTKRotary(Rotary):
 
     def __init__(self, head_dim: int, base: float, dims: int, train_len: int):
         super().__init__(head_dim, base, dims)
-        self.base, self.train_len = base, train_len
+        self.train_len = train_len
 
-    def forward(self, x: Tensor) -> Tensor:  # x [B,T,h,D]
-        T = x.size(1)  # a static shape: this branch is resolved at trace time
-        if T <= self.train_len:
-            return super().forward(x)
-        base = ntk_base(self.base, self.dims, T, self.train_len)
-        inv_freq = base ** (-torch.arange(0, self.dims, 2, device=x.device, dtype=torch.float32) / self.dims)  # [dims/2]
-        freqs = torch.outer(torch.arange(T, device=x.device, dtype=torch.float32), inv_freq)[:, None, :]  # [T,1,dims/2]
-        cos, sin = freqs.cos().to(x.dtype), freqs.sin().to(x.dtype)
-        half = self.dims // 2
-        x1, x2, rest = x[..., :half], x[..., half : self.dims], x[..., self.dims :]
-        return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin, rest), dim=-1)
+    def inv_freq(self, seq_len: int, device: torch.device) -> Tensor:  # [dims/2]; seq_len is a static shape
+        base = ntk_base(self.base, self.dims, seq_len, self.train_len)
+        return base ** (-torch.arange(0, self.dims, 2, device=device, dtype=torch.float32) / self.dims)
 
     def extra_repr(self) -> str:
         return f"dims={self.dims}, base={self.base}, ntk_train_len={self.train_len}"

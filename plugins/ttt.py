@@ -26,24 +26,28 @@ chunk; each optimizer step's `batch_seqs` sequences are split into W contiguous 
 per rank; each rank backpropagates its slice's summed CE divided by the step's total target
 count, and the gradients are all-reduced with SUM, i.e. the average over the step's targets,
 before clipping. So the clip sees the global-batch norm (D17) and every rank applies the
-same update: the weights stay identical, and the result does not depend on W.
+same update: the weights stay identical, and the result does not depend on W (up to float
+summation order). `batch_seqs` is thus global; the reference's 32 were per rank, which is
+the same at its 16 sequences per chunk (one step per epoch either way).
 
-Freezing (`freeze_blocks = k`): the first k *virtual* blocks are frozen, meaning every
-parameter inside `model.blocks[i]` for i < k (their scalars and any plugin modules they
-hold) and the matrices of each *physical* layer all of whose virtual users are among them.
-A physical layer that is shared with a later, unfrozen block (depth recurrence without
-untying) stays trainable: it is one tensor, and freezing it would freeze the later block's
-weights too. Untie the recurrence first (golf_before_eval runs before `start`) for a strict
-freeze. Embeddings, skip weights and other model-level tensors are never frozen.
+Freezing (`freeze_blocks = k`): a parameter is frozen when every virtual block that uses it
+is among the first k. Block i uses the parameters inside `model.blocks[i]` (its scalars and
+the plugin modules it holds) and the matrices of its physical layer `model.layers[v2p[i]]`.
+So the first k blocks' scalars and the physical layers only they use are frozen; a
+physical layer shared with a later, unfrozen block (depth recurrence without untying), or a
+plugin module shared with one (e.g. the value-embedding table), stays trainable: it is one
+tensor, and freezing it would freeze the later block's weights too. Untie the recurrence
+first (golf_before_eval runs before `start`) for a strict freeze. Embeddings, skip weights
+and other model-level tensors are never frozen.
 
 Defects fixed against the reference:
 - D14: freezing by the name `blocks.{i}.` froze only per-block scalars; the matrices lived
   in top-level banks and kept training. Here the physical layers are frozen too.
 - D17: the reference clipped before averaging across ranks; here the clip follows the
   all-reduce.
-- Chunk boundary: the reference trained only on whole sequences of the chunk; here the
-  boundary target (previous chunk's last token -> this chunk's first) and a partial last
-  sequence are trained on too, so every scored target is trained on once per epoch.
+
+Every scored target but target 0 is trained on once per epoch, including the one crossing
+each chunk boundary and those in a partial last sequence.
 """
 
 from __future__ import annotations
@@ -90,18 +94,18 @@ class Config(golfcore.Section):
 
 
 def frozen_parameters(model: nn.Module, freeze_blocks: int) -> list[nn.Parameter]:
-    """The parameters `freeze_blocks` freezes (see the module docstring), each once."""
+    """The parameters `freeze_blocks` freezes, each once: those used only by the first
+    `freeze_blocks` virtual blocks (see the module docstring)."""
     blocks, v2p = model.blocks, list(model.v2p)
     if freeze_blocks > len(blocks):
         raise ConfigError(f"[plugins.ttt] freeze_blocks: {freeze_blocks} exceeds the model's {len(blocks)} blocks")
-    frozen: dict[int, nn.Parameter] = {}
-    for block in blocks[:freeze_blocks]:
-        frozen.update((id(p), p) for p in block.parameters())
-    for p_idx, layer in enumerate(model.layers):
-        users = [i for i, p in enumerate(v2p) if p == p_idx]
-        if users and max(users) < freeze_blocks:
-            frozen.update((id(p), p) for p in layer.parameters())
-    return list(frozen.values())
+    users: dict[int, set[int]] = {}  # id(param) -> the virtual blocks using it
+    params: dict[int, nn.Parameter] = {}
+    for i, block in enumerate(blocks):
+        for p in (*block.parameters(), *model.layers[v2p[i]].parameters()):
+            users.setdefault(id(p), set()).add(i)
+            params[id(p)] = p
+    return [params[k] for k, used_by in users.items() if max(used_by) < freeze_blocks]
 
 
 def lr_at(lr0: float, ci: int, num_chunks: int) -> float:
@@ -136,7 +140,7 @@ class TttAdapter:
         self.num_targets = num_targets
         self.num_chunks = max(1, math.ceil(num_targets / self.chunk_tokens))
         frozen = {id(p) for p in frozen_parameters(model, self.cfg.freeze_blocks)}
-        self.params = [p for p in model.parameters() if id(p) not in frozen and p.is_floating_point()]
+        self.params = [p for p in model.parameters() if id(p) not in frozen and p.is_floating_point() and p.requires_grad]
         self.frozen = [p for p in model.parameters() if id(p) in frozen]
         for p in self.frozen:
             p.requires_grad_(False)  # the eval model is the adapter's; no gradient work for frozen weights

@@ -11,6 +11,7 @@ from torch import nn
 
 import golfcore
 from golfcore.artifact import (
+    fp16_round,
     CLIP_PERCENTILE,
     Int8Quantizer,
     ZstdCompressor,
@@ -249,3 +250,11 @@ def test_code_files_for_applies_the_rule(tmp_path):
     assert code_bytes(files) > 0
     with pytest.raises(ValueError, match="no .py source"):
         code_files_for([sys], recipe)
+
+
+def test_fp16_round_is_the_float16_cast():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(200_000, generator=g) * 10.0 ** torch.randint(-9, 5, (200_000,), generator=g).float()
+    edges = torch.tensor([0.0, -0.0, 2**-24, 2**-25, 3 * 2**-25, 2**-14, 1.5 * 2**-15, 1 + 2**-11, 1 + 3 * 2**-11, 65504.0, -65504.0])
+    for values in (x.clamp(-65504, 65504), edges):
+        assert torch.equal(fp16_round(values), values.to(torch.float16).float())

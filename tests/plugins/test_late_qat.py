@@ -132,13 +132,15 @@ def test_reaches_every_matrix_the_exporter_quantizes():
 
 
 @pytest.mark.slow
-def test_compiled_graph_honours_the_switch():
+@pytest.mark.parametrize("exporter", ["gptq_lite", "core_int8"])
+def test_compiled_graph_honours_the_switch(exporter):
     """The 2026-03-21 record's bug: a Python flag was constant-folded. The buffer is a graph input:
-    flipping it after compilation changes the compiled output, matches eager, and needs no recompile."""
+    flipping it after compilation changes the compiled output, matches eager, and needs no recompile.
+    Both the int6 plugin quantizer and the core's int8 one must compile with fullgraph=True."""
     config = int6_config()
     config.model.num_layers = 2  # compile time grows with depth
-    host = host_with(config, GptqLite, LateQat)
-    quantizer = host.first("golf_quantizer", config=config)
+    host = host_with(config, GptqLite, LateQat) if exporter == "gptq_lite" else host_with(config, LateQat)
+    quantizer = host.first("golf_quantizer", config=config) or Int8Quantizer(config.export.float_max_numel)
     model = build_model(config, host, quantizer)
     with torch.no_grad():
         for p in model.parameters():

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 
 import golfcore as golf
 from golf_plugins.ttt import Config as TttConfig
-from golf_plugins.ttt import Ttt, TttAdapter, frozen_parameters, lr_at
+from golf_plugins.ttt import Ttt, frozen_parameters, lr_at
 from golfcore.errors import ConfigError
 from golfcore.eval import ByteLUTs, evaluate
 from golfcore.model import build_model
@@ -27,6 +27,28 @@ class Repeat(golf.Plugin):
     @golf.hookimpl
     def golf_layer_schedule(self, config):
         return [0, 1, 2, 1, 2, 3]
+
+
+class SharedGain(golf.Plugin):
+    """A value transform whose gain is one parameter shared by virtual layers 0 and 3 (like VE's table)."""
+
+    name = "shared_gain"
+
+    @golf.hookimpl
+    def golf_value_transform(self, config, layer):
+        if layer.virtual == 0:
+            self.gain = golf.declare(torch.nn.Parameter(torch.ones(())), "scalar", "float32")
+        if layer.virtual in (0, 3):
+            return Gain(self.gain)
+
+
+class Gain(torch.nn.Module):
+    def __init__(self, gain):
+        super().__init__()
+        self.gain = gain
+
+    def forward(self, v, ctx):
+        return v * self.gain
 
 
 class Capture:
@@ -90,13 +112,12 @@ def snapshot(model):
 
 def test_fresh_adapter_per_call_and_defaults():
     config, model, adapter = make()
-    host_adapters = [adapter]
     assert adapter.name == "ttt" and adapter.history_len == 0
     cfg = resolve({"plugins": {"ttt": {}}}, discover(), "<test>").plugins["ttt"]
     assert (cfg.lr, cfg.momentum, cfg.epochs, cfg.seq_len, cfg.batch_seqs, cfg.grad_clip, cfg.freeze_blocks) == (
         0.002, 0.9, 3, 0, 32, 1.0, 0)
     assert Ttt(cfg).golf_eval_adapter(config) is not Ttt(cfg).golf_eval_adapter(config)
-    assert host_adapters[0].seq_len == config.eval_seq_len == 16  # 0 = the eval window length
+    assert adapter.seq_len == config.eval_seq_len == 16  # 0 = the eval window length
 
 
 @pytest.mark.parametrize("stride,chunk_tokens", [(16, 128), (5, 50), (16, 1000)])
@@ -164,6 +185,17 @@ def test_shared_physical_layer_stays_trainable_when_a_later_block_uses_it():
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
     assert not any(n.startswith(("blocks.0.", "blocks.1.", "layers.0.")) for n in changed)
     assert {"layers.1.q", "blocks.3.attn_scale"} <= changed
+
+
+def test_plugin_parameter_shared_with_a_later_block_stays_trainable():
+    config, model, adapter = make(TttConfig(lr=0.5, freeze_blocks=2), SharedGain)
+    gain = model.blocks[0].value_transforms[0].gain
+    assert model.blocks[3].value_transforms[0].gain is gain
+    assert all(p is not gain for p in frozen_parameters(model, 2))
+    assert any(p is gain for p in frozen_parameters(model, 4))
+    before = float(gain.detach())
+    run_eval(config, model, adapter, repeating(300))
+    assert float(gain.detach()) != before
 
 
 def test_freezing_more_blocks_than_the_model_has_is_refused():
