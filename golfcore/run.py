@@ -29,7 +29,6 @@ from .eval import ByteLUTs, EvalResult, build_byte_luts, evaluate, unigram_entro
 from .model import GPT, build_model, check_config, count_parameters
 from .params import param_specs
 from .plugins import Host, PluginInfo
-from .recipe import dump_toml
 from .train import Dist, Trainer, autocast_for, setup_dist, should_compile
 
 ARTIFACT_NAME = "model.golf"

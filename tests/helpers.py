@@ -8,6 +8,9 @@ import torch
 
 from golfcore.config import RunConfig
 from golfcore.plugins import Host, PluginInfo
+from golfcore.train import Dist, TrainOutcome, Trainer
+
+CPU = Dist(0, 1, 0, torch.device("cpu"))
 
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -40,3 +43,19 @@ def synthetic_loader(config: RunConfig):
     from golfcore.bench import SyntheticLoader
 
     return SyntheticLoader(config.model.vocab_size, torch.device("cpu"), config.run.seed, 1)
+
+
+def build(*plugin_classes, config: RunConfig | None = None):
+    """(config, host, model) for a tiny config with the given plugin classes enabled, checked like a run."""
+    from golfcore.model import build_model, check_config
+
+    config = config or tiny_config()
+    host = host_with(config, *plugin_classes)
+    check_config(config, host)
+    return config, host, build_model(config, host, None)
+
+
+def train_briefly(config: RunConfig, host: Host, model, quantizer=None, records: list | None = None) -> TrainOutcome:
+    """Train `model` for config.train.iterations steps on synthetic tokens, on CPU."""
+    sink = records if records is not None else []
+    return Trainer(config, model, host, quantizer, synthetic_loader(config), CPU, None, sink.append).run()

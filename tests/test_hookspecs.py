@@ -10,24 +10,15 @@ from torch import nn
 import golfcore as golf
 from golfcore import hookspecs
 from golfcore.errors import ConfigError
-from golfcore.model import build_model, check_config
-from golfcore.train import Dist, Trainer
-from tests.helpers import FINEWEB_TOKENIZER, host_with, synthetic_loader, tiny_config
+from golfcore.train import Trainer
+from tests.helpers import CPU, FINEWEB_TOKENIZER, build, synthetic_loader, tiny_config
 
-CPU = Dist(0, 1, 0, torch.device("cpu"))
 EXERCISED = set()
 
 
 def exercise(fn):
     EXERCISED.add(fn.__name__.removeprefix("test_"))
     return fn
-
-
-def build(*plugins, config=None):
-    config = config or tiny_config()
-    host = host_with(config, *plugins)
-    check_config(config, host)
-    return config, host, build_model(config, host, None)
 
 
 def train(config, host, model, records=None):

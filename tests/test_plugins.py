@@ -1,7 +1,4 @@
-import subprocess
-import sys
 import textwrap
-from dataclasses import dataclass
 
 import pytest
 
@@ -119,7 +116,6 @@ def test_collect_sorts_by_order_then_recipe_order():
 
 
 def test_builtins_are_discovered_like_third_party():
-    import golf_plugins
 
     available = discover()
     for info in available.values():

@@ -8,10 +8,9 @@ import torch.multiprocessing as mp
 
 from golfcore.data import DistributedTokenLoader, write_shard
 from golfcore.model import build_model
-from golfcore.train import Dist, Trainer, lr_scale_at, setup_dist
-from tests.helpers import host_with, synthetic_loader, tiny_config
+from golfcore.train import Trainer, lr_scale_at, setup_dist
+from tests.helpers import CPU, host_with, synthetic_loader, tiny_config
 
-CPU = Dist(0, 1, 0, torch.device("cpu"))
 
 
 def make_trainer(config, loader=None, records=None, dist=CPU):

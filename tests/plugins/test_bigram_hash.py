@@ -7,22 +7,13 @@ import torch
 
 from golf_plugins.bigram_hash import BigramHash, BigramHashPlugin, bigram_buckets
 from golfcore.errors import ConfigError
-from golfcore.model import build_model, check_config, rms_norm
+from golfcore.model import rms_norm
 from golfcore.params import ParamSpec, param_specs
 from golfcore.plugins import discover
 from golfcore.recipe import resolve
-from golfcore.train import Dist, Trainer
-from tests.helpers import host_with, synthetic_loader, tiny_config
+from tests.helpers import build, train_briefly
 
-CPU = Dist(0, 1, 0, torch.device("cpu"))
 M = 2048
-
-
-def build(*plugins, config=None):
-    config = config or tiny_config()
-    host = host_with(config, *plugins)
-    check_config(config, host)
-    return config, host, build_model(config, host, None)
 
 
 def h(cur, prev):
@@ -97,7 +88,7 @@ def test_declared_groups_and_exports():
 
 def test_trains_and_learns_the_table():
     config, host, model = build(BigramHashPlugin)
-    outcome = Trainer(config, model, host, None, synthetic_loader(config), CPU, None, lambda r: None).run()
+    outcome = train_briefly(config, host, model)
     assert math.isfinite(outcome.last_train_loss)
     assert model.embedding_additions[0].table.abs().sum() > 0  # E_b moved off zero: W_p passes gradient
 

@@ -13,10 +13,8 @@ from golfcore.model import build_model
 from golfcore.params import param_specs
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
-from golfcore.train import Dist, Trainer
-from tests.helpers import host_with, synthetic_loader, tiny_config
+from tests.helpers import host_with, tiny_config, train_briefly
 
-CPU = Dist(0, 1, 0, torch.device("cpu"))
 
 
 class Snapshots(golf.Plugin):
@@ -39,7 +37,7 @@ def host_for(config, plugins):
 
 def train(config, host):
     model = build_model(config, host, None)
-    Trainer(config, model, host, None, synthetic_loader(config), CPU, None, lambda r: None).run()
+    train_briefly(config, host, model)
     return model
 
 

@@ -16,10 +16,8 @@ from golfcore.model import build_model, check_config, rms_norm
 from golfcore.params import ParamSpec, param_specs
 from golfcore.plugins import Host, NoConfig, PluginInfo, discover
 from golfcore.recipe import resolve
-from golfcore.train import Dist, Trainer
-from tests.helpers import synthetic_loader, tiny_config
+from tests.helpers import tiny_config, train_briefly
 
-CPU = Dist(0, 1, 0, torch.device("cpu"))
 
 
 class Spy(nn.Module):
@@ -145,7 +143,7 @@ def test_trains_and_learns_the_gate():
     with torch.no_grad():
         for layer in model.layers:
             nn.init.normal_(layer.o, std=0.05)
-    outcome = Trainer(config, model, host, None, synthetic_loader(config), CPU, None, lambda r: None).run()
+    outcome = train_briefly(config, host, model)
     assert math.isfinite(outcome.last_train_loss)
     assert model.blocks[1].output_transforms[0].weight.abs().sum() > 0
 

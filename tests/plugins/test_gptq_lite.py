@@ -12,10 +12,8 @@ from golfcore.model import build_model
 from golfcore.params import param_specs
 from golfcore.plugins import discover
 from golfcore.recipe import resolve
-from golfcore.train import Dist, Trainer
-from tests.helpers import host_with, synthetic_loader, tiny_config
+from tests.helpers import host_with, tiny_config, train_briefly
 
-CPU = Dist(0, 1, 0, torch.device("cpu"))
 
 
 def outlier_matrix(rows=32, cols=1024, seed=0):
@@ -139,7 +137,7 @@ def small_trained_model(quantizer):
     config.train.iterations = 3
     host = host_with(config, GptqLite)
     model = build_model(config, host, quantizer)
-    Trainer(config, model, host, quantizer, synthetic_loader(config), CPU, None, lambda r: None).run()
+    train_briefly(config, host, model, quantizer)
     return config, host, model
 
 

@@ -18,10 +18,8 @@ from golfcore.model import build_model
 from golfcore.params import param_specs
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
-from golfcore.train import Dist, Trainer
-from tests.helpers import host_with, synthetic_loader, tiny_config
+from tests.helpers import host_with, tiny_config, train_briefly
 
-CPU = Dist(0, 1, 0, torch.device("cpu"))
 
 
 def qat_modules(model):
@@ -60,7 +58,7 @@ def test_off_before_the_threshold_on_after():
     quantizer = host.first("golf_quantizer", config=config)
     model = build_model(config, host, quantizer)
     assert all(float(m.enabled) == 0 for m in qat_modules(model).values())
-    Trainer(config, model, host, quantizer, synthetic_loader(config), CPU, None, lambda r: None).run()
+    train_briefly(config, host, model, quantizer)
     assert [(s, on) for s, _, on in Watch.seen] == [(s, float(s >= 8)) for s in range(1, 11)]
     assert all(on == float(scale < 0.35) for _, scale, on in Watch.seen)
     # a freshly built model (the artifact model used for eval and TTT) starts off
@@ -174,7 +172,7 @@ def test_trains_through_the_trainer_with_int6_qat():
     quantizer = host.first("golf_quantizer", config=config)
     model = build_model(config, host, quantizer)
     set_enabled(model, True)  # train every step fake-quantized
-    outcome = Trainer(config, model, host, quantizer, synthetic_loader(config), CPU, None, lambda r: None).run()
+    outcome = train_briefly(config, host, model, quantizer)
     assert outcome.steps == 4 and torch.isfinite(torch.tensor(outcome.last_train_loss))
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
 

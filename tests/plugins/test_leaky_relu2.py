@@ -8,20 +8,11 @@ from torch import nn
 
 from golf_plugins.leaky_relu2 import LeakyRelu2, LeakyReluSquared
 from golfcore.errors import ConfigError
-from golfcore.model import ReluSquared, build_model, check_config, count_parameters
+from golfcore.model import ReluSquared, count_parameters
 from golfcore.plugins import discover
 from golfcore.recipe import resolve
-from golfcore.train import Dist, Trainer
-from tests.helpers import host_with, synthetic_loader, tiny_config
+from tests.helpers import build, train_briefly
 
-CPU = Dist(0, 1, 0, torch.device("cpu"))
-
-
-def build(*plugins, config=None):
-    config = config or tiny_config()
-    host = host_with(config, *plugins)
-    check_config(config, host)
-    return config, host, build_model(config, host, None)
 
 
 def test_formula():
@@ -55,7 +46,7 @@ def test_adds_no_parameters():
 
 def test_trains():
     config, host, model = build(LeakyRelu2)
-    outcome = Trainer(config, model, host, None, synthetic_loader(config), CPU, None, lambda r: None).run()
+    outcome = train_briefly(config, host, model)
     assert outcome.steps == config.train.iterations and math.isfinite(outcome.last_train_loss)
 
 

@@ -12,10 +12,8 @@ from golfcore.errors import ConfigError
 from golfcore.model import build_model, check_config, count_parameters, rms_norm
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
-from golfcore.train import Dist, Trainer
-from tests.helpers import host_with, synthetic_loader, tiny_config
+from tests.helpers import host_with, tiny_config, train_briefly
 
-CPU = Dist(0, 1, 0, torch.device("cpu"))
 
 
 class Repeat(golf.Plugin):
@@ -71,7 +69,7 @@ def test_no_parameters_and_trains():
     config, host, model = build()
     plain_config = tiny_config()
     assert count_parameters(model) == count_parameters(build_model(plain_config, host_with(plain_config), None))
-    outcome = Trainer(config, model, host, None, synthetic_loader(config), CPU, None, lambda r: None).run()
+    outcome = train_briefly(config, host, model)
     assert math.isfinite(outcome.last_train_loss)
 
 

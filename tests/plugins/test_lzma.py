@@ -10,10 +10,8 @@ from golfcore.model import build_model
 from golfcore.params import param_specs
 from golfcore.plugins import discover
 from golfcore.recipe import resolve
-from golfcore.train import Dist, Trainer
-from tests.helpers import host_with, synthetic_loader, tiny_config
+from tests.helpers import host_with, tiny_config, train_briefly
 
-CPU = Dist(0, 1, 0, torch.device("cpu"))
 
 
 def test_round_trip_bytes():
@@ -77,5 +75,5 @@ def test_no_parameters_added_and_trains():
     host = host_with(config, Lzma)
     model = build_model(config, host, None)
     assert set(param_specs(model)) == set(param_specs(plain))
-    outcome = Trainer(config, model, host, None, synthetic_loader(config), CPU, None, lambda r: None).run()
+    outcome = train_briefly(config, host, model)
     assert outcome.steps == config.train.iterations

@@ -11,10 +11,8 @@ from golfcore.errors import ConfigError
 from golfcore.model import build_model, check_config
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
-from golfcore.train import Dist, Trainer
-from tests.helpers import synthetic_loader, tiny_config
+from tests.helpers import tiny_config, train_briefly
 
-CPU = Dist(0, 1, 0, torch.device("cpu"))
 
 
 class Repeat(golf.Plugin):
@@ -67,7 +65,7 @@ def test_deterministic_from_the_seed():
 
 def test_trains():
     config, host, model = build(Config())
-    outcome = Trainer(config, model, host, None, synthetic_loader(config), CPU, None, lambda r: None).run()
+    outcome = train_briefly(config, host, model)
     assert math.isfinite(outcome.last_train_loss)
 
 

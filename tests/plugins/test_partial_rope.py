@@ -10,10 +10,8 @@ from golfcore.errors import ConfigError
 from golfcore.model import Rotary, build_model, check_config, count_parameters
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
-from golfcore.train import Dist, Trainer
-from tests.helpers import host_with, synthetic_loader, tiny_config
+from tests.helpers import host_with, tiny_config, train_briefly
 
-CPU = Dist(0, 1, 0, torch.device("cpu"))
 
 
 def build(config=None, **options):
@@ -89,7 +87,7 @@ def test_ntk_option_reaches_the_blocks():
 
 def test_trains():
     config, host, model = build(dims=4, ntk_train_len=8)  # train seq_len 16 > 8: the rescaled path
-    outcome = Trainer(config, model, host, None, synthetic_loader(config), CPU, None, lambda r: None).run()
+    outcome = train_briefly(config, host, model)
     assert math.isfinite(outcome.last_train_loss)
 
 

@@ -16,10 +16,8 @@ from golfcore.optim import build_optimizers
 from golfcore.params import param_specs
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
-from golfcore.train import Dist, Trainer
-from tests.helpers import synthetic_loader, tiny_config
+from tests.helpers import tiny_config, train_briefly
 
-CPU = Dist(0, 1, 0, torch.device("cpu"))
 
 
 def build(cfg: Config, config=None):
@@ -143,7 +141,7 @@ def test_artifact_stores_tied_weights_and_untied_load_matches():
 def test_trains():
     config, host, model = build(Config(repeat=[1, 2]))
     q1 = model.layers[1].q.detach().clone()
-    outcome = Trainer(config, model, host, None, synthetic_loader(config), CPU, None, lambda r: None).run()
+    outcome = train_briefly(config, host, model)
     assert math.isfinite(outcome.last_train_loss)
     assert len(model.layers) == 4 and not torch.equal(model.layers[1].q, q1)
 

@@ -7,21 +7,11 @@ import torch
 
 from golf_plugins.smear_gate import SmearGate, SmearGatePlugin
 from golfcore.errors import ConfigError
-from golfcore.model import build_model, check_config
 from golfcore.params import ParamSpec, param_specs
 from golfcore.plugins import discover
 from golfcore.recipe import resolve
-from golfcore.train import Dist, Trainer
-from tests.helpers import host_with, synthetic_loader, tiny_config
+from tests.helpers import build, train_briefly
 
-CPU = Dist(0, 1, 0, torch.device("cpu"))
-
-
-def build(*plugins, config=None):
-    config = config or tiny_config()
-    host = host_with(config, *plugins)
-    check_config(config, host)
-    return config, host, build_model(config, host, None)
 
 
 def direct(x, tokens, g, mask_bos):
@@ -89,7 +79,7 @@ def test_declared():
 
 def test_trains_and_learns_the_gate():
     config, host, model = build(SmearGatePlugin)
-    outcome = Trainer(config, model, host, None, synthetic_loader(config), CPU, None, lambda r: None).run()
+    outcome = train_briefly(config, host, model)
     assert math.isfinite(outcome.last_train_loss)
     assert model.embedding_transforms[0].gate.abs().sum() > 0
 

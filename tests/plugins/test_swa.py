@@ -13,10 +13,8 @@ from golfcore.model import build_model
 from golfcore.params import param_specs
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
-from golfcore.train import Dist, Trainer
-from tests.helpers import host_with, synthetic_loader, tiny_config
+from tests.helpers import host_with, tiny_config, train_briefly
 
-CPU = Dist(0, 1, 0, torch.device("cpu"))
 
 
 class Snapshots(golf.Plugin):
@@ -44,7 +42,7 @@ def warmdown_config():
 def train(config, host):
     Snapshots.taken = []
     model = build_model(config, host, None)
-    Trainer(config, model, host, None, synthetic_loader(config), CPU, None, lambda r: None).run()
+    train_briefly(config, host, model)
     return model
 
 
@@ -138,5 +136,5 @@ def test_no_parameters_added_and_trains_with_default_config():
     host = host_with(config, Swa)
     model = build_model(config, host, None)
     assert set(param_specs(model)) == set(param_specs(plain))
-    Trainer(config, model, host, None, synthetic_loader(config), CPU, None, lambda r: None).run()
+    train_briefly(config, host, model)
     assert host.plugins["swa"].snapshot_steps == [50]  # scale at step index 49 is 1/50 < 0.2

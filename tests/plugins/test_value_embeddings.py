@@ -16,10 +16,8 @@ from golfcore.model import build_model, check_config
 from golfcore.params import ParamSpec, param_specs
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
-from golfcore.train import Dist, Trainer
-from tests.helpers import synthetic_loader, tiny_config
+from tests.helpers import tiny_config, train_briefly
 
-CPU = Dist(0, 1, 0, torch.device("cpu"))
 SCHEDULE = [0, 1, 2, 1, 2, 3]  # 6 virtual layers over 4 physical ones
 
 
@@ -185,7 +183,7 @@ def test_trains_and_learns_the_shared_and_layer_parameters():
     config, host, model = build(Config(layers=[1, 3]), Repeat)
     shared = model.blocks[1].value_transforms[0].shared
     table0 = shared.table.detach().clone()
-    outcome = Trainer(config, model, host, None, synthetic_loader(config), CPU, None, lambda r: None).run()
+    outcome = train_briefly(config, host, model)
     assert math.isfinite(outcome.last_train_loss)
     assert not torch.equal(shared.table, table0)
     assert model.blocks[3].value_transforms[0].layer_scale.item() != 1.0

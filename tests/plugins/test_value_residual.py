@@ -15,10 +15,8 @@ from golfcore.model import build_model, check_config
 from golfcore.params import ParamSpec, param_specs
 from golfcore.plugins import Host, NoConfig, PluginInfo, discover
 from golfcore.recipe import resolve
-from golfcore.train import Dist, Trainer
-from tests.helpers import synthetic_loader, tiny_config
+from tests.helpers import tiny_config, train_briefly
 
-CPU = Dist(0, 1, 0, torch.device("cpu"))
 
 
 class Probe(nn.Module):
@@ -175,7 +173,7 @@ def test_trains_and_learns(mode):
             nn.init.normal_(layer.o, std=0.05)
     t = model.blocks[2].value_transforms[0]
     before = [p.detach().clone() for p in t.parameters()]
-    outcome = Trainer(config, model, host, None, synthetic_loader(config), CPU, None, lambda r: None).run()
+    outcome = train_briefly(config, host, model)
     assert math.isfinite(outcome.last_train_loss)
     assert any(not torch.equal(a, b) for a, b in zip(before, t.parameters()))
 

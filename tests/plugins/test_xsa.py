@@ -13,10 +13,8 @@ from golfcore.errors import ConfigError
 from golfcore.model import build_model, check_config
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
-from golfcore.train import Dist, Trainer
-from tests.helpers import synthetic_loader, tiny_config
+from tests.helpers import tiny_config, train_briefly
 
-CPU = Dist(0, 1, 0, torch.device("cpu"))
 SCHEDULE = [0, 1, 2, 1, 2, 3]  # 6 virtual layers over 4 physical ones
 
 
@@ -149,7 +147,7 @@ def test_trains():
     with torch.no_grad():
         for layer in model.layers:
             nn.init.normal_(layer.o, std=0.05)
-    outcome = Trainer(config, model, host, None, synthetic_loader(config), CPU, None, lambda r: None).run()
+    outcome = train_briefly(config, host, model)
     assert math.isfinite(outcome.last_train_loss)
 
 
