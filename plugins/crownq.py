@@ -50,6 +50,10 @@ class Config(golfcore.Section):
     step_divisor_override: float = golfcore.option(
         0.0, "0 = the quantizer's row_step; N > 0 = delta_r = max|W_r| / N (15 reproduces PR #693)"
     )
+    stack_same_shape: bool = golfcore.option(
+        True, "compute same-shape matrices as one stacked tensor (few kernels; right for row-wise quantizers "
+        "such as int8 and gptq_lite; turn off for a quantizer whose step depends on the whole matrix)"
+    )
 
     def check(self) -> None:
         if not self.lam >= 0:
@@ -77,13 +81,23 @@ def row_penalty(w: Tensor, step: Tensor) -> Tensor:
 
 
 class CrownQPenalty:
-    """penalty(lr_scale) -> scalar tensor; the trainer calls it every micro-step."""
+    """penalty(lr_scale) -> scalar tensor; the trainer calls it every micro-step.
+
+    With `stack_same_shape`, matrices of one shape are stacked into [n, rows, cols] and the
+    quantizer's `row_step` runs once per shape (4 shapes in the #733 model instead of 66
+    matrices): the core quantizers work row by row over the last dim, so the value is the same.
+    """
 
     def __init__(self, matrices: list[Tensor], quantizer, cfg: Config, device: torch.device):
         self.matrices = matrices
         self.quantizer = quantizer
         self.cfg = cfg
         self.zero = torch.zeros((), device=device)
+        groups: dict[tuple, list[Tensor]] = {}
+        for w in matrices:
+            key = (tuple(w.shape), w.dtype, w.device) if cfg.stack_same_shape else (id(w),)
+            groups.setdefault(key, []).append(w)
+        self.groups = list(groups.values())
 
     def step_of(self, w: Tensor) -> Tensor:
         if self.cfg.step_divisor_override > 0:
@@ -93,7 +107,8 @@ class CrownQPenalty:
     def value(self) -> Tensor:
         """The penalty now, whatever the schedule (lam included)."""
         total = self.zero
-        for w in self.matrices:
+        for group in self.groups:
+            w = group[0] if len(group) == 1 else torch.stack(group)  # [n, rows, cols]: rows stay rows
             total = total + row_penalty(w, self.step_of(w))
         return self.cfg.lam * total
 

@@ -96,6 +96,21 @@ def test_value_uses_the_gptq_lite_int6_grid():
     assert float(fn(0.5).detach()) > 10 * int8  # a 31-level grid has ~4x the step of a 127-level one: ~16x the penalty
 
 
+@pytest.mark.parametrize("quantizer", [Int8Quantizer(SMALL), GptqLiteQuantizer(SMALL)], ids=["int8", "gptq_lite"])
+def test_stacking_same_shape_matrices_changes_nothing(quantizer):
+    values, grads = [], []
+    for stack in (True, False):
+        config, host, model = setup(CrownQConfig(stack_same_shape=stack))
+        fn = penalty_fn(config, host, model, quantizer)
+        assert len(fn.groups) == (4 if stack else 24)  # q/o [32,32], k/v [16,32], up [64,32], down [32,64]
+        value = fn(0.5)
+        value.backward()
+        values.append(float(value.detach()))
+        grads.append([p.grad.clone() for p in fn.matrices])
+    assert values[0] == pytest.approx(values[1], rel=1e-6)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-12) for a, b in zip(*grads))
+
+
 def test_gradient_reaches_every_quantized_matrix_and_nothing_else():
     """D2: every block matrix gets a gradient; embeddings (exported "embedding") and scalars none."""
     config, host, model = setup()
@@ -144,7 +159,7 @@ def test_inactive_does_no_matrix_work():
         fn(1.0)
     assert Counting.calls == 0
     fn(0.5)
-    assert Counting.calls == 24
+    assert Counting.calls == 4  # one call per stacked shape
 
 
 def test_shared_physical_matrices_are_penalised_once():
@@ -205,13 +220,13 @@ def test_not_active_during_a_run_without_warmdown():
 def test_defaults():
     config = resolve({"plugins": {"crownq": {}}}, discover(), "<test>")
     cfg = config.plugins["crownq"]
-    assert (cfg.lam, cfg.start_scale, cfg.step_divisor_override) == (0.01, 1.0, 0.0)
+    assert (cfg.lam, cfg.start_scale, cfg.step_divisor_override, cfg.stack_same_shape) == (0.01, 1.0, 0.0, True)
 
 
 @pytest.mark.parametrize(
     "table, key",
     [({"lam": -1.0}, "lam"), ({"start_scale": 0.0}, "start_scale"), ({"step_divisor_override": -15}, "step_divisor_override"),
-     ({"lam": "big"}, "lam"), ({"lambda": 0.1}, "lambda")],
+     ({"lam": "big"}, "lam"), ({"lambda": 0.1}, "lambda"), ({"stack_same_shape": "yes"}, "stack_same_shape")],
 )
 def test_bad_config_names_plugin_and_key(table, key):
     with pytest.raises(ConfigError, match=rf"\[plugins\.crownq\].*{key}"):
