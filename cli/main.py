@@ -46,7 +46,7 @@ def user_errors(fn: Callable) -> Callable:
 
 def _progress_factory(progress: Progress):
     def factory(stage: str, total: int):
-        task = progress.add_task(f"eval {stage}", total=total)
+        task = progress.add_task(stage if stage == "train" else f"eval {stage}", total=total)
         return lambda done, _total: progress.update(task, completed=done)
 
     return factory

@@ -238,6 +238,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factory) -> dict:
+    """The body of `run`; `progress_factory(stage, total)` gives a (done, total) callback per phase."""
     config, dist, corpus = session.config, session.dist, session.corpus
     model = session.build_model()
     val_tokens = load_val_tokens(corpus, config.data.max_val_tokens)
@@ -251,7 +252,8 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
         return session.score(m, val_tokens, stride=config.eval_seq_len).val_loss
 
     loader = DistributedTokenLoader(corpus.train_files, dist.rank, dist.world_size, dist.device)
-    trainer = Trainer(config, model, session.host, session.quantizer, loader, dist, validate, log.record)
+    trainer = Trainer(config, model, session.host, session.quantizer, loader, dist, validate, log.record,
+                      progress=progress_factory("train", config.train.iterations))
     outcome = trainer.run()
     log.line(f"stopped_by:{outcome.stopped_by} steps:{outcome.steps} train_time:{outcome.train_seconds * 1000:.0f}ms")
 

@@ -96,7 +96,8 @@ class Trainer:
     """Trains `model` in place. `on_log(record)` receives every log record (rank 0 only)."""
 
     def __init__(self, config: RunConfig, model: nn.Module, host: Host, quantizer, loader, dist: Dist,
-                 validate: Callable[[nn.Module], float] | None, on_log: Callable[[dict], None]):
+                 validate: Callable[[nn.Module], float] | None, on_log: Callable[[dict], None],
+                 progress: Callable[[int, int], None] | None = None):
         t = config.train
         if t.micro_batches % dist.world_size:
             raise ConfigError(f"{config.source}: [train] micro_batches {t.micro_batches} is not divisible by {dist.world_size} processes")
@@ -104,6 +105,7 @@ class Trainer:
         self.accum = t.micro_batches // dist.world_size
         self.validate = validate
         self.on_log = on_log
+        self.progress = progress
         self.optimizers = host.first("golf_optimizers", model=model, config=config) or build_optimizers(model, config.optim)
         self.penalties = host.collect("golf_loss_penalty", model=model, config=config, quantizer=quantizer)
         compiled = torch.compile(model, fullgraph=True) if should_compile(config, dist.device) else model
@@ -116,6 +118,17 @@ class Trainer:
     def _sync(self) -> None:
         if self.dist.device.type == "cuda":
             torch.cuda.synchronize()
+
+    def _elapsed_ms(self, started: float) -> float:
+        """Training time so far, the same on every rank (the slowest rank's), so every rank
+        computes the same lr scale and stops at the same step under the wallclock cap."""
+        self._sync()
+        elapsed = (time.perf_counter() - started) * 1000
+        if self.dist.world_size > 1:
+            agreed = torch.tensor([elapsed], dtype=torch.float64, device=self.dist.device)
+            torch_dist.all_reduce(agreed, op=torch_dist.ReduceOp.MAX)
+            elapsed = float(agreed)
+        return elapsed
 
     def _step(self, step: int, lr_scale: float) -> float:
         t, ddp = self.config.train, self.dist.world_size > 1
@@ -171,8 +184,9 @@ class Trainer:
             loss = self._step(step, scale)
             step += 1
             self.host.call("golf_step_end", model=self.model, step=step, lr_scale=scale)
-            self._sync()
-            elapsed_ms = (time.perf_counter() - started) * 1000
+            elapsed_ms = self._elapsed_ms(started)
+            if self.progress:
+                self.progress(step, t.iterations)
             if step % max(t.log_every, 1) == 0 or step == 1 or step == t.iterations:
                 self.on_log({"event": "train", "step": step, "of": t.iterations, "train_loss": loss,
                              "train_time_ms": elapsed_ms, "step_avg_ms": elapsed_ms / step, "lr_scale": scale})
