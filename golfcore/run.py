@@ -231,6 +231,16 @@ def run(config: RunConfig, available: dict[str, PluginInfo], recipe_text: str,
     return final_dir, result
 
 
+def _code_file_label(path: Path, run_dir: Path | None) -> str:
+    """A code file as the result names it: relative to its package's parent, or to the run."""
+    if run_dir and path.parent == run_dir:
+        return path.name
+    for parent in path.parents:
+        if not (parent / "__init__.py").is_file():
+            return str(path.relative_to(parent))
+    return str(path)
+
+
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
@@ -292,7 +302,8 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
         "eval_seconds": sum(s["eval_seconds"] for s in stages.values()),
         "model_params": count_parameters(model),
         "artifact": {"model_bytes": art.model_bytes, "code_bytes": art.code_bytes, "total_bytes": art.total_bytes,
-                     "budget_bytes": art.budget_bytes, "within_budget": art.within_budget, "code_files": art.code_files,
+                     "budget_bytes": art.budget_bytes, "within_budget": art.within_budget,
+                     "code_files": [_code_file_label(Path(f), run_dir) for f in art.code_files],
                      "quantizer": session.quantizer.name, "compressor": session.compressor.name},
         "plugins": {name: {"config": config.to_dict()["plugins"][name], "source": session.available[name].source,
                            "version": session.available[name].version} for name in config.plugins},
