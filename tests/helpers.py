@@ -6,9 +6,10 @@ from pathlib import Path
 
 import torch
 
+import golfcore as golf
 from golfcore.config import RunConfig
 from golfcore.plugins import Host, PluginInfo
-from golfcore.train import Dist, TrainOutcome, Trainer
+from golfcore.train import Dist, Trainer, TrainOutcome
 
 CPU = Dist(0, 1, 0, torch.device("cpu"))
 
@@ -59,3 +60,50 @@ def train_briefly(config: RunConfig, host: Host, model, quantizer=None, records:
     """Train `model` for config.train.iterations steps on synthetic tokens, on CPU."""
     sink = records if records is not None else []
     return Trainer(config, model, host, quantizer, synthetic_loader(config), CPU, None, sink.append).run()
+
+
+class CaptureAdapter:
+    """Placed after the adapter under test: records each scored row and its stream position."""
+
+    name, history_len, order = "capture", 0, 100
+
+    def __init__(self):
+        self.rows, self.pos = [], []
+
+    def start(self, model, vocab_size, num_targets):
+        pass
+
+    def adjust(self, logprobs, history, positions):
+        self.rows.append(logprobs.clone())
+        self.pos.append(positions.clone())
+        return logprobs
+
+    def observe(self, tokens):
+        pass
+
+    def by_position(self):
+        pos, rows = torch.cat(self.pos), torch.cat(self.rows)
+        order = pos.argsort()
+        return pos[order], rows[order]
+
+    def nll(self, val):
+        pos, rows = self.by_position()
+        return -rows.gather(1, val[pos + 1][:, None]).squeeze(1)
+
+
+class Snapshots(golf.Plugin):
+    """Records every parameter after each optimizer step (runs beside the plugin under test)."""
+
+    name = "snapshots"
+    taken: list = []
+
+    @golf.hookimpl
+    def golf_step_end(self, model, step, lr_scale):
+        self.taken.append((step, lr_scale, [p.detach().clone() for p in model.parameters()]))
+
+
+def host_for(config, plugins):
+    """Host with the given {plugin class: config} in that recipe order."""
+    for cls, cfg in plugins.items():
+        config.plugins[cls.name] = cfg if cfg is not None else cls.Config()
+    return Host(config, {cls.name: PluginInfo(cls.name, cls, "test", "0") for cls in plugins})

@@ -11,12 +11,12 @@ from torch import nn
 
 import golfcore
 from golfcore.artifact import (
-    fp16_round,
     CLIP_PERCENTILE,
     Int8Quantizer,
     ZstdCompressor,
     code_bytes,
     code_files_for,
+    fp16_round,
     pack,
     report,
     unpack,

@@ -12,7 +12,6 @@ from golfcore.train import Trainer, lr_scale_at, setup_dist
 from tests.helpers import CPU, host_with, synthetic_loader, tiny_config
 
 
-
 def make_trainer(config, loader=None, records=None, dist=CPU):
     host = host_with(config)
     model = build_model(config, host, None)

@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-
 from golf_plugins.bigram_hash import BigramHash, BigramHashPlugin, bigram_buckets
+
 from golfcore.errors import ConfigError
 from golfcore.model import rms_norm
 from golfcore.params import ParamSpec, param_specs

@@ -3,10 +3,18 @@
 
 import pytest
 import torch
+from golf_plugins import (
+    bigram_hash,
+    leaky_relu2,
+    ln_scale,
+    ortho_init,
+    partial_rope,
+    smear_gate,
+    value_embeddings,
+)
 from torch import nn
 
 import golfcore as golf
-from golf_plugins import bigram_hash, leaky_relu2, ln_scale, ortho_init, partial_rope, smear_gate, value_embeddings
 from golfcore.model import build_model, check_config
 from golfcore.plugins import Host, PluginInfo
 from tests.helpers import tiny_config

@@ -4,9 +4,15 @@ the tied model and for the model untied before eval."""
 
 import pytest
 import torch
+from golf_plugins import (
+    gated_attention,
+    recurrence,
+    value_embeddings,
+    value_residual,
+    xsa,
+)
 from torch import nn
 
-from golf_plugins import gated_attention, recurrence, value_embeddings, value_residual, xsa
 from golfcore.model import build_model, check_config
 from golfcore.plugins import Host, PluginInfo
 from tests.helpers import tiny_config

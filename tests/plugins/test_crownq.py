@@ -3,11 +3,11 @@ override), which parameters it reaches (D2), the lr-scale gate, shared layers on
 
 import pytest
 import torch
-
-import golfcore as golf
 from golf_plugins.crownq import Config as CrownQConfig
 from golf_plugins.crownq import CrownQ, quantized_matrices
 from golf_plugins.gptq_lite import GptqLiteQuantizer
+
+import golfcore as golf
 from golfcore.artifact import CLIP_PERCENTILE, Int8Quantizer
 from golfcore.errors import ConfigError
 from golfcore.model import build_model

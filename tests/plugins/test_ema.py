@@ -4,35 +4,15 @@ import warnings
 
 import pytest
 import torch
-
-import golfcore as golf
 from golf_plugins.ema import Config as EmaConfig
 from golf_plugins.ema import Ema
+
 from golfcore.errors import ConfigError
 from golfcore.model import build_model
 from golfcore.params import param_specs
-from golfcore.plugins import Host, PluginInfo, discover
+from golfcore.plugins import discover
 from golfcore.recipe import resolve
-from tests.helpers import host_with, tiny_config, train_briefly
-
-
-
-class Snapshots(golf.Plugin):
-    """Records every parameter after each optimizer step (runs beside the plugin under test)."""
-
-    name = "snapshots"
-    taken: list = []
-
-    @golf.hookimpl
-    def golf_step_end(self, model, step, lr_scale):
-        self.taken.append((step, lr_scale, [p.detach().clone() for p in model.parameters()]))
-
-
-def host_for(config, plugins):
-    """Host with the given {plugin class: config} in that recipe order."""
-    for cls, cfg in plugins.items():
-        config.plugins[cls.name] = cfg if cfg is not None else cls.Config()
-    return Host(config, {cls.name: PluginInfo(cls.name, cls, "test", "0") for cls in plugins})
+from tests.helpers import Snapshots, host_for, host_with, tiny_config, train_briefly
 
 
 def train(config, host):

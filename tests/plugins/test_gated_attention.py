@@ -6,18 +6,17 @@ import math
 
 import pytest
 import torch
+from golf_plugins import ln_scale, recurrence, xsa
+from golf_plugins.gated_attention import Config, GatedAttention, HeadGate
 from torch import nn
 
 import golfcore as golf
-from golf_plugins import ln_scale, recurrence, xsa
-from golf_plugins.gated_attention import Config, GatedAttention, HeadGate
 from golfcore.errors import ConfigError
 from golfcore.model import build_model, check_config, rms_norm
 from golfcore.params import ParamSpec, param_specs
 from golfcore.plugins import Host, NoConfig, PluginInfo, discover
 from golfcore.recipe import resolve
 from tests.helpers import tiny_config, train_briefly
-
 
 
 class Spy(nn.Module):

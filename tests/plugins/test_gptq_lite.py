@@ -3,9 +3,9 @@ row_step/fake_quantize with the export, artifact size against the core, config v
 
 import pytest
 import torch
-
 from golf_plugins.gptq_lite import DEFAULT_PERCENTILES, GptqLite, GptqLiteQuantizer
 from golf_plugins.lzma import LzmaCompressor
+
 from golfcore.artifact import Int8Quantizer, ZstdCompressor, pack, unpack
 from golfcore.errors import ConfigError
 from golfcore.model import build_model
@@ -13,7 +13,6 @@ from golfcore.params import param_specs
 from golfcore.plugins import discover
 from golfcore.recipe import resolve
 from tests.helpers import host_with, tiny_config, train_briefly
-
 
 
 def outlier_matrix(rows=32, cols=1024, seed=0):

@@ -7,12 +7,13 @@ import math
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from golf_plugins.hedge_mixer import EXPERTS, Config, HedgeMixer, HedgeMixerPlugin
+
 from golfcore.errors import ConfigError
 from golfcore.eval import ByteLUTs, evaluate
 from golfcore.plugins import discover
 from golfcore.recipe import resolve
+from tests.helpers import CaptureAdapter
 
 V = 16
 B = 32  # trigram buckets (small: collisions happen and must be counted like the naive recount)
@@ -29,31 +30,6 @@ def mixer(**kw):
     m = HedgeMixer(cfg(**kw))
     m.start(None, V, 10**6)
     return m
-
-
-class Capture:
-    """After the mixer: records each scored row with its stream position."""
-
-    name, history_len, order = "capture", 0, 100
-
-    def __init__(self):
-        self.rows, self.pos = [], []
-
-    def start(self, model, vocab_size, num_targets):
-        pass
-
-    def adjust(self, logprobs, history, positions):
-        self.rows.append(logprobs.clone())
-        self.pos.append(positions.clone())
-        return logprobs
-
-    def observe(self, tokens):
-        pass
-
-    def by_position(self):
-        pos, rows = torch.cat(self.pos), torch.cat(self.rows)
-        order = pos.argsort()
-        return pos[order], rows[order]
 
 
 def bigram_model(seed=0, sharpness=1.0):
@@ -79,7 +55,7 @@ def markov2_stream(n, seed=0, concentration=0.1):
 
 
 def run(fn, val, adapter, *, seq_len=16, stride=4, batch_seqs=3, chunk_tokens=50, rank=0, world_size=1):
-    cap = Capture()
+    cap = CaptureAdapter()
     adapter.start(None, V, val.numel() - 1)
     res = evaluate(fn, val, LUTS, seq_len=seq_len, stride=stride, batch_seqs=batch_seqs, adapters=[adapter, cap],
                    chunk_tokens=chunk_tokens, rank=rank, world_size=world_size)

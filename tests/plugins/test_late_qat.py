@@ -7,19 +7,18 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-
-import golfcore as golf
 from golf_plugins.gptq_lite import GptqLite, GptqLiteQuantizer
 from golf_plugins.late_qat import Config as QatConfig
 from golf_plugins.late_qat import FakeQuantize, LateQat, set_enabled
+
+import golfcore as golf
 from golfcore.artifact import Int8Quantizer
 from golfcore.errors import ConfigError
 from golfcore.model import build_model
 from golfcore.params import param_specs
-from golfcore.plugins import Host, PluginInfo, discover
+from golfcore.plugins import discover
 from golfcore.recipe import resolve
-from tests.helpers import host_with, tiny_config, train_briefly
-
+from tests.helpers import host_for, host_with, tiny_config, train_briefly
 
 
 def qat_modules(model):
@@ -36,12 +35,6 @@ class Watch(golf.Plugin):
     def golf_step_end(self, model, step, lr_scale):
         (m,) = qat_modules(model).values()
         self.seen.append((step, lr_scale, float(m.enabled)))
-
-
-def host_for(config, plugins):
-    for cls, cfg in plugins.items():
-        config.plugins[cls.name] = cfg if cfg is not None else cls.Config()
-    return Host(config, {cls.name: PluginInfo(cls.name, cls, "test", "0") for cls in plugins})
 
 
 def int6_config():

@@ -4,15 +4,14 @@ import math
 
 import pytest
 import torch
+from golf_plugins.leaky_relu2 import LeakyRelu2, LeakyReluSquared
 from torch import nn
 
-from golf_plugins.leaky_relu2 import LeakyRelu2, LeakyReluSquared
 from golfcore.errors import ConfigError
 from golfcore.model import ReluSquared, count_parameters
 from golfcore.plugins import discover
 from golfcore.recipe import resolve
 from tests.helpers import build, train_briefly
-
 
 
 def test_formula():

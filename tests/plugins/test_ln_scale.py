@@ -4,16 +4,15 @@ import math
 
 import pytest
 import torch
+from golf_plugins.ln_scale import Config, LnScale
 from torch import nn
 
 import golfcore as golf
-from golf_plugins.ln_scale import Config, LnScale
 from golfcore.errors import ConfigError
 from golfcore.model import build_model, check_config, count_parameters, rms_norm
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
 from tests.helpers import host_with, tiny_config, train_briefly
-
 
 
 class Repeat(golf.Plugin):

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from golf_plugins.lzma import Lzma, LzmaCompressor
+
 from golfcore.artifact import Int8Quantizer, ZstdCompressor, pack, unpack
 from golfcore.errors import ConfigError, DataError
 from golfcore.model import build_model
@@ -11,7 +11,6 @@ from golfcore.params import param_specs
 from golfcore.plugins import discover
 from golfcore.recipe import resolve
 from tests.helpers import host_with, tiny_config, train_briefly
-
 
 
 def test_round_trip_bytes():

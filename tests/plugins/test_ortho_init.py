@@ -4,15 +4,14 @@ import math
 
 import pytest
 import torch
+from golf_plugins.ortho_init import Config, OrthoInit
 
 import golfcore as golf
-from golf_plugins.ortho_init import Config, OrthoInit
 from golfcore.errors import ConfigError
 from golfcore.model import build_model, check_config
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
 from tests.helpers import tiny_config, train_briefly
-
 
 
 class Repeat(golf.Plugin):

@@ -4,14 +4,13 @@ import math
 
 import pytest
 import torch
-
 from golf_plugins.partial_rope import NTKRotary, PartialRope, ntk_base
+
 from golfcore.errors import ConfigError
 from golfcore.model import Rotary, build_model, check_config, count_parameters
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
 from tests.helpers import host_with, tiny_config, train_briefly
-
 
 
 def build(config=None, **options):

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from golf_plugins.recurrence import Config, Recurrence, schedule, untie
 from torch import nn
 
-from golf_plugins.recurrence import Config, Recurrence, schedule, untie
 from golfcore.artifact import Int8Quantizer, pack, unpack
 from golfcore.errors import ConfigError
 from golfcore.model import build_model, check_config
@@ -17,7 +17,6 @@ from golfcore.params import param_specs
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
 from tests.helpers import tiny_config, train_briefly
-
 
 
 def build(cfg: Config, config=None):

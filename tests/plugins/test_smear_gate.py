@@ -4,14 +4,13 @@ import math
 
 import pytest
 import torch
-
 from golf_plugins.smear_gate import SmearGate, SmearGatePlugin
+
 from golfcore.errors import ConfigError
 from golfcore.params import ParamSpec, param_specs
 from golfcore.plugins import discover
 from golfcore.recipe import resolve
 from tests.helpers import build, train_briefly
-
 
 
 def direct(x, tokens, g, mask_bos):

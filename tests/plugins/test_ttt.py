@@ -6,16 +6,16 @@ import math
 import pytest
 import torch
 import torch.multiprocessing as mp
-
-import golfcore as golf
 from golf_plugins.ttt import Config as TttConfig
 from golf_plugins.ttt import Ttt, frozen_parameters, lr_at
+
+import golfcore as golf
 from golfcore.errors import ConfigError
 from golfcore.eval import ByteLUTs, evaluate
 from golfcore.model import build_model
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
-from tests.helpers import tiny_config
+from tests.helpers import CaptureAdapter, tiny_config
 
 V = 64
 LUTS = ByteLUTs(torch.ones(V, dtype=torch.int16), torch.zeros(V, dtype=torch.bool), torch.zeros(V, dtype=torch.bool))
@@ -51,35 +51,6 @@ class Gain(torch.nn.Module):
         return v * self.gain
 
 
-class Capture:
-    """Placed after the adapter under test: records each scored row and its stream position."""
-
-    name, history_len, order = "capture", 0, 100
-
-    def __init__(self):
-        self.rows, self.pos = [], []
-
-    def start(self, model, vocab_size, num_targets):
-        pass
-
-    def adjust(self, logprobs, history, positions):
-        self.rows.append(logprobs.clone())
-        self.pos.append(positions.clone())
-        return logprobs
-
-    def observe(self, tokens):
-        pass
-
-    def by_position(self):
-        pos, rows = torch.cat(self.pos), torch.cat(self.rows)
-        order = pos.argsort()
-        return pos[order], rows[order]
-
-    def nll(self, val):
-        pos, rows = self.by_position()
-        return -rows.gather(1, val[pos + 1][:, None]).squeeze(1)
-
-
 def make(cfg=None, *extra, chunk_tokens=128, seed=1337):
     config = tiny_config()
     config.run.seed = seed
@@ -94,7 +65,7 @@ def make(cfg=None, *extra, chunk_tokens=128, seed=1337):
 
 
 def run_eval(config, model, adapter, val, batch_seqs=4, stride=16, rank=0, world_size=1):
-    cap = Capture()
+    cap = CaptureAdapter()
     adapter.start(model, V, val.numel() - 1)
     res = evaluate(model.logprobs, val, LUTS, seq_len=config.eval_seq_len, stride=stride, batch_seqs=batch_seqs,
                    adapters=[adapter, cap], chunk_tokens=config.eval.chunk_tokens, rank=rank, world_size=world_size)

@@ -6,10 +6,15 @@ import math
 import pytest
 import safetensors.torch
 import torch
+from golf_plugins.value_embeddings import (
+    CTX_KEY,
+    Config,
+    ValueEmbeddingAdd,
+    ValueEmbeddings,
+)
 from torch import nn
 
 import golfcore as golf
-from golf_plugins.value_embeddings import CTX_KEY, Config, ValueEmbeddingAdd, ValueEmbeddings
 from golfcore.artifact import Int8Quantizer, pack, unpack
 from golfcore.errors import ConfigError
 from golfcore.model import build_model, check_config

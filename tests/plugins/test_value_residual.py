@@ -5,18 +5,24 @@ import math
 
 import pytest
 import torch
+from golf_plugins import recurrence, value_embeddings
+from golf_plugins.value_residual import (
+    CTX_KEY,
+    CaptureFirstValue,
+    Config,
+    ValueGate,
+    ValueMix,
+    ValueResidual,
+)
 from torch import nn
 
 import golfcore as golf
-from golf_plugins import recurrence, value_embeddings
-from golf_plugins.value_residual import CTX_KEY, CaptureFirstValue, Config, ValueGate, ValueMix, ValueResidual
 from golfcore.errors import ConfigError
 from golfcore.model import build_model, check_config
 from golfcore.params import ParamSpec, param_specs
 from golfcore.plugins import Host, NoConfig, PluginInfo, discover
 from golfcore.recipe import resolve
 from tests.helpers import tiny_config, train_briefly
-
 
 
 class Probe(nn.Module):

@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
+from golf_plugins.xsa import Config, ExclusiveSelfAttention, Xsa
 from torch import nn
 
 import golfcore as golf
-from golf_plugins.xsa import Config, ExclusiveSelfAttention, Xsa
 from golfcore.errors import ConfigError
 from golfcore.model import build_model, check_config
 from golfcore.plugins import Host, PluginInfo, discover
