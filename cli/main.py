@@ -201,7 +201,9 @@ def bench(
     table.add_column("figure")
     table.add_column("value", justify="right")
     for key, value in figures.items():
-        table.add_row(key, f"{value:,.4g}" if isinstance(value, float) else str(value))
+        if isinstance(value, float):
+            value = f"{value:,.1f}" if abs(value) >= 100 else f"{value:.4g}"
+        table.add_row(key, str(value))
     console.print(table)
 
 
