@@ -280,6 +280,8 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
     if not art.within_budget:
         log.line(f"WARNING: artifact is {art.total_bytes - art.budget_bytes} bytes over the {art.budget_bytes}-byte budget")
 
+    # quantization damage on like-for-like windows (non-overlapping), whatever the final stride
+    roundtrip_flat = session.score(session.load_artifact(blob), val_tokens, stride=config.eval_seq_len)
     stages = session.score_stages(blob, val_tokens, log, progress_factory)
     final_stage = list(stages)[-1]
     compliance = audit.compliance_record(
@@ -292,7 +294,8 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
         "final_stage": final_stage,
         "stages": stages,
         "pre_export_val_loss": pre_export.val_loss,
-        "quantization_damage_nats": stages["roundtrip"]["val_loss"] - pre_export.val_loss,
+        "quantization_damage_nats": roundtrip_flat.val_loss - pre_export.val_loss,
+        "damage_windows": f"non-overlapping, seq_len {config.eval_seq_len}",
         "data": {"corpus": corpus.name, "split": "val", "targets": targets, "fingerprint": corpus.fingerprint,
                  "unigram_entropy_bpb": unigram_entropy_bpb(val_tokens.to(dist.device), session.luts())},
         "steps": outcome.steps,

@@ -93,6 +93,7 @@ def test_run_then_eval_reproduces_the_score(tmp_path, pystdlib_root):
     assert run_dir.name.startswith("tiny-") and not run_dir.name.endswith(".incomplete")
     result = json.loads((run_dir / "result.json").read_text())
     for key in ("val_bpb", "stages", "steps", "tokens", "train_seconds", "eval_seconds", "artifact", "plugins",
+                "pre_export_val_loss", "quantization_damage_nats",
                 "seed", "versions", "git_revision", "compliance", "data"):
         assert key in result, key
     assert result["steps"] == 6 and result["tokens"] == 6 * 1024
