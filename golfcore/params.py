@@ -52,3 +52,9 @@ def param_specs(model: nn.Module) -> dict[str, ParamSpec]:
             raise ValueError(f"parameter {name!r} has no declared optimizer group/export kind (use golfcore.declare)")
         specs[name] = spec
     return specs
+
+
+def float_params(model: nn.Module) -> list[torch.Tensor]:
+    """The floating-point parameters, each once (a parameter used in two places is one tensor):
+    what weight averages (EMA, SWA) track."""
+    return [p for p in model.parameters() if p.is_floating_point()]

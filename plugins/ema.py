@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 import golfcore
+from golfcore.params import float_params
 
 
 @dataclass
@@ -28,11 +29,6 @@ class Config(golfcore.Section):
     def check(self) -> None:
         if not 0 < self.decay < 1:
             raise self.invalid("decay", f"{self.decay} is not in (0, 1)")
-
-
-def float_params(model: torch.nn.Module) -> list[torch.Tensor]:
-    """The floating-point parameters, each once (tied weights are one parameter)."""
-    return [p for p in model.parameters() if p.is_floating_point()]
 
 
 class Ema(golfcore.Plugin):

@@ -24,6 +24,7 @@ from typing import Literal
 import torch
 
 import golfcore
+from golfcore.params import float_params
 
 
 @dataclass
@@ -39,10 +40,6 @@ class Config(golfcore.Section):
             raise self.invalid("every", f"{self.every} must be >= 1")
         if not 0 < self.start_scale <= 1:
             raise self.invalid("start_scale", f"{self.start_scale} is not in (0, 1]")
-
-
-def float_params(model: torch.nn.Module) -> list[torch.Tensor]:
-    return [p for p in model.parameters() if p.is_floating_point()]
 
 
 class Swa(golfcore.Plugin):
