@@ -1,5 +1,6 @@
 """The shipped recipes: they resolve, build the models they promise, and compile."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,67 @@ def test_model_compiles_fullgraph_and_matches_eager(recipe):
         eager = model.logits(tokens)
         compiled = torch.compile(model.logits, fullgraph=True)(tokens)
     assert torch.allclose(compiled, eager, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["pr549-quick.toml", "v4-quick.toml"])
+def test_quick_stack_runs_end_to_end_and_passes_compliance(recipe, tmp_path, pystdlib_root):
+    from tests.test_cli import golf
+
+    golf("run", RECIPES / recipe, "--set", "train.iterations=4", "--set", "train.val_every=0",
+         "--set", "data.max_val_tokens=2048", "--set", f'data.root="{pystdlib_root}"',
+         "--set", f'run.out_dir="{tmp_path}"', "--set", "eval.chunk_tokens=512")
+    (run_dir,) = tmp_path.iterdir()
+    result = json.loads((run_dir / "result.json").read_text())
+    expected = ["roundtrip"] if recipe.startswith("pr549") else ["roundtrip", "roundtrip+ttt", "roundtrip+ttt+hedge_mixer"]
+    assert list(result["stages"]) == expected
+    for name in ("c1_causal", "c2_normalized", "c3_score_before_update", "c4_each_target_once", "artifact_budget"):
+        assert result["compliance"][name]["passed"], name
+    assert result["artifact"]["quantizer"] == "gptq_lite" and result["artifact"]["compressor"] == "lzma"
+
+
+@pytest.mark.slow
+def test_v4_quick_scores_are_causal_with_ttt_and_mixer():
+    """Perturbing the stream after position p leaves every scored distribution at positions <= p
+    unchanged, with TTT training between chunks and the Hedge mixer on (C1 end to end)."""
+    import sentencepiece as spm
+
+    from golfcore.eval import build_byte_luts, evaluate
+    from tests.helpers import FINEWEB_TOKENIZER, CaptureAdapter
+
+    luts = build_byte_luts(spm.SentencePieceProcessor(model_file=str(FINEWEB_TOKENIZER)), 1024)
+    available = discover()
+    generator = torch.Generator().manual_seed(0)
+    stream = torch.randint(2, 1024, (1537,), generator=generator)
+    p = 900
+    perturbed = stream.clone()
+    perturbed[p + 1 :] = torch.randint(2, 1024, (stream.numel() - p - 1,), generator=generator)
+
+    def score(tokens):
+        config = load_recipe(RECIPES / "v4-quick.toml", available,
+                             sets=["eval.chunk_tokens=256", "plugins.hedge_mixer.warmup_tokens=256"])
+        host = Host(config, available)
+        check_config(config, host)
+        model = build_model(config, host, host.first("golf_quantizer", config=config))
+        with torch.no_grad():
+            for layer in model.layers:
+                layer.o.normal_(0, 0.02)
+                layer.down.normal_(0, 0.02)
+        host.call("golf_before_eval", model=model, config=config)
+        capture = CaptureAdapter()
+        adapters = [*host.collect("golf_eval_adapter", config=config), capture]
+        for adapter in adapters:
+            adapter.start(model, 1024, tokens.numel() - 1)
+        model.eval()
+        result = evaluate(model.logprobs, tokens, luts, seq_len=256, stride=64, batch_seqs=8,
+                          adapters=adapters, chunk_tokens=256)
+        assert [a.name for a in adapters] == ["ttt", "hedge_mixer", "capture"]
+        assert result.targets == tokens.numel() - 1
+        return capture.by_position()
+
+    pos_a, rows_a = score(stream)
+    pos_b, rows_b = score(perturbed)
+    assert torch.equal(pos_a, torch.arange(stream.numel() - 1)) and torch.equal(pos_a, pos_b)
+    assert torch.allclose(rows_a[: p + 1], rows_b[: p + 1], atol=1e-5)
+    assert not torch.allclose(rows_a[p + 1 :], rows_b[p + 1 :], atol=1e-3)  # the probe can see a change
+    assert torch.allclose(rows_a.logsumexp(-1), torch.zeros(rows_a.size(0)), atol=1e-3)
