@@ -135,16 +135,20 @@ def _summary(result: dict) -> None:
 @user_errors
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
+    set_: SetOpt = None,
+    with_: WithOpt = None,
+    without: WithoutOpt = None,
     plugins_dir: DirsOpt = None,
 ):
-    """Re-score a run's artifact (loaded from its bytes) with its resolved recipe."""
+    """Re-score a run's artifact (loaded from its bytes) with its resolved recipe; overrides may
+    change the evaluation (e.g. --without ttt), not the model."""
     from golfcore.plugins import discover
     from golfcore.run import rescore
 
     available = discover(plugins_dir or [])
     with _progress() as progress:
         rescore(run_dir, available, echo=lambda s: progress.console.print(s, markup=False, soft_wrap=True),
-                progress_factory=_progress_factory(progress))
+                progress_factory=_progress_factory(progress), sets=set_ or [], with_=with_ or [], without=without or [])
 
 
 @app.command()

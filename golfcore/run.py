@@ -321,15 +321,18 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
 
 
 def rescore(run_dir: Path, available: dict[str, PluginInfo], echo: Callable[[str], None] = print,
-            progress_factory=None) -> dict:
-    """Re-score a finished run's artifact with its resolved recipe (no training)."""
+            progress_factory=None, sets: list[str] = (), with_: list[str] = (), without: list[str] = ()) -> dict:
+    """Re-score a finished run's artifact with its resolved recipe (no training).
+
+    Overrides may change what evaluation does (eval adapters, [eval] settings); one that
+    changes the model's architecture is refused when the artifact no longer fits it."""
     from .recipe import load_recipe
 
     run_dir = Path(run_dir)
     artifact = run_dir / ARTIFACT_NAME
     if not artifact.is_file() or not (run_dir / RECIPE_NAME).is_file():
         raise GolfError(f"{run_dir}: not a finished run directory (needs {ARTIFACT_NAME} and {RECIPE_NAME})")
-    config = load_recipe(run_dir / RECIPE_NAME, available)
+    config = load_recipe(run_dir / RECIPE_NAME, available, sets, with_, without)
     session = Session(config, available)
     blob = artifact.read_bytes()
     val_tokens = load_val_tokens(session.corpus, config.data.max_val_tokens)

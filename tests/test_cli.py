@@ -108,6 +108,12 @@ def test_run_then_eval_reproduces_the_score(tmp_path, pystdlib_root):
     again = golf("eval", run_dir)
     bpb = float(again.stdout.split("val_bpb:")[1].split()[0])
     assert bpb == pytest.approx(result["val_bpb"], abs=1e-6)
+    # evaluation overrides are fine; an override that changes the model no longer fits the artifact
+    sliding = golf("eval", run_dir, "--set", "eval.stride=16")
+    assert "val_bpb:" in sliding.stdout
+    changed = golf("eval", run_dir, "--with", "leaky_relu2", "--set", "model.num_layers=3", check=False)
+    assert changed.returncode == 1 and "artifact does not match the recipe's model" in changed.stderr
+    assert "Traceback" not in changed.stderr
 
 
 @pytest.mark.slow
