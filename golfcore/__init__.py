@@ -1,6 +1,8 @@
 """golf core: a minimal GPT, its training loop, evaluation and artifact, extended through plugins.
 
-What a plugin author needs is importable from here:
+This module is the public surface: everything a plugin needs is importable from here, and
+built-in plugins import nothing else from golf (a test checks it), so they are examples a third
+party can copy. docs/hooks.md lists these names.
 
     import golfcore as golf
 
@@ -12,11 +14,25 @@ What a plugin author needs is importable from here:
         def golf_mlp_activation(self, config, layer): ...
 """
 
-from .config import Section, option
-from .errors import ConfigError, GolfError
+# the contract: hooks, where a layer sits, what a forward pass and an eval adapter are given
+from .contract import Compressor, EvalAdapter, EvalContext, ForwardContext, LayerInfo, Quantizer
 from .hookspecs import hookimpl
-from .model import LayerInfo
-from .params import declare
+
+# writing a plugin: its class, its typed config, its parameters, its errors
+from .config import RunConfig, Section, option
+from .errors import ComplianceError, ConfigError, GolfError
+from .layers import LayerSelection
+from .params import declare, float_params, param_specs, spec_of
 from .plugins import Plugin
 
-__all__ = ["ConfigError", "GolfError", "LayerInfo", "Plugin", "Section", "declare", "hookimpl", "option"]
+# building blocks plugins reuse
+from .artifact import CLIP_PERCENTILE, Int8Quantizer, fp16_round, row_quantile, to_float16
+from .data import BOS_ID
+from .model import Rotary, rms_norm
+
+__all__ = [
+    "BOS_ID", "CLIP_PERCENTILE", "Compressor", "ComplianceError", "ConfigError", "EvalAdapter", "EvalContext",
+    "ForwardContext", "GolfError", "Int8Quantizer", "LayerInfo", "LayerSelection", "Plugin", "Quantizer", "Rotary",
+    "RunConfig", "Section", "declare", "float_params", "fp16_round", "hookimpl", "option", "param_specs", "rms_norm",
+    "row_quantile", "spec_of", "to_float16",
+]

@@ -29,13 +29,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Protocol
 
 import safetensors.torch
 import torch
 import zstandard
 from torch import Tensor
 
+from .contract import Compressor, Quantizer
 from .errors import ConfigError, DataError
 from .params import ParamSpec
 
@@ -47,43 +47,7 @@ CLIP_PERCENTILE = 99.99984
 _CORE_DIR = Path(__file__).resolve().parent  # the golfcore package
 
 
-class Quantizer(Protocol):
-    """Turns one state tensor into stored tensors and back; chosen by the export hook.
-
-    Stored tensor names must start with the state key (e.g. "blocks.0.w.q", "blocks.0.w.scale")
-    so names never collide in the container.
-    """
-
-    name: str
-
-    def quantize(self, name: str, tensor: Tensor, export: str) -> tuple[dict[str, Tensor], dict]:
-        """(stored tensors, JSON-able scheme info) for `tensor` with declared export kind `export`."""
-        ...
-
-    def dequantize(self, name: str, stored: dict[str, Tensor], info: dict) -> Tensor:
-        """The tensor back from what `quantize` stored (any float dtype; the caller restores dtype)."""
-        ...
-
-    def row_step(self, weight: Tensor) -> Tensor:
-        """[rows] quantization step the exporter would use for a "quantize" matrix, differentiable
-        w.r.t. `weight` where meaningful (CROWN-Q penalises it; QAT uses the exporter's grid)."""
-        ...
-
-    def fake_quantize(self, weight: Tensor) -> Tensor:
-        """What a "quantize" weight becomes after the artifact round trip (no straight-through
-        estimator here; callers write w + (fake_quantize(w) - w).detach())."""
-        ...
-
-
-class Compressor(Protocol):
-    name: str
-
-    def compress(self, data: bytes) -> bytes: ...
-
-    def decompress(self, data: bytes) -> bytes: ...
-
-
-def _row_quantile(w: Tensor, q: float) -> Tensor:
+def row_quantile(w: Tensor, q: float) -> Tensor:
     """q-quantile of |w| along the last dim ([..., cols] -> [...]), linear interpolation like
     torch.quantile, which refuses inputs over 16M elements. Differentiable through the sort."""
     a = w.float().abs().sort(dim=-1).values
@@ -132,7 +96,7 @@ class Int8Quantizer:
         is stored), so every unclipped element comes back within step/2. Plain tensor code:
         fake_quantize runs it inside compiled graphs."""
         w32 = w.detach().float()
-        clip = _row_quantile(w32, CLIP_PERCENTILE / 100).unsqueeze(-1)  # [..., 1]
+        clip = row_quantile(w32, CLIP_PERCENTILE / 100).unsqueeze(-1)  # [..., 1]
         step = fp16_round(clip.squeeze(-1) / 127)  # [...]
         s = step.unsqueeze(-1)
         q = torch.round(torch.clamp(w32, -clip, clip) / torch.where(s > 0, s, 1.0)).clamp(-127, 127)
@@ -159,7 +123,7 @@ class Int8Quantizer:
         raise DataError(f"artifact tensor {name!r}: unknown int8 scheme {scheme!r}: corrupt")
 
     def row_step(self, weight: Tensor) -> Tensor:
-        return _row_quantile(weight, CLIP_PERCENTILE / 100) / 127
+        return row_quantile(weight, CLIP_PERCENTILE / 100) / 127
 
     def fake_quantize(self, weight: Tensor) -> Tensor:
         """Same rule as `quantize(..., "quantize")`: small matrices round-trip through fp16."""

@@ -19,3 +19,8 @@ class DataError(GolfError):
 
 class ComplianceError(GolfError):
     """A legality check failed (e.g. an eval adapter returned an unnormalized distribution)."""
+
+
+class PluginError(GolfError):
+    """A plugin raised inside a hook: the message names the plugin, the hook and the exception,
+    whose traceback stays attached as `__cause__` (shown by `golf --debug`)."""

@@ -15,12 +15,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from golfcore.errors import ComplianceError, ConfigError, DataError
+from .contract import EvalAdapter
+from .errors import ComplianceError, ConfigError, DataError
 
 if TYPE_CHECKING:
     import sentencepiece
@@ -81,29 +82,6 @@ def build_byte_luts(sp: sentencepiece.SentencePieceProcessor, vocab_size: int) -
             piece = piece[1:]
         base_bytes[i] = len(piece.replace(_SPACE, " ").encode("utf-8"))
     return ByteLUTs(base_bytes, has_leading_space, is_boundary)
-
-
-class EvalAdapter(Protocol):
-    """Changes the scored distributions from what it has observed (TTT, n-gram mixers).
-
-    The caller (which owns the model) calls ``start`` before ``evaluate``, with the number
-    of targets the stream holds (schedules such as TTT's cosine need it). ``adjust``
-    receives the model's log-probabilities of the scored positions, their histories and
-    their stream indices (target i is val[i+1]; on several ranks each sees only its share),
-    never the targets, and must return normalized log-probabilities; it may record what it
-    needs later but must not change future scores, so scores don't depend on batching.
-    ``observe`` receives each target exactly once, in stream order, after it was scored;
-    the first token ``observe`` ever receives is target 0.
-    """
-
-    name: str
-    history_len: int  # K
-
-    def start(self, model: torch.nn.Module, vocab_size: int, num_targets: int) -> None: ...
-
-    def adjust(self, logprobs: Tensor, history: Tensor, positions: Tensor) -> Tensor: ...  # [N,V], [N,K], [N] -> [N,V]
-
-    def observe(self, tokens: Tensor) -> None: ...  # [M]
 
 
 @dataclass(frozen=True)

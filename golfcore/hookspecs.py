@@ -7,10 +7,19 @@ Rules that hold for all hooks:
   pluggy call and `torch.compile(fullgraph=True)` sees plain tensor code.
 - Only plugins the recipe enables are registered, so "called" below means "called on the
   enabled plugins that implement it".
+- The core calls every hook through pluggy (`pm.hook.<name>(...)`), so pluggy's features
+  work for third parties: hook wrappers (`@golf.hookimpl(wrapper=True)`) see and may change
+  every call's result, `tryfirst` / `trylast` order implementations, and `golf run
+  --trace-hooks` prints which plugin answered which hook.
 - Collecting hooks return one value per plugin; the core drops `None`s and sorts modules
-  by their `order` attribute (default 0), ties in recipe order. `firstresult` hooks stop at
-  the first non-None answer; two enabled plugins answering one is a recipe error.
-- Every parameter a plugin creates must be declared with `golfcore.declare(param, group,
+  by their `order` attribute (default 0), ties in recipe order.
+- Single-answer hooks (`firstresult`, marked "First result wins" below) take the first non-None
+  answer. Two enabled plugins implementing one at the same precedence is a recipe error; a
+  plugin that means to override another marks its implementation `tryfirst=True` (or the
+  fallback `trylast=True`), and then answering None defers to the other.
+- A plugin that raises inside a hook stops the run with one line naming the plugin, the
+  hook and the exception (`golf --debug` shows the traceback).
+- Every parameter a plugin creates must be declared with `golf.declare(param, group,
   export)`: the plugin, not a name pattern, decides its optimizer group and export precision.
 
 Shapes: B batch, T sequence, d model width, H query heads, G KV heads, D head dim, V vocab.
@@ -27,10 +36,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from .artifact import Compressor, Quantizer
     from .config import RunConfig
-    from .eval import EvalAdapter
-    from .model import LayerInfo
+    from .contract import Compressor, EvalAdapter, LayerInfo, Quantizer
 
 PROJECT = "golf"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -83,11 +90,11 @@ def golf_embedding_transform(config: RunConfig) -> nn.Module | None:
 @hookspec
 def golf_value_transform(config: RunConfig, layer: LayerInfo) -> nn.Module | None:
     """Called at build time once per virtual layer. Return a module
-    `(v[B,T,G,D], ctx: dict) -> v[B,T,G,D]` applied to the values before attention.
+    `(v[B,T,G,D], ctx: ForwardContext) -> v[B,T,G,D]` applied to the values before attention.
 
-    `ctx` is a per-forward dict shared by all layers: `ctx["tokens"]` holds the input ids
-    [B,T]; a transform may store tensors there for later layers (e.g. layer 0's raw values
-    under "v0"). Ordered by `order`.
+    `ctx` is made fresh by each forward pass and shared by all its layers: `ctx.tokens` holds
+    the input ids [B,T], `ctx.v0` layer 0's values once a transform stored them, and
+    `ctx.cache[plugin_name]` anything else a plugin computes once per forward. Ordered by `order`.
     """
 
 
@@ -100,7 +107,7 @@ def golf_rotary(config: RunConfig, layer: LayerInfo) -> nn.Module | None:
 @hookspec
 def golf_attention_output_transform(config: RunConfig, layer: LayerInfo) -> nn.Module | None:
     """Called at build time once per virtual layer. Return a module
-    `(y[B,T,H,D], v[B,T,G,D], x[B,T,d], ctx) -> y[B,T,H,D]` applied to the per-head attention
+    `(y[B,T,H,D], v[B,T,G,D], x[B,T,d], ctx: ForwardContext) -> y[B,T,H,D]` applied to the per-head attention
     output before the output projection. `v` is the value actually attended, `x` the
     normalized attention input. Ordered by `order` (declare it: e.g. XSA 0, gate 10)."""
 
@@ -192,6 +199,6 @@ def golf_before_eval(model: nn.Module, config: RunConfig) -> None:
 @hookspec
 def golf_eval_adapter(config: RunConfig) -> EvalAdapter | None:
     """Called once per evaluation with adapters. Return a score-first eval adapter
-    (start / adjust / observe; see golfcore.eval.EvalAdapter). A fresh adapter per call:
-    the core calls `start` on the artifact model after golf_before_eval. Ordered by its
-    `order` attribute."""
+    (start / adjust / observe; see `golf.EvalAdapter`). A fresh adapter per call: the core
+    calls `start(model, ctx: golf.EvalContext)` on the artifact model after golf_before_eval.
+    Ordered by its `order` attribute."""

@@ -16,7 +16,7 @@ from .config import Section, option
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .model import LayerInfo
+    from .contract import LayerInfo
 
 _LAST = re.compile(r"last:(\d+)")
 

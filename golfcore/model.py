@@ -3,8 +3,8 @@
 Without plugins this is the challenge's naive baseline (TECHNIQUES.md §0): RMSNorm'd tied
 embeddings, GQA attention with RoPE, RMSNorm on q and k and a per-head q gain, relu² MLP,
 per-channel attention/MLP scales, `resid_mix` with the embedding x0, U-Net skips with learned
-weights, and a softcapped tied head. `build_model` asks the plugins for their modules once;
-the forward pass below is plain tensor code with no hook calls.
+weights, and a softcapped tied head. The classes here know nothing of plugins: they take the
+modules `golfcore.assemble` collected from the hooks, so the forward pass is plain tensor code.
 
 Matrices live per *physical* layer (`GPT.layers`); everything else per *virtual* layer
 (`GPT.blocks`). `GPT.v2p[i]` is the physical layer behind virtual layer i, so depth
@@ -14,30 +14,18 @@ recurrence only changes that map.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelSection, RunConfig
-from .errors import GolfError
-from .params import declare, param_specs
-from .plugins import Host
+from .config import ModelSection
+from .contract import ForwardContext, LayerInfo
+from .params import declare
 
 
 def rms_norm(x: Tensor) -> Tensor:
     return F.rms_norm(x, (x.size(-1),))
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """Where a block sits: its virtual index (execution order) and the physical weights it uses."""
-
-    virtual: int
-    physical: int
-    num_virtual: int
-    num_physical: int
 
 
 class Rotary(nn.Module):
@@ -119,7 +107,7 @@ class Block(nn.Module):
         self.input_scale = input_scale
         self.weight_transform = weight_transform
 
-    def attention(self, x: Tensor, w: LayerWeights, ctx: dict) -> Tensor:  # x [B,T,d] normalized
+    def attention(self, x: Tensor, w: LayerWeights, ctx: ForwardContext) -> Tensor:  # x [B,T,d] normalized
         B, T, _ = x.shape
         W = self.weight_transform
         q = F.linear(x, W(w.q)).view(B, T, self.num_heads, self.head_dim)
@@ -136,7 +124,7 @@ class Block(nn.Module):
             y = transform(y, v, x, ctx)
         return F.linear(y.reshape(B, T, -1), W(w.o))
 
-    def forward(self, x: Tensor, x0: Tensor, w: LayerWeights, ctx: dict) -> Tensor:
+    def forward(self, x: Tensor, x0: Tensor, w: LayerWeights, ctx: ForwardContext) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
         x = x + self.attn_scale.to(x.dtype) * self.attention(rms_norm(x) * self.input_scale, w, ctx)
@@ -177,7 +165,7 @@ class GPT(nn.Module):
         for transform in self.embedding_transforms:
             x = transform(x, tokens)
         x0 = x
-        ctx: dict = {"tokens": tokens}
+        ctx = ForwardContext(tokens)
         skips: list[Tensor] = []
         for i, block in enumerate(self.blocks):
             j = i - self.num_encoder  # decoder index
@@ -197,61 +185,6 @@ class GPT(nn.Module):
 
     def logprobs(self, tokens: Tensor) -> Tensor:  # [B,T,V] normalized log-probabilities, float32
         return F.log_softmax(self.logits(tokens), dim=-1)
-
-
-def layer_schedule(config: RunConfig, host: Host) -> list[int]:
-    """The physical layer of each virtual layer: a plugin's golf_layer_schedule, or one pass."""
-    num_layers = config.model.num_layers
-    v2p = host.first("golf_layer_schedule", config=config) or list(range(num_layers))
-    if not v2p or any(not isinstance(p, int) or not 0 <= p < num_layers for p in v2p):
-        raise GolfError(f"layer schedule {v2p} must list physical layers in 0..{num_layers - 1}")
-    return v2p
-
-
-def check_config(config: RunConfig, host: Host) -> list[int]:
-    """Run the plugins' golf_check_config with the layer schedule; returns the schedule."""
-    schedule = layer_schedule(config, host)
-    host.call("golf_check_config", config=config, schedule=schedule)
-    return schedule
-
-
-def build_model(config: RunConfig, host: Host, quantizer) -> GPT:
-    """Ask the enabled plugins for their modules and assemble the GPT (seeded by run.seed)."""
-    cfg = config.model
-    torch.manual_seed(config.run.seed)
-    v2p = layer_schedule(config, host)
-    weight_transform = host.first("golf_weight_transform", config=config, quantizer=quantizer) or nn.Identity()
-    blocks = []
-    for i, p in enumerate(v2p):
-        layer = LayerInfo(virtual=i, physical=p, num_virtual=len(v2p), num_physical=cfg.num_layers)
-        scale = 1.0
-        for factor in host.collect("golf_sublayer_input_scale", config=config, layer=layer):
-            scale *= float(factor)
-        blocks.append(
-            Block(
-                cfg,
-                layer,
-                rotary=host.first("golf_rotary", config=config, layer=layer) or Rotary(cfg.head_dim, cfg.rope_base),
-                activation=host.first("golf_mlp_activation", config=config, layer=layer) or ReluSquared(),
-                value_transforms=host.collect("golf_value_transform", config=config, layer=layer),
-                output_transforms=host.collect("golf_attention_output_transform", config=config, layer=layer),
-                input_scale=scale,
-                weight_transform=weight_transform,
-            )
-        )
-    model = GPT(
-        cfg,
-        v2p,
-        blocks,
-        embedding_additions=host.collect("golf_embedding_addition", config=config),
-        embedding_transforms=host.collect("golf_embedding_transform", config=config),
-    )
-    try:
-        param_specs(model)
-    except ValueError as e:
-        raise GolfError(f"model build: {e}") from None
-    host.call("golf_model_built", model=model, config=config)
-    return model
 
 
 def count_parameters(model: nn.Module) -> int:

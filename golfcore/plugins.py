@@ -19,13 +19,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import pluggy
 
 from . import hookspecs
 from .config import RunConfig, Section
-from .errors import ConfigError
+from .errors import ConfigError, GolfError, PluginError
 
 ENTRY_POINT_GROUP = "golf.plugins"
 
@@ -136,9 +136,13 @@ def discover(plugins_dirs: list[Path] = ()) -> dict[str, PluginInfo]:
 
 
 class Host:
-    """The run's plugin manager: the enabled plugins, registered in recipe order."""
+    """The run's plugin manager: the enabled plugins, registered in recipe order.
 
-    def __init__(self, config: RunConfig, available: dict[str, PluginInfo]):
+    Every hook is called through pluggy, so hook wrappers, tryfirst/trylast and tracing work
+    as pluggy documents them. `first` / `collect` / `call` add golf's rules on what comes back.
+    """
+
+    def __init__(self, config: RunConfig, available: dict[str, PluginInfo], trace: Callable[[str], None] | None = None):
         self.config = config
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
@@ -158,30 +162,77 @@ class Host:
         except pluggy.PluginValidationError as e:
             name = self.pm.get_name(e.plugin) if e.plugin is not None else "?"
             raise ConfigError(f"plugin {name!r}: {str(e).split(' in plugin ')[0]}") from None
-        self.hook = self.pm.hook
+        self._check_single_answer_hooks()
+        self._modules = {available[name].cls.__module__: name for name in config.plugins}
+        if trace is not None:
+            self.pm.add_hookcall_monitoring(lambda *a: None, self._tracer(trace))
 
-    def _answers(self, hook_name: str, kwargs: dict[str, Any]) -> list[tuple[str, Any]]:
-        """(plugin name, answer) for every implementation, in recipe order, Nones dropped."""
-        out = []
-        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
-            answer = impl.function(**{k: kwargs[k] for k in impl.argnames})
-            if answer is not None:
-                out.append((impl.plugin_name, answer))
-        return out
+    def _check_single_answer_hooks(self) -> None:
+        """Two plugins answering a firstresult hook at the same precedence would make the winner
+        an accident of registration order: refuse it, unless one says tryfirst/trylast."""
+        for caller in self.pm.hook.__dict__.values():
+            if not isinstance(caller, pluggy.HookCaller) or not caller.spec or not caller.spec.opts.get("firstresult"):
+                continue
+            by_rank: dict[int, list[str]] = {}
+            for impl in caller.get_hookimpls():
+                if not (impl.wrapper or impl.hookwrapper):
+                    by_rank.setdefault(impl.tryfirst - impl.trylast, []).append(impl.plugin_name)
+            for names in by_rank.values():
+                if len(names) > 1:
+                    both = " and ".join(repr(n) for n in reversed(names))
+                    raise ConfigError(
+                        f"{self.config.source}: plugins {both} both implement {caller.name}; enable only one, "
+                        f"or mark the override @hookimpl(tryfirst=True)"
+                    )
+
+    def _invoke(self, hook_name: str, kwargs: dict[str, Any]) -> Any:
+        try:
+            return getattr(self.pm.hook, hook_name)(**kwargs)
+        except GolfError:
+            raise
+        except Exception as e:
+            culprit = self._raising_plugin(hook_name, e)
+            if culprit is None:  # not raised by a plugin's hook code: a bug in golf, keep the traceback
+                raise
+            raise PluginError(f"plugin {culprit!r} raised in {hook_name}: {type(e).__name__}: {e}") from e
+
+    def _raising_plugin(self, hook_name: str, error: BaseException) -> str | None:
+        """The plugin whose implementation of `hook_name` is on the exception's traceback (innermost)."""
+        codes = {impl.function.__code__: impl.plugin_name for impl in getattr(self.pm.hook, hook_name).get_hookimpls()}
+        culprit, tb = None, error.__traceback__
+        while tb is not None:
+            culprit = codes.get(tb.tb_frame.f_code, culprit)
+            tb = tb.tb_next
+        return culprit
+
+    def _tracer(self, write: Callable[[str], None]) -> Callable:
+        def after(outcome, hook_name: str, hook_impls, kwargs) -> None:
+            called = ", ".join(impl.plugin_name for impl in reversed(hook_impls)) or "none"
+            where = f" layer {kwargs['layer'].virtual}" if "layer" in kwargs else ""
+            if outcome.exception is not None:
+                write(f"hook {hook_name}{where}: called {called}; raised {type(outcome.exception).__name__}")
+                return
+            result = outcome.get_result()
+            answers = result if isinstance(result, list) else [] if result is None else [result]
+            answered = ", ".join(f"{self._owner(a)}: {type(a).__name__}" for a in answers) or "nobody (core default)"
+            write(f"hook {hook_name}{where}: called {called}; answered by {answered}")
+
+        return after
+
+    def _owner(self, answer: Any) -> str:
+        """The enabled plugin whose module defined `answer`'s class (or function)."""
+        module = getattr(answer, "__module__", None) if callable(answer) and not isinstance(answer, type) else None
+        module = module if module in self._modules else type(answer).__module__
+        return self._modules.get(module, module or "?")
 
     def collect(self, hook_name: str, **kwargs: Any) -> list[Any]:
-        """All non-None answers, sorted by their `order` attribute (stable: ties in recipe order)."""
-        answers = [a for _, a in self._answers(hook_name, kwargs)]
-        return sorted(answers, key=lambda a: getattr(a, "order", 0))
+        """All non-None answers, sorted by their `order` attribute (stable: ties in call order)."""
+        return sorted(self._invoke(hook_name, kwargs), key=lambda a: getattr(a, "order", 0))
 
     def first(self, hook_name: str, **kwargs: Any) -> Any:
-        """The single answer of a firstresult hook; two enabled plugins answering is a recipe error."""
-        answers = self._answers(hook_name, kwargs)
-        if len(answers) > 1:
-            names = " and ".join(repr(n) for n, _ in answers)
-            raise ConfigError(f"{self.config.source}: plugins {names} both implement {hook_name}; enable only one")
-        return answers[0][1] if answers else None
+        """The answer of a single-answer (firstresult) hook, or None when no plugin answers."""
+        return self._invoke(hook_name, kwargs)
 
     def call(self, hook_name: str, **kwargs: Any) -> None:
-        """Call every implementation in recipe order, for hooks with side effects only."""
-        self._answers(hook_name, kwargs)
+        """Call every implementation, for hooks with side effects only."""
+        self._invoke(hook_name, kwargs)

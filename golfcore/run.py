@@ -23,10 +23,12 @@ from torch import nn
 from . import audit
 from .artifact import Int8Quantizer, ZstdCompressor, code_files_for, pack, report, unpack
 from .config import RunConfig
+from .contract import EvalContext
 from .data import Corpus, DistributedTokenLoader, load_val_tokens, resolve_corpus
 from .errors import ConfigError, GolfError
 from .eval import ByteLUTs, EvalResult, build_byte_luts, evaluate, unigram_entropy_bpb
-from .model import GPT, build_model, check_config, count_parameters
+from .assemble import build_model, check_config
+from .model import GPT, count_parameters
 from .params import param_specs
 from .plugins import Host, PluginInfo
 from .train import Dist, Trainer, autocast_for, setup_dist, should_compile
@@ -169,8 +171,14 @@ class Session:
               progress: Callable[[int, int], None] | None = None) -> EvalResult:
         luts = self.luts()
         model.eval()
+        ctx = EvalContext(
+            vocab_size=self.config.model.vocab_size, num_targets=val_tokens.numel() - 1,
+            chunk_tokens=self.config.eval.chunk_tokens, seq_len=self.config.eval_seq_len,
+            rank=self.dist.rank, world_size=self.dist.world_size, device=self.dist.device,
+            compile=should_compile(self.config, self.dist.device), autocast=lambda: autocast_for(self.dist.device),
+        )
         for adapter in adapters:
-            adapter.start(model, self.config.model.vocab_size, val_tokens.numel() - 1)
+            adapter.start(model, ctx)
         return evaluate(
             self.logprob_fn(model), val_tokens.to(self.dist.device), luts,
             seq_len=self.config.eval_seq_len, stride=stride or self.config.eval_stride,

@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import golfcore as golf
-from golfcore.data import BOS_ID
 
 HASH_CUR, HASH_PREV = 36313, 27191
 
@@ -64,7 +63,7 @@ def bigram_buckets(tokens: Tensor, buckets: int, cross_documents: bool) -> Tenso
     hashed = torch.bitwise_xor(HASH_CUR * t[:, 1:], HASH_PREV * t[:, :-1]) % mod  # [B,T-1], both terms >= 0
     out = torch.cat((torch.full_like(t[:, :1], mod), hashed), dim=1)  # [B,T]
     if not cross_documents:  # a build-time flag, not a tensor value
-        out = torch.where(t == BOS_ID, torch.full_like(out, mod), out)
+        out = torch.where(t == golf.BOS_ID, torch.full_like(out, mod), out)
     return out
 
 

@@ -12,7 +12,7 @@ run's own quantizer's `row_step(W)`: its real clip (percentile, per-row search) 
 PR #693's deliberate over-penalisation (its int6 grid has 31 levels a side).
 
 Which matrices: every parameter declared with export kind "quantize"
-(`golfcore.params.param_specs`) that the exporter really quantizes, i.e. with more than
+(`golf.param_specs`) that the exporter really quantizes, i.e. with more than
 `export.float_max_numel` elements (smaller ones are stored as fp16, where rounding noise is
 negligible). Each parameter appears once, so a physical matrix shared by several virtual
 layers (depth recurrence) is penalised once: it is one tensor and will be quantized once.
@@ -37,20 +37,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-import golfcore
-from golfcore.params import param_specs
+import golfcore as golf
 
 
 @dataclass
-class Config(golfcore.Section):
-    lam: float = golfcore.option(0.01, "penalty weight lambda (PR #693: 0.01)")
-    start_scale: float = golfcore.option(
+class Config(golf.Section):
+    lam: float = golf.option(0.01, "penalty weight lambda (PR #693: 0.01)")
+    start_scale: float = golf.option(
         1.0, "active while the step's lr scale is below this (1.0 = during warmdown; > 1 = the whole run)"
     )
-    step_divisor_override: float = golfcore.option(
+    step_divisor_override: float = golf.option(
         0.0, "0 = the quantizer's row_step; N > 0 = delta_r = max|W_r| / N (15 reproduces PR #693)"
     )
-    stack_same_shape: bool = golfcore.option(
+    stack_same_shape: bool = golf.option(
         True, "compute same-shape matrices as one stacked tensor (few kernels; right for row-wise quantizers "
         "such as int8 and gptq_lite; turn off for a quantizer whose step depends on the whole matrix)"
     )
@@ -66,7 +65,7 @@ class Config(golfcore.Section):
 
 def quantized_matrices(model: nn.Module, float_max_numel: int) -> list[tuple[str, nn.Parameter]]:
     """(name, parameter) of every parameter the exporter quantizes, each parameter once."""
-    specs = param_specs(model)
+    specs = golf.param_specs(model)
     return [
         (name, p)
         for name, p in model.named_parameters()  # deduplicates shared parameters
@@ -118,17 +117,15 @@ class CrownQPenalty:
         return self.value()
 
 
-class CrownQ(golfcore.Plugin):
+class CrownQ(golf.Plugin):
     name = "crownq"
     description = "CROWN-Q: lam*sum h_r*delta_r^2/12 on every exported-quantized matrix during warmdown (PR #693; D2 fixed)"
     Config = Config
 
-    @golfcore.hookimpl
+    @golf.hookimpl
     def golf_loss_penalty(self, model, config, quantizer):
         if quantizer is None:  # only tests train without a session's quantizer
-            from golfcore.artifact import Int8Quantizer
-
-            quantizer = Int8Quantizer(config.export.float_max_numel)
+            quantizer = golf.Int8Quantizer(config.export.float_max_numel)
         matrices = [p for _, p in quantized_matrices(model, config.export.float_max_numel)]
         device = matrices[0].device if matrices else next(model.parameters()).device
         return CrownQPenalty(matrices, quantizer, self.config, device)

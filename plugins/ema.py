@@ -18,31 +18,30 @@ from dataclasses import dataclass
 
 import torch
 
-import golfcore
-from golfcore.params import float_params
+import golfcore as golf
 
 
 @dataclass
-class Config(golfcore.Section):
-    decay: float = golfcore.option(0.997, "EMA decay per optimizer step (0.997: a horizon of ~333 steps)")
+class Config(golf.Section):
+    decay: float = golf.option(0.997, "EMA decay per optimizer step (0.997: a horizon of ~333 steps)")
 
     def check(self) -> None:
         if not 0 < self.decay < 1:
             raise self.invalid("decay", f"{self.decay} is not in (0, 1)")
 
 
-class Ema(golfcore.Plugin):
+class Ema(golf.Plugin):
     name = "ema"
     description = "exponential moving average of the weights (decay 0.997), loaded before export"
     Config = Config
 
     def __init__(self, config=None):
         super().__init__(config)
-        self.shadow: list[torch.Tensor] | None = None  # fp32 EMA, aligned with float_params(model)
+        self.shadow: list[torch.Tensor] | None = None  # fp32 EMA, aligned with golf.float_params(model)
 
-    @golfcore.hookimpl
+    @golf.hookimpl
     def golf_step_end(self, model, step, lr_scale):
-        params = [p.detach() for p in float_params(model)]
+        params = [p.detach() for p in golf.float_params(model)]
         if self.shadow is None:
             self.shadow = [p.float().clone() for p in params]
         else:
@@ -50,11 +49,11 @@ class Ema(golfcore.Plugin):
             torch._foreach_mul_(self.shadow, self.config.decay)
             torch._foreach_add_(self.shadow, current, alpha=1.0 - self.config.decay)
 
-    @golfcore.hookimpl
+    @golf.hookimpl
     def golf_train_end(self, model):
         if self.shadow is None:
             warnings.warn("[plugins.ema] no optimizer step was taken: the weights are left as they are", stacklevel=2)
             return
-        params = float_params(model)
+        params = golf.float_params(model)
         with torch.no_grad():
             torch._foreach_copy_(params, [s.to(p.dtype) for s, p in zip(self.shadow, params)])

@@ -29,11 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import golfcore as golf
-from golfcore.layers import LayerSelection
 
 @dataclass
-class Config(LayerSelection):
-    """`layers`/`index` as golfcore.layers.LayerSelection ("all" virtual layers by default), plus the bias."""
+class Config(golf.LayerSelection):
+    """`layers`/`index` as golf.LayerSelection ("all" virtual layers by default), plus the bias."""
 
     bias_init: float = golf.option(4.0, "initial gate bias b_h (4 = σ ≈ 0.982, near pass-through)")
 
@@ -53,7 +52,7 @@ class HeadGate(nn.Module):
         self.weight = golf.declare(nn.Parameter(torch.zeros(num_heads, model_dim)), "scalar", "float16")  # W [H,d]
         self.bias = golf.declare(nn.Parameter(torch.full((num_heads,), float(bias_init))), "scalar", "float32")  # b [H]
 
-    def forward(self, y: Tensor, v: Tensor, x: Tensor, ctx: dict) -> Tensor:  # y [B,T,H,D], x [B,T,d] -> [B,T,H,D]
+    def forward(self, y: Tensor, v: Tensor, x: Tensor, ctx: golf.ForwardContext) -> Tensor:  # y [B,T,H,D], x [B,T,d] -> [B,T,H,D]
         g = torch.sigmoid(F.linear(x, self.weight.to(x.dtype), self.bias.to(x.dtype)))  # [B,T,H]
         return y * g.to(y.dtype).unsqueeze(-1)
 

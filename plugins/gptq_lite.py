@@ -30,16 +30,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-import golfcore
-from golfcore.artifact import Int8Quantizer, fp16_round, to_float16
+import golfcore as golf
 
 DEFAULT_PERCENTILES = [0.999, 0.9995, 0.9999, 0.99999, 1.0]
 
 
 @dataclass
-class Config(golfcore.Section):
-    percentiles: list[float] = golfcore.option(DEFAULT_PERCENTILES, "clip quantiles of |w_r| tried per row, each in (0, 1]")
-    max_level: int = golfcore.option(31, "largest stored level |q| (31 = int6, 15 = int5, 127 = int8)")
+class Config(golf.Section):
+    percentiles: list[float] = golf.option(DEFAULT_PERCENTILES, "clip quantiles of |w_r| tried per row, each in (0, 1]")
+    max_level: int = golf.option(31, "largest stored level |q| (31 = int6, 15 = int5, 127 = int8)")
 
     def check(self) -> None:
         if not self.percentiles:
@@ -50,8 +49,8 @@ class Config(golfcore.Section):
             raise self.invalid("max_level", f"{self.max_level} is not in 1..127 (levels are stored in int8)")
 
 
-class GptqLiteQuantizer(Int8Quantizer):
-    """Int8Quantizer with "quantize" matrices on a per-row int-`max_level` grid chosen by search."""
+class GptqLiteQuantizer(golf.Int8Quantizer):
+    """golf.Int8Quantizer with "quantize" matrices on a per-row int-`max_level` grid chosen by search."""
 
     name = "gptq_lite"
 
@@ -69,13 +68,13 @@ class GptqLiteQuantizer(Int8Quantizer):
         a = w.float().abs().sort(dim=-1).values  # [R, C]
         n = a.size(-1)
         clips = []
-        for p in self.percentiles:  # torch.quantile's linear interpolation, as golfcore.artifact._row_quantile
+        for p in self.percentiles:  # torch.quantile's linear interpolation, as golf.row_quantile
             pos = p * (n - 1)
             lo = math.floor(pos)
             hi = min(lo + 1, n - 1)
             clips.append(torch.lerp(a[:, lo], a[:, hi], pos - lo))
         raw = torch.stack(clips) / self.max_level  # [P, R]
-        steps = raw + (fp16_round(raw.detach()) - raw).detach()  # the stored fp16 steps; gradient of raw
+        steps = raw + (golf.fp16_round(raw.detach()) - raw).detach()  # the stored fp16 steps; gradient of raw
         with torch.no_grad():
             s = steps.detach().unsqueeze(-1)  # [P, R, 1]
             w32 = w.detach().float()
@@ -100,7 +99,7 @@ class GptqLiteQuantizer(Int8Quantizer):
 
     def quantize(self, name: str, tensor: Tensor, export: str) -> tuple[dict[str, Tensor], dict]:
         if tensor.is_floating_point() and export == "quantize" and tensor.numel() > self.float_max_numel and tensor.ndim >= 1:
-            to_float16(name, tensor.detach().float().abs().amax() / self.max_level)  # refuse a step fp16 cannot hold
+            golf.to_float16(name, tensor.detach().float().abs().amax() / self.max_level)  # refuse a step fp16 cannot hold
             q, step = self._rows(tensor)
             return {f"{name}.q": q, f"{name}.scale": step.to(torch.float16)}, {"scheme": "int_row", "max_level": self.max_level}
         return super().quantize(name, tensor, export)
@@ -118,18 +117,18 @@ class GptqLiteQuantizer(Int8Quantizer):
     def fake_quantize(self, weight: Tensor) -> Tensor:
         """Exactly what the artifact round trip returns for a "quantize" weight (no gradient)."""
         if weight.numel() <= self.float_max_numel:
-            return fp16_round(weight.detach().float()).to(weight.dtype)
+            return golf.fp16_round(weight.detach().float()).to(weight.dtype)
         flat = weight.detach().float().reshape(-1, weight.size(-1))
         step, _ = self._search(flat)
         step = step.unsqueeze(-1)
         return (self._levels(flat, step) * step).reshape(weight.shape).to(weight.dtype)
 
 
-class GptqLite(golfcore.Plugin):
+class GptqLite(golf.Plugin):
     name = "gptq_lite"
     description = "int6 per-row export with a per-row clip-percentile search (GPTQ-lite, PR #414/#549; D15, D16 fixed)"
     Config = Config
 
-    @golfcore.hookimpl
+    @golf.hookimpl
     def golf_quantizer(self, config):
         return GptqLiteQuantizer(config.export.float_max_numel, self.config.percentiles, self.config.max_level)

@@ -70,24 +70,23 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-import golfcore
-from golfcore.errors import ComplianceError
+import golfcore as golf
 
 EXPERTS = ("neural", "unigram", "bigram", "trigram")
 HASH_A, HASH_B = 36313, 27191
 
 
 @dataclass
-class Config(golfcore.Section):
-    eta: float = golfcore.option(0.1, "Hedge learning rate: w_k -= eta * mean loss_k over each scored chunk")
-    neural_prior: float = golfcore.option(2.0, "initial log-weight of the neural expert (the n-gram experts start at 0)")
-    warmup_tokens: int = golfcore.option(10000, "pass the neural distribution through until this many targets were observed")
-    trigram_buckets: int = golfcore.option(65536, "hash buckets of the trigram context (table [buckets+1, V] int32)")
-    unigram_alpha: float = golfcore.option(0.1, "add-alpha smoothing of the unigram expert")
-    bigram_alpha: float = golfcore.option(0.1, "add-alpha smoothing of the bigram expert")
-    trigram_alpha: float = golfcore.option(0.01, "add-alpha smoothing of the hashed-trigram expert")
-    entropy_feature: bool = golfcore.option(False, "neural log-weight + beta * H_t (entropy of the neural distribution), beta learned")
-    entropy_lr: float = golfcore.option(0.01, "online gradient step of beta (with entropy_feature)")
+class Config(golf.Section):
+    eta: float = golf.option(0.1, "Hedge learning rate: w_k -= eta * mean loss_k over each scored chunk")
+    neural_prior: float = golf.option(2.0, "initial log-weight of the neural expert (the n-gram experts start at 0)")
+    warmup_tokens: int = golf.option(10000, "pass the neural distribution through until this many targets were observed")
+    trigram_buckets: int = golf.option(65536, "hash buckets of the trigram context (table [buckets+1, V] int32)")
+    unigram_alpha: float = golf.option(0.1, "add-alpha smoothing of the unigram expert")
+    bigram_alpha: float = golf.option(0.1, "add-alpha smoothing of the bigram expert")
+    trigram_alpha: float = golf.option(0.01, "add-alpha smoothing of the hashed-trigram expert")
+    entropy_feature: bool = golf.option(False, "neural log-weight + beta * H_t (entropy of the neural distribution), beta learned")
+    entropy_lr: float = golf.option(0.01, "online gradient step of beta (with entropy_feature)")
 
     def check(self) -> None:
         if not self.eta >= 0:
@@ -105,10 +104,6 @@ class Config(golfcore.Section):
             raise self.invalid("entropy_lr", f"{self.entropy_lr} must be >= 0")
 
 
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
-
-
 class HedgeMixer:
     """One evaluation's mixture state (fresh per evaluation)."""
 
@@ -121,10 +116,9 @@ class HedgeMixer:
 
     # ------------------------------------------------------------------ state
 
-    def start(self, model, vocab_size: int, num_targets: int) -> None:
-        param = next(model.parameters(), None) if model is not None else None
-        device = param.device if param is not None else torch.device("cpu")
-        V, B = vocab_size, self.cfg.trigram_buckets
+    def start(self, model, ctx: golf.EvalContext) -> None:
+        self.ctx = ctx
+        V, B, device = ctx.vocab_size, self.cfg.trigram_buckets, ctx.device
         self.V, self.device = V, device
         self.unigram = torch.zeros(V, dtype=torch.int32, device=device)
         self.bigram = torch.zeros(V + 1, V, dtype=torch.int32, device=device)  # row V: stream start
@@ -231,7 +225,7 @@ class HedgeMixer:
             logprobs = torch.cat([r[2] for r in self.records]).to(self.device)
             offset = pos - self.observed
             if offset.min() < 0 or offset.max() >= tokens.numel():
-                raise ComplianceError(
+                raise golf.ComplianceError(
                     f"{self.name}: scored positions {int(pos.min())}..{int(pos.max())} are not in the observed chunk "
                     f"{self.observed}..{self.observed + tokens.numel() - 1} (C3/C4)"
                 )
@@ -244,8 +238,7 @@ class HedgeMixer:
                 H = -(logprobs.double().exp() * logprobs.double()).sum(-1)
                 pi0 = log_pi[:, 0].exp()
                 stats[5] = (-H * pi0 * ((lp[:, 0] - log_q).exp() - 1)).sum()
-        if _distributed():
-            torch.distributed.all_reduce(stats)
+        self.ctx.all_reduce(stats)
         count = float(stats[4])
         if count == 0:
             return
@@ -274,11 +267,11 @@ class HedgeMixer:
         self._unigram_lp = None
 
 
-class HedgeMixerPlugin(golfcore.Plugin):
+class HedgeMixerPlugin(golf.Plugin):
     name = "hedge_mixer"
     description = "online Hedge mixture of the model with unigram/bigram/hashed-trigram experts (PR #688; D1, D8-D11 fixed)"
     Config = Config
 
-    @golfcore.hookimpl
+    @golf.hookimpl
     def golf_eval_adapter(self, config):
         return HedgeMixer(self.config)

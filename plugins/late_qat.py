@@ -29,12 +29,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-import golfcore
+import golfcore as golf
 
 
 @dataclass
-class Config(golfcore.Section):
-    threshold: float = golfcore.option(0.15, "switch on after the first step whose lr scale is below this")
+class Config(golf.Section):
+    threshold: float = golf.option(0.15, "switch on after the first step whose lr scale is below this")
 
     def check(self) -> None:
         if not 0 < self.threshold <= 1:
@@ -65,7 +65,7 @@ def set_enabled(model: nn.Module, on: bool) -> int:
     return len(modules)
 
 
-class LateQat(golfcore.Plugin):
+class LateQat(golf.Plugin):
     name = "late_qat"
     description = "straight-through fake quantization on the exporter's grid once lr scale < 0.15 (PR #414; D3 fixed)"
     Config = Config
@@ -74,15 +74,13 @@ class LateQat(golfcore.Plugin):
         super().__init__(config)
         self._switched: weakref.WeakSet = weakref.WeakSet()  # models already switched on (no per-step module walk)
 
-    @golfcore.hookimpl
+    @golf.hookimpl
     def golf_weight_transform(self, config, quantizer):
         if quantizer is None:  # only tests build models without one
-            from golfcore.artifact import Int8Quantizer
-
-            quantizer = Int8Quantizer(config.export.float_max_numel)
+            quantizer = golf.Int8Quantizer(config.export.float_max_numel)
         return FakeQuantize(quantizer)
 
-    @golfcore.hookimpl
+    @golf.hookimpl
     def golf_step_end(self, model, step, lr_scale):
         if lr_scale < self.config.threshold and model not in self._switched:
             set_enabled(model, True)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import lzma as _lzma
 from dataclasses import dataclass
 
-import golfcore
+import golfcore as golf
 
 
 @dataclass
-class Config(golfcore.Section):
-    preset: int = golfcore.option(6, "xz preset 0..9 (the reference used 6)")
-    extreme: bool = golfcore.option(False, "add PRESET_EXTREME: slower, sometimes a little smaller")
+class Config(golf.Section):
+    preset: int = golf.option(6, "xz preset 0..9 (the reference used 6)")
+    extreme: bool = golf.option(False, "add PRESET_EXTREME: slower, sometimes a little smaller")
 
     def check(self) -> None:
         if not 0 <= self.preset <= 9:
@@ -26,7 +26,7 @@ class Config(golfcore.Section):
 
 
 class LzmaCompressor:
-    """golfcore.artifact.Compressor over the xz container format."""
+    """golf.Compressor over the xz container format."""
 
     name = "lzma"
 
@@ -40,11 +40,11 @@ class LzmaCompressor:
         return _lzma.decompress(data, format=_lzma.FORMAT_XZ)
 
 
-class Lzma(golfcore.Plugin):
+class Lzma(golf.Plugin):
     name = "lzma"
     description = "lzma/xz artifact compressor (preset 6, as PR #549/#733) instead of zstd"
     Config = Config
 
-    @golfcore.hookimpl
+    @golf.hookimpl
     def golf_compressor(self, config):
         return LzmaCompressor(self.config.preset, self.config.extreme)

@@ -3,9 +3,9 @@
 TECHNIQUES.md §3.6 (the PR #549 stack; with LN scale −0.0023 bpb in the 2026-03-21 record).
 After the per-head RMSNorm of q and k, dims c and c + dims/2 (c < dims/2) are rotated with
 θ_c = base^(−2c/dims); the other head_dim − dims dims carry no position information, so
-those channels attend by content alone. Returns `golfcore.model.Rotary(head_dim, base, dims)`.
+those channels attend by content alone. Returns `golf.Rotary(head_dim, base, dims)`.
 
-NTK rescale (defect D20): the reference's Rotary hard-codes its training length to 1024 and,
+NTK rescale (defect D20): the reference's golf.Rotary hard-codes its training length to 1024 and,
 whenever a forward pass has T > 1024 positions, replaces the base with
 
     base' = base · (T / train_len)^(dims / (dims − 2))
@@ -28,7 +28,6 @@ import torch
 from torch import Tensor
 
 import golfcore as golf
-from golfcore.model import Rotary
 
 
 @dataclass
@@ -54,8 +53,8 @@ def ntk_base(base: float, dims: int, seq_len: int, train_len: int) -> float:
     return base * (seq_len / train_len) ** (dims / (dims - 2))
 
 
-class NTKRotary(Rotary):
-    """Rotary whose base is NTK-rescaled for forward passes longer than `train_len` positions."""
+class NTKRotary(golf.Rotary):
+    """golf.Rotary whose base is NTK-rescaled for forward passes longer than `train_len` positions."""
 
     def __init__(self, head_dim: int, base: float, dims: int, train_len: int):
         super().__init__(head_dim, base, dims)
@@ -85,4 +84,4 @@ class PartialRope(golf.Plugin):
         m, c = config.model, self.config
         if c.ntk_train_len:
             return NTKRotary(m.head_dim, m.rope_base, c.dims, c.ntk_train_len)
-        return Rotary(m.head_dim, m.rope_base, dims=c.dims)
+        return golf.Rotary(m.head_dim, m.rope_base, dims=c.dims)

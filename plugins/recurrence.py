@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from torch import nn
 
 import golfcore as golf
-from golfcore.params import spec_of
 
 
 @dataclass
@@ -69,7 +68,7 @@ def untie(model: nn.Module) -> None:
     for p in v2p:
         clone = copy.deepcopy(model.layers[p])
         for original, copied in zip(model.layers[p].parameters(), clone.parameters()):
-            spec = spec_of(original)  # deepcopy drops the declaration: carry it over
+            spec = golf.spec_of(original)  # deepcopy drops the declaration: carry it over
             if spec is not None:
                 golf.declare(copied, spec.group, spec.export)
         layers.append(clone)

@@ -25,7 +25,6 @@ import torch
 from torch import Tensor, nn
 
 import golfcore as golf
-from golfcore.data import BOS_ID
 
 
 @dataclass
@@ -49,7 +48,7 @@ class SmearGate(nn.Module):
         prev = torch.cat((torch.zeros_like(x[:, :1]), x[:, :-1]), dim=1)  # x_{t-1}, [B,T,d]
         out = (1 - g) * x + g * prev
         if self.mask_bos:  # a build-time flag, not a tensor value
-            out = torch.where((tokens == BOS_ID).unsqueeze(-1), x, out)
+            out = torch.where((tokens == golf.BOS_ID).unsqueeze(-1), x, out)
         return out
 
 

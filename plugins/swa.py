@@ -23,15 +23,14 @@ from typing import Literal
 
 import torch
 
-import golfcore
-from golfcore.params import float_params
+import golfcore as golf
 
 
 @dataclass
-class Config(golfcore.Section):
-    every: int = golfcore.option(50, "take a snapshot every this many optimizer steps (step % every == 0)")
-    start_scale: float = golfcore.option(0.2, "only while the step's lr scale is below this (the tail of warmdown)")
-    combine: Literal["replace", "average"] = golfcore.option(
+class Config(golf.Section):
+    every: int = golf.option(50, "take a snapshot every this many optimizer steps (step % every == 0)")
+    start_scale: float = golf.option(0.2, "only while the step's lr scale is below this (the tail of warmdown)")
+    combine: Literal["replace", "average"] = golf.option(
         "replace", "replace: weights := SWA mean; average: weights := (current [EMA if enabled] + SWA mean) / 2"
     )
 
@@ -42,22 +41,22 @@ class Config(golfcore.Section):
             raise self.invalid("start_scale", f"{self.start_scale} is not in (0, 1]")
 
 
-class Swa(golfcore.Plugin):
+class Swa(golf.Plugin):
     name = "swa"
     description = "average of snapshots every 50 steps once lr scale < 0.2, applied at train end (PR #374; D4 fixed)"
     Config = Config
 
     def __init__(self, config=None):
         super().__init__(config)
-        self.total: list[torch.Tensor] | None = None  # fp32 sum of snapshots, aligned with float_params(model)
+        self.total: list[torch.Tensor] | None = None  # fp32 sum of snapshots, aligned with golf.float_params(model)
         self.count = 0
         self.snapshot_steps: list[int] = []
 
-    @golfcore.hookimpl
+    @golf.hookimpl
     def golf_step_end(self, model, step, lr_scale):
         if lr_scale >= self.config.start_scale or step % self.config.every:
             return
-        params = [p.detach() for p in float_params(model)]
+        params = [p.detach() for p in golf.float_params(model)]
         if self.total is None:
             self.total = [p.float().clone() for p in params]
         else:
@@ -65,7 +64,7 @@ class Swa(golfcore.Plugin):
         self.count += 1
         self.snapshot_steps.append(step)
 
-    @golfcore.hookimpl(trylast=True)
+    @golf.hookimpl(trylast=True)
     def golf_train_end(self, model):
         if self.total is None:
             warnings.warn(
@@ -74,7 +73,7 @@ class Swa(golfcore.Plugin):
                 stacklevel=2,
             )
             return
-        params = float_params(model)
+        params = golf.float_params(model)
         with torch.no_grad():
             mean = torch._foreach_div(self.total, float(self.count))
             if self.config.combine == "average":

@@ -1,6 +1,6 @@
 """Score-first test-time training as an eval adapter (TECHNIQUES.md §9; PR #461 -> #549, used by #733).
 
-The eval loop (golfcore.eval.evaluate) scores the validation targets chunk by chunk
+The eval loop (golf.eval.evaluate) scores the validation targets chunk by chunk
 (`eval.chunk_tokens`, default 32,768) and hands each chunk's targets to `observe` only after
 every one of them was scored. Here `observe` trains the model on exactly those tokens, so the
 next chunk is scored by a model that has seen the past and nothing else (C1-C4 hold by
@@ -17,9 +17,9 @@ last one (no target is left to score, so training there could not help):
   plain cross-entropy averaged over the step's targets, gradient clipped to a global norm
   of `grad_clip`, SGD with momentum `momentum` whose buffer persists across chunks;
 - lr = lr0 * (1 + cos(pi * ci / (N - 1))) / 2 with N = ceil(num_targets / chunk_tokens);
-- under bf16 autocast on CUDA, as the trainer (golfcore.train.autocast_for); compiled
-  (fullgraph) when the run compiles (golfcore.train.should_compile); the model is put back
-  in eval mode afterwards.
+- under the run's autocast (`ctx.autocast`, bf16 on CUDA, as the trainer); compiled
+  (fullgraph) when the run compiles (`ctx.compile`); the model is put back in eval mode
+  afterwards.
 
 Several ranks (torch.distributed initialised, world size W > 1): every rank observes the full
 chunk; each optimizer step's `batch_seqs` sequences are split into W contiguous slices, one
@@ -59,22 +59,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import golfcore
-from golfcore.errors import ConfigError
-from golfcore.train import autocast_for, should_compile
+import golfcore as golf
 
 IGNORE = -100  # F.cross_entropy's ignore_index: padding positions are not targets
 
 
 @dataclass
-class Config(golfcore.Section):
-    lr: float = golfcore.option(0.002, "SGD learning rate at the first chunk (cosine to 0 over the chunks)")
-    momentum: float = golfcore.option(0.9, "SGD momentum; the buffer persists across chunks")
-    epochs: int = golfcore.option(3, "passes over each scored chunk")
-    seq_len: int = golfcore.option(0, "training sequence length (0 = the eval window length)")
-    batch_seqs: int = golfcore.option(32, "sequences per optimizer step (across all ranks)")
-    grad_clip: float = golfcore.option(1.0, "clip the global gradient norm to this (0 = off)")
-    freeze_blocks: int = golfcore.option(0, "freeze the first N virtual blocks and the physical layers only they use")
+class Config(golf.Section):
+    lr: float = golf.option(0.002, "SGD learning rate at the first chunk (cosine to 0 over the chunks)")
+    momentum: float = golf.option(0.9, "SGD momentum; the buffer persists across chunks")
+    epochs: int = golf.option(3, "passes over each scored chunk")
+    seq_len: int = golf.option(0, "training sequence length (0 = the eval window length)")
+    batch_seqs: int = golf.option(32, "sequences per optimizer step (across all ranks)")
+    grad_clip: float = golf.option(1.0, "clip the global gradient norm to this (0 = off)")
+    freeze_blocks: int = golf.option(0, "freeze the first N virtual blocks and the physical layers only they use")
 
     def check(self) -> None:
         if not self.lr > 0:
@@ -98,7 +96,7 @@ def frozen_parameters(model: nn.Module, freeze_blocks: int) -> list[nn.Parameter
     `freeze_blocks` virtual blocks (see the module docstring)."""
     blocks, v2p = model.blocks, list(model.v2p)
     if freeze_blocks > len(blocks):
-        raise ConfigError(f"[plugins.ttt] freeze_blocks: {freeze_blocks} exceeds the model's {len(blocks)} blocks")
+        raise golf.ConfigError(f"[plugins.ttt] freeze_blocks: {freeze_blocks} exceeds the model's {len(blocks)} blocks")
     users: dict[int, set[int]] = {}  # id(param) -> the virtual blocks using it
     params: dict[int, nn.Parameter] = {}
     for i, block in enumerate(blocks):
@@ -115,12 +113,6 @@ def lr_at(lr0: float, ci: int, num_chunks: int) -> float:
     return lr0 * 0.5 * (1 + math.cos(math.pi * ci / (num_chunks - 1)))
 
 
-def _distributed() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 class TttAdapter:
     """One evaluation's test-time training (fresh per evaluation)."""
 
@@ -128,27 +120,21 @@ class TttAdapter:
     history_len = 0
     order = 0  # before mixers, which mix the (already adapted) model's distribution
 
-    def __init__(self, cfg: Config, run_config):
+    def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.seq_len = cfg.seq_len or run_config.eval_seq_len
-        self.chunk_tokens = run_config.eval.chunk_tokens
-        self.run_config = run_config
         self.log: list[dict] = []  # per observed chunk: ci, lr, steps, targets trained on
 
-    def start(self, model: nn.Module, vocab_size: int, num_targets: int) -> None:
+    def start(self, model: nn.Module, ctx: golf.EvalContext) -> None:
         self.model = model
-        self.num_targets = num_targets
-        self.num_chunks = max(1, math.ceil(num_targets / self.chunk_tokens))
+        self.ctx = ctx
+        self.seq_len = self.cfg.seq_len or ctx.seq_len
         frozen = {id(p) for p in frozen_parameters(model, self.cfg.freeze_blocks)}
         self.params = [p for p in model.parameters() if id(p) not in frozen and p.is_floating_point() and p.requires_grad]
         self.frozen = [p for p in model.parameters() if id(p) in frozen]
         for p in self.frozen:
             p.requires_grad_(False)  # the eval model is the adapter's; no gradient work for frozen weights
         self.optimizer = torch.optim.SGD(self.params, lr=self.cfg.lr, momentum=self.cfg.momentum)
-        self.device = next(model.parameters()).device
-        self.logits = model.logits
-        if should_compile(self.run_config, self.device):
-            self.logits = torch.compile(model.logits, fullgraph=True, dynamic=False)
+        self.logits = torch.compile(model.logits, fullgraph=True, dynamic=False) if ctx.compile else model.logits
         self.seen = 0  # targets observed so far
         self.prev: Tensor | None = None  # the last observed target: first input of the next chunk
 
@@ -156,15 +142,15 @@ class TttAdapter:
         return logprobs  # the model already reflects every update made on scored tokens
 
     def observe(self, tokens: Tensor) -> None:
-        ci = self.seen // self.chunk_tokens
+        ci = self.ctx.chunk_of(self.seen)
         self.seen += tokens.numel()
         stream = tokens if self.prev is None else torch.cat([self.prev, tokens])
         self.prev = tokens[-1:].clone()
-        if self.seen >= self.num_targets:  # the final chunk: nothing is left to score
+        if self.seen >= self.ctx.num_targets:  # the final chunk: nothing is left to score
             self.log.append({"chunk": ci, "lr": 0.0, "steps": 0, "targets": 0})
             return
-        lr = lr_at(self.cfg.lr, ci, self.num_chunks)
-        steps = self.train(stream.to(self.device), lr) if stream.numel() > 1 else 0
+        lr = lr_at(self.cfg.lr, ci, self.ctx.num_chunks)
+        steps = self.train(stream.to(self.ctx.device), lr) if stream.numel() > 1 else 0
         self.log.append({"chunk": ci, "lr": lr, "steps": steps, "targets": stream.numel() - 1})
 
     def sequences(self, stream: Tensor) -> tuple[Tensor, Tensor]:
@@ -178,7 +164,7 @@ class TttAdapter:
 
     def train(self, stream: Tensor, lr: float) -> int:
         x, y = self.sequences(stream.long())
-        rank, world = _distributed()
+        rank, world = self.ctx.rank, self.ctx.world_size
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         steps = 0
@@ -189,23 +175,22 @@ class TttAdapter:
                     xb, yb = x[b : b + self.cfg.batch_seqs], y[b : b + self.cfg.batch_seqs]
                     count = int((yb != IGNORE).sum())
                     lo, hi = rank * xb.size(0) // world, (rank + 1) * xb.size(0) // world
-                    self.step(xb[lo:hi], yb[lo:hi], count, world)
+                    self.step(xb[lo:hi], yb[lo:hi], count)
                     steps += 1
         finally:
             self.model.eval()
         return steps
 
-    def step(self, x: Tensor, y: Tensor, count: int, world: int) -> None:
+    def step(self, x: Tensor, y: Tensor, count: int) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         if x.size(0):
-            with autocast_for(self.device):
+            with self.ctx.autocast():
                 logits = self.logits(x)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
             (loss / count).backward()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        if world > 1:
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+        if self.ctx.world_size > 1:
+            flat = self.ctx.all_reduce(torch.cat([g.reshape(-1) for g in grads]))
             grads = list(torch.split(flat, [g.numel() for g in grads]))
             grads = [g.view_as(p) for g, p in zip(grads, self.params)]
         for p, g in zip(self.params, grads):
@@ -215,11 +200,11 @@ class TttAdapter:
         self.optimizer.step()
 
 
-class Ttt(golfcore.Plugin):
+class Ttt(golf.Plugin):
     name = "ttt"
     description = "score-first test-time training: SGD on each chunk after it is scored (PR #461/#549; D14, D17 fixed)"
     Config = Config
 
-    @golfcore.hookimpl
+    @golf.hookimpl
     def golf_eval_adapter(self, config):
-        return TttAdapter(self.config, config)
+        return TttAdapter(self.config)

@@ -20,7 +20,7 @@ schedule hit physical layers 7 and 8; `index = "virtual"` reproduces that.
 One set of shared parameters: the plugin creates E_ve/W_ve/β once per model build and hands
 the same module to every selected layer's transform (state_dict lists it under each of those
 layers; the artifact stores it once and records the other keys as aliases). The first
-selected layer computes `ve` and caches it in the per-forward ctx under "value_embedding";
+selected layer computes `ve` and caches it in the per-forward context (`ctx.cache["value_embeddings"]`);
 later layers reuse it.
 
 Order 0 among value transforms: value residual (order 10) then captures layer 0's values
@@ -39,14 +39,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import golfcore as golf
-from golfcore.layers import LayerSelection
 
-CTX_KEY = "value_embedding"
+CTX_KEY = "value_embeddings"  # this plugin's name: its slot in ctx.cache
 TABLE_INIT_STD = 0.01
 
 
 @dataclass
-class Config(LayerSelection):
+class Config(golf.LayerSelection):
     layers: str | list[int] = golf.option([9, 10], 'layers that get the value embedding ("all", "last:N" or indices, as `index` says)')
     index: Literal["physical", "virtual"] = golf.option(
         "physical", "whether `layers` are physical or virtual indices (virtual = the reference under recurrence, D6)"
@@ -88,11 +87,11 @@ class ValueEmbeddingAdd(nn.Module):
         self.shared = shared
         self.layer_scale = golf.declare(nn.Parameter(torch.tensor(1.0)), "scalar", "float32")  # λ_ℓ []
 
-    def forward(self, v: Tensor, ctx: dict) -> Tensor:  # v [B,T,G,D] -> [B,T,G,D]
-        ve = ctx.get(CTX_KEY)
+    def forward(self, v: Tensor, ctx: golf.ForwardContext) -> Tensor:  # v [B,T,G,D] -> [B,T,G,D]
+        ve = ctx.cache.get(CTX_KEY)
         if ve is None:  # first VE layer of this forward (a dict lookup, not a tensor value)
-            ve = self.shared(ctx["tokens"])  # [B,T,G*D]
-            ctx[CTX_KEY] = ve
+            ve = self.shared(ctx.tokens)  # [B,T,G*D]
+            ctx.cache[CTX_KEY] = ve
         return v + (self.layer_scale.to(v.dtype) * ve.to(v.dtype)).view(v.shape)
 
 

@@ -1,7 +1,7 @@
 """Value residual learning (VRL): every later layer blends in the first layer's values.
 
 TECHNIQUES.md §5 (ResFormer, arXiv 2410.17897; PR #657; PR #733's version via PR #413/#638 and
-PR #549). Virtual layer 0 stores its value v0 [B,T,G,D] in the per-forward ctx under "v0"
+PR #549). Virtual layer 0 stores its value v0 [B,T,G,D] in the per-forward context (`ctx.v0`)
 (not detached: later layers' losses train layer 0's value path too) and leaves its own v
 unchanged. Every virtual layer i ≥ 1 then uses, by `mode`:
 
@@ -34,8 +34,6 @@ from torch import Tensor, nn
 
 import golfcore as golf
 
-CTX_KEY = "v0"
-
 
 @dataclass
 class Config(golf.Section):
@@ -53,12 +51,12 @@ class Config(golf.Section):
 
 
 class CaptureFirstValue(nn.Module):
-    """Virtual layer 0: store v in ctx["v0"] (not detached); v passes through unchanged. No parameters."""
+    """Virtual layer 0: store v in ctx.v0 (not detached); v passes through unchanged. No parameters."""
 
     order = 10
 
-    def forward(self, v: Tensor, ctx: dict) -> Tensor:  # v [B,T,G,D] -> same
-        ctx[CTX_KEY] = v
+    def forward(self, v: Tensor, ctx: golf.ForwardContext) -> Tensor:  # v [B,T,G,D] -> same
+        ctx.v0 = v
         return v
 
 
@@ -71,9 +69,9 @@ class ValueMix(nn.Module):
         super().__init__()
         self.lambdas = golf.declare(nn.Parameter(torch.tensor([float(x) for x in init])), "scalar", "float32")  # (λ0, λ1) [2]
 
-    def forward(self, v: Tensor, ctx: dict) -> Tensor:  # v [B,T,G,D] -> same
+    def forward(self, v: Tensor, ctx: golf.ForwardContext) -> Tensor:  # v [B,T,G,D] -> same
         lam = self.lambdas.to(v.dtype)
-        return lam[0] * ctx[CTX_KEY].to(v.dtype) + lam[1] * v
+        return lam[0] * ctx.v0.to(v.dtype) + lam[1] * v
 
 
 class ValueGate(nn.Module):
@@ -85,9 +83,9 @@ class ValueGate(nn.Module):
         super().__init__()
         self.gate = golf.declare(nn.Parameter(torch.tensor(float(init))), "scalar", "float32")  # γ []
 
-    def forward(self, v: Tensor, ctx: dict) -> Tensor:  # v [B,T,G,D] -> same
+    def forward(self, v: Tensor, ctx: golf.ForwardContext) -> Tensor:  # v [B,T,G,D] -> same
         s = torch.sigmoid(self.gate).to(v.dtype)
-        return (1 - s) * v + s * ctx[CTX_KEY].to(v.dtype)
+        return (1 - s) * v + s * ctx.v0.to(v.dtype)
 
 
 class ValueResidual(golf.Plugin):

@@ -29,11 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import golfcore as golf
-from golfcore.layers import LayerSelection
 
 @dataclass
-class Config(LayerSelection):
-    """`layers`/`index` as golfcore.layers.LayerSelection: "all" virtual layers by default."""
+class Config(golf.LayerSelection):
+    """`layers`/`index` as golf.LayerSelection: "all" virtual layers by default."""
 
 
 class ExclusiveSelfAttention(nn.Module):
@@ -41,7 +40,7 @@ class ExclusiveSelfAttention(nn.Module):
 
     order = 0
 
-    def forward(self, y: Tensor, v: Tensor, x: Tensor, ctx: dict) -> Tensor:  # y [B,T,H,D], v [B,T,G,D] -> [B,T,H,D]
+    def forward(self, y: Tensor, v: Tensor, x: Tensor, ctx: golf.ForwardContext) -> Tensor:  # y [B,T,H,D], v [B,T,G,D] -> [B,T,H,D]
         B, T, H, D = y.shape
         G = v.size(2)
         vn = F.normalize(v, dim=-1, eps=1e-12).to(y.dtype).unsqueeze(3)  # v̂ [B,T,G,1,D]

@@ -48,7 +48,7 @@ def synthetic_loader(config: RunConfig):
 
 def build(*plugin_classes, config: RunConfig | None = None):
     """(config, host, model) for a tiny config with the given plugin classes enabled, checked like a run."""
-    from golfcore.model import build_model, check_config
+    from golfcore.assemble import build_model, check_config
 
     config = config or tiny_config()
     host = host_with(config, *plugin_classes)
@@ -70,7 +70,7 @@ class CaptureAdapter:
     def __init__(self):
         self.rows, self.pos = [], []
 
-    def start(self, model, vocab_size, num_targets):
+    def start(self, model, ctx):
         pass
 
     def adjust(self, logprobs, history, positions):

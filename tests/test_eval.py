@@ -289,7 +289,7 @@ class Recorder:
         self.adjusted = 0
         self.adjusted_at_observe: list[int] = []
 
-    def start(self, model, vocab_size, num_targets):
+    def start(self, model, ctx):
         pass
 
     def adjust(self, logprobs, history, positions):
@@ -313,7 +313,7 @@ class UnigramMix:
         self.lam = lam
         self.counts = torch.zeros(v, dtype=torch.float64)
 
-    def start(self, model, vocab_size, num_targets):
+    def start(self, model, ctx):
         pass
 
     def probs(self):
@@ -342,7 +342,7 @@ class PositionOracle:
         self.pos = 0
         self.hits = 0
 
-    def start(self, model, vocab_size, num_targets):
+    def start(self, model, ctx):
         pass
 
     def adjust(self, logprobs, history, positions):

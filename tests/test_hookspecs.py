@@ -115,7 +115,7 @@ def test_golf_value_transform():
 
     _, _, model = build(Values)
     model.logits(torch.randint(0, 64, (2, 5)))
-    assert log == [(i, (2, 5, 2, 8), ["dict"]) for i in range(4)]
+    assert log == [(i, (2, 5, 2, 8), ["ForwardContext"]) for i in range(4)]
 
 
 @exercise
@@ -147,7 +147,7 @@ def test_golf_attention_output_transform():
     _, _, model = build(plugin("gate", 10), plugin("xsa", 0))
     model.logits(torch.randint(0, 64, (1, 3)))
     assert [tag for tag, _, _ in log[:2]] == ["xsa", "gate"]
-    assert log[0][1] == (1, 3, 4, 8) and log[0][2] == ["Tensor", "Tensor", "dict"]
+    assert log[0][1] == (1, 3, 4, 8) and log[0][2] == ["Tensor", "Tensor", "ForwardContext"]
 
 
 @exercise
@@ -355,8 +355,8 @@ def test_golf_eval_adapter():
     class Uniformish:
         name, history_len, order = "mix_uniform", 1, 0
 
-        def start(self, model, vocab_size, num_targets):
-            self.vocab_size = vocab_size
+        def start(self, model, ctx):
+            self.vocab_size = ctx.vocab_size
 
         def adjust(self, logprobs, history, positions):
             uniform = torch.full_like(logprobs, -torch.log(torch.tensor(float(self.vocab_size))))
@@ -375,7 +375,7 @@ def test_golf_eval_adapter():
     config, host, model = build(P)
     adapters = host.collect("golf_eval_adapter", config=config)
     assert [a.name for a in adapters] == ["mix_uniform"]
-    adapters[0].start(model, config.model.vocab_size, 199)
+    adapters[0].start(model, golf.EvalContext.local(config.model.vocab_size, 199))
     sp = spm.SentencePieceProcessor(model_file=str(FINEWEB_TOKENIZER))
     luts = build_byte_luts(sp, config.model.vocab_size)
     tokens = torch.randint(2, 64, (200,))

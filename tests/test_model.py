@@ -2,7 +2,8 @@ import torch
 import torch.nn.functional as F
 
 from golfcore.config import RunConfig
-from golfcore.model import Rotary, build_model, count_parameters
+from golfcore.assemble import build_model
+from golfcore.model import Rotary, count_parameters
 from golfcore.params import param_specs
 from tests.helpers import host_with, tiny_config
 

@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from golfcore.model import build_model, check_config, count_parameters
+import golfcore as golf
+from golfcore.assemble import build_model, check_config
+from golfcore.model import count_parameters
 from golfcore.plugins import Host, discover
 from golfcore.recipe import load_recipe
 
@@ -108,7 +110,7 @@ def test_v4_quick_scores_are_causal_with_ttt_and_mixer():
         capture = CaptureAdapter()
         adapters = [*host.collect("golf_eval_adapter", config=config), capture]
         for adapter in adapters:
-            adapter.start(model, 1024, tokens.numel() - 1)
+            adapter.start(model, golf.EvalContext.local(1024, tokens.numel() - 1, config.eval.chunk_tokens, config.eval_seq_len))
         model.eval()
         result = evaluate(model.logprobs, tokens, luts, seq_len=256, stride=64, batch_seqs=8,
                           adapters=adapters, chunk_tokens=256)

@@ -7,7 +7,7 @@ import torch
 import torch.multiprocessing as mp
 
 from golfcore.data import DistributedTokenLoader, write_shard
-from golfcore.model import build_model
+from golfcore.assemble import build_model
 from golfcore.train import Trainer, lr_scale_at, setup_dist
 from tests.helpers import CPU, host_with, synthetic_loader, tiny_config
 

@@ -10,7 +10,7 @@ from golf_plugins.gptq_lite import GptqLiteQuantizer
 import golfcore as golf
 from golfcore.artifact import CLIP_PERCENTILE, Int8Quantizer
 from golfcore.errors import ConfigError
-from golfcore.model import build_model
+from golfcore.assemble import build_model
 from golfcore.params import param_specs
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve

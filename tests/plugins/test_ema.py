@@ -8,7 +8,7 @@ from golf_plugins.ema import Config as EmaConfig
 from golf_plugins.ema import Ema
 
 from golfcore.errors import ConfigError
-from golfcore.model import build_model
+from golfcore.assemble import build_model
 from golfcore.params import param_specs
 from golfcore.plugins import discover
 from golfcore.recipe import resolve

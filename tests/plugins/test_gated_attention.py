@@ -12,7 +12,8 @@ from torch import nn
 
 import golfcore as golf
 from golfcore.errors import ConfigError
-from golfcore.model import build_model, check_config, rms_norm
+from golfcore.assemble import build_model, check_config
+from golfcore.model import rms_norm
 from golfcore.params import ParamSpec, param_specs
 from golfcore.plugins import Host, NoConfig, PluginInfo, discover
 from golfcore.recipe import resolve

@@ -8,7 +8,7 @@ from golf_plugins.lzma import LzmaCompressor
 
 from golfcore.artifact import Int8Quantizer, ZstdCompressor, pack, unpack
 from golfcore.errors import ConfigError
-from golfcore.model import build_model
+from golfcore.assemble import build_model
 from golfcore.params import param_specs
 from golfcore.plugins import discover
 from golfcore.recipe import resolve

@@ -9,6 +9,7 @@ import torch
 import torch.multiprocessing as mp
 from golf_plugins.hedge_mixer import EXPERTS, Config, HedgeMixer, HedgeMixerPlugin
 
+import golfcore as golf
 from golfcore.errors import ConfigError
 from golfcore.eval import ByteLUTs, evaluate
 from golfcore.plugins import discover
@@ -28,7 +29,7 @@ def cfg(**kw):
 
 def mixer(**kw):
     m = HedgeMixer(cfg(**kw))
-    m.start(None, V, 10**6)
+    m.start(None, golf.EvalContext.local(V, 10**6))
     return m
 
 
@@ -56,7 +57,7 @@ def markov2_stream(n, seed=0, concentration=0.1):
 
 def run(fn, val, adapter, *, seq_len=16, stride=4, batch_seqs=3, chunk_tokens=50, rank=0, world_size=1):
     cap = CaptureAdapter()
-    adapter.start(None, V, val.numel() - 1)
+    adapter.start(None, golf.EvalContext.local(V, val.numel() - 1, chunk_tokens, seq_len, rank, world_size))
     res = evaluate(fn, val, LUTS, seq_len=seq_len, stride=stride, batch_seqs=batch_seqs, adapters=[adapter, cap],
                    chunk_tokens=chunk_tokens, rank=rank, world_size=world_size)
     return res, cap

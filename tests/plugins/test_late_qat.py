@@ -14,7 +14,7 @@ from golf_plugins.late_qat import FakeQuantize, LateQat, set_enabled
 import golfcore as golf
 from golfcore.artifact import Int8Quantizer
 from golfcore.errors import ConfigError
-from golfcore.model import build_model
+from golfcore.assemble import build_model
 from golfcore.params import param_specs
 from golfcore.plugins import discover
 from golfcore.recipe import resolve

@@ -9,7 +9,8 @@ from torch import nn
 
 import golfcore as golf
 from golfcore.errors import ConfigError
-from golfcore.model import build_model, check_config, count_parameters, rms_norm
+from golfcore.assemble import build_model, check_config
+from golfcore.model import count_parameters, rms_norm
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
 from tests.helpers import host_with, tiny_config, train_briefly

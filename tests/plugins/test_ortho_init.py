@@ -8,7 +8,7 @@ from golf_plugins.ortho_init import Config, OrthoInit
 
 import golfcore as golf
 from golfcore.errors import ConfigError
-from golfcore.model import build_model, check_config
+from golfcore.assemble import build_model, check_config
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
 from tests.helpers import tiny_config, train_briefly

@@ -7,7 +7,8 @@ import torch
 from golf_plugins.partial_rope import NTKRotary, PartialRope, ntk_base
 
 from golfcore.errors import ConfigError
-from golfcore.model import Rotary, build_model, check_config, count_parameters
+from golfcore.assemble import build_model, check_config
+from golfcore.model import Rotary, count_parameters
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
 from tests.helpers import host_with, tiny_config, train_briefly

@@ -11,7 +11,7 @@ from torch import nn
 
 from golfcore.artifact import Int8Quantizer, pack, unpack
 from golfcore.errors import ConfigError
-from golfcore.model import build_model, check_config
+from golfcore.assemble import build_model, check_config
 from golfcore.optim import build_optimizers
 from golfcore.params import param_specs
 from golfcore.plugins import Host, PluginInfo, discover

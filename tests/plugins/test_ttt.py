@@ -12,7 +12,7 @@ from golf_plugins.ttt import Ttt, frozen_parameters, lr_at
 import golfcore as golf
 from golfcore.errors import ConfigError
 from golfcore.eval import ByteLUTs, evaluate
-from golfcore.model import build_model
+from golfcore.assemble import build_model
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
 from tests.helpers import CaptureAdapter, tiny_config
@@ -66,7 +66,7 @@ def make(cfg=None, *extra, chunk_tokens=128, seed=1337):
 
 def run_eval(config, model, adapter, val, batch_seqs=4, stride=16, rank=0, world_size=1):
     cap = CaptureAdapter()
-    adapter.start(model, V, val.numel() - 1)
+    adapter.start(model, golf.EvalContext.local(V, val.numel() - 1, config.eval.chunk_tokens, config.eval_seq_len, rank, world_size))
     res = evaluate(model.logprobs, val, LUTS, seq_len=config.eval_seq_len, stride=stride, batch_seqs=batch_seqs,
                    adapters=[adapter, cap], chunk_tokens=config.eval.chunk_tokens, rank=rank, world_size=world_size)
     return res, cap
@@ -88,6 +88,7 @@ def test_fresh_adapter_per_call_and_defaults():
     assert (cfg.lr, cfg.momentum, cfg.epochs, cfg.seq_len, cfg.batch_seqs, cfg.grad_clip, cfg.freeze_blocks) == (
         0.002, 0.9, 3, 0, 32, 1.0, 0)
     assert Ttt(cfg).golf_eval_adapter(config) is not Ttt(cfg).golf_eval_adapter(config)
+    adapter.start(model, golf.EvalContext.local(V, 100, seq_len=config.eval_seq_len))
     assert adapter.seq_len == config.eval_seq_len == 16  # 0 = the eval window length
 
 
@@ -172,13 +173,13 @@ def test_plugin_parameter_shared_with_a_later_block_stays_trainable():
 def test_freezing_more_blocks_than_the_model_has_is_refused():
     config, model, adapter = make(TttConfig(freeze_blocks=5))
     with pytest.raises(ConfigError, match=r"\[plugins\.ttt\] freeze_blocks"):
-        adapter.start(model, V, 100)
+        adapter.start(model, golf.EvalContext.local(V, 100))
 
 
 def test_lr_schedule_and_steps_per_chunk():
     config, model, adapter = make(TttConfig(lr=0.01, epochs=2, batch_seqs=3), chunk_tokens=100)
     run_eval(config, model, adapter, repeating(451), stride=10)  # 450 targets: chunks of 100, N = 5
-    assert adapter.num_chunks == 5
+    assert adapter.ctx.num_chunks == 5
     assert [e["chunk"] for e in adapter.log] == [0, 1, 2, 3, 4]
     expected = [0.01 * 0.5 * (1 + math.cos(math.pi * ci / 4)) for ci in range(4)]
     assert [e["lr"] for e in adapter.log[:4]] == pytest.approx(expected)
@@ -193,7 +194,7 @@ def test_lr_schedule_and_steps_per_chunk():
 def test_no_training_after_the_last_chunk():
     config, model, adapter = make(TttConfig(lr=0.5))
     tokens = repeating(40)
-    adapter.start(model, V, 40)
+    adapter.start(model, golf.EvalContext.local(V, 40, config.eval.chunk_tokens, config.eval_seq_len))
     adapter.observe(tokens[:25])
     assert not model.training
     trained = snapshot(model)
@@ -207,7 +208,7 @@ def test_no_training_after_the_last_chunk():
 
 def test_adjust_returns_logprobs_unchanged():
     config, model, adapter = make()
-    adapter.start(model, V, 10)
+    adapter.start(model, golf.EvalContext.local(V, 10))
     lp = torch.log_softmax(torch.randn(5, V), -1)
     assert adapter.adjust(lp, torch.zeros(5, 0, dtype=torch.long), torch.arange(5)) is lp
 

@@ -17,7 +17,7 @@ from torch import nn
 import golfcore as golf
 from golfcore.artifact import Int8Quantizer, pack, unpack
 from golfcore.errors import ConfigError
-from golfcore.model import build_model, check_config
+from golfcore.assemble import build_model, check_config
 from golfcore.params import ParamSpec, param_specs
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
@@ -117,7 +117,7 @@ def test_one_shared_module_computed_once_per_forward():
     model.logits(torch.randint(0, 64, (2, 7)))
     model.logits(torch.randint(0, 64, (2, 7)))
     assert len(calls) == 2  # once per forward, not once per VE layer
-    assert ctxs[-1][CTX_KEY] is calls[-1]
+    assert ctxs[-1].cache[CTX_KEY] is calls[-1]
 
 
 def test_init_and_parameter_count_at_full_scale():

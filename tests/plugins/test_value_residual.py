@@ -7,7 +7,6 @@ import pytest
 import torch
 from golf_plugins import recurrence, value_embeddings
 from golf_plugins.value_residual import (
-    CTX_KEY,
     CaptureFirstValue,
     Config,
     ValueGate,
@@ -18,7 +17,7 @@ from torch import nn
 
 import golfcore as golf
 from golfcore.errors import ConfigError
-from golfcore.model import build_model, check_config
+from golfcore.assemble import build_model, check_config
 from golfcore.params import ParamSpec, param_specs
 from golfcore.plugins import Host, NoConfig, PluginInfo, discover
 from golfcore.recipe import resolve
@@ -33,7 +32,7 @@ class Probe(nn.Module):
         self.log, self.order, self.layer = log, order, layer
 
     def forward(self, v, ctx):
-        self.log.append((self.layer, v.detach().clone(), ctx.get(CTX_KEY)))
+        self.log.append((self.layer, v.detach().clone(), ctx.v0))
         return v
 
 
@@ -126,8 +125,8 @@ def test_layer0_has_no_parameters_and_declared(mode):
 def test_gradient_reaches_v0_producer():
     # unit level: v0 is stored as is (not detached) and receives λ0 / σ(γ) from each later layer
     v0 = torch.randn(1, 3, 2, 4, requires_grad=True)
-    ctx = {}
-    assert CaptureFirstValue()(v0, ctx) is v0 and ctx[CTX_KEY] is v0
+    ctx = golf.ForwardContext(tokens=torch.zeros(1, 3, dtype=torch.long))
+    assert CaptureFirstValue()(v0, ctx) is v0 and ctx.v0 is v0
     mix, gate = ValueMix([0.3, 0.7]), ValueGate(0.0)
     (mix(torch.zeros_like(v0), ctx).sum() + gate(torch.zeros_like(v0), ctx).sum()).backward()
     torch.testing.assert_close(v0.grad, torch.full_like(v0, 0.3 + 0.5))

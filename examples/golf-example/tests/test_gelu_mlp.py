@@ -2,7 +2,7 @@ import torch
 import torch.nn.functional as F
 
 from golfcore.config import RunConfig
-from golfcore.model import build_model
+from golfcore.assemble import build_model
 from golfcore.plugins import Host, discover
 from golfcore.recipe import resolve
 

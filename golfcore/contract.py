@@ -1,0 +1,148 @@
+"""The types a plugin meets: where a layer sits, what a forward pass shares, what an eval
+adapter is given, and the quantizer, compressor and adapter protocols.
+
+This module and `golfcore.hookspecs` are the contract between golf and its plugins. Neither
+imports anything else from golf, so the core can be refactored behind them without breaking a
+third party. Plugins import these names from `golfcore` (see docs/hooks.md, "The public surface").
+
+Shapes: B batch, T sequence, d model width, G KV heads, D head dim, V vocab, N scored positions.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """Where a block sits: its virtual index (execution order) and the physical weights it uses."""
+
+    virtual: int
+    physical: int
+    num_virtual: int
+    num_physical: int
+
+
+@dataclass
+class ForwardContext:
+    """What one forward pass shares across its layers; made fresh by every `GPT.hidden` call.
+
+    Value and attention-output transforms receive it as `ctx`. Fields:
+    - `tokens` [B,T]: the input ids of this forward pass;
+    - `v0` [B,T,G,D] or None: the values of virtual layer 0, once a transform stored them
+      (value residual learning reads them in later layers);
+    - `cache`: per-forward tensors a plugin computes once and reuses in later layers, keyed by
+      the plugin's name (e.g. value embeddings), so plugins never collide.
+    """
+
+    tokens: Tensor
+    v0: Tensor | None = None
+    cache: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """What an eval adapter is given at `start`: the evaluation it takes part in.
+
+    Targets are numbered 0..num_targets-1 (target i is val[i+1]); the eval loop scores them in
+    chunks of `chunk_tokens` and calls `observe` once per chunk, in order.
+    """
+
+    vocab_size: int
+    num_targets: int
+    chunk_tokens: int
+    seq_len: int  # the evaluation window length
+    rank: int
+    world_size: int
+    device: torch.device
+    compile: bool  # whether the run compiles its models (adapters that train should too)
+    autocast: Callable[[], AbstractContextManager]  # the run's mixed-precision context for forward passes
+
+    @classmethod
+    def local(cls, vocab_size: int, num_targets: int, chunk_tokens: int = 32768, seq_len: int = 1024,
+              rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu") -> EvalContext:
+        """A context for running an adapter outside a golf run (tests, notebooks): eager, fp32."""
+        return cls(vocab_size, num_targets, chunk_tokens, seq_len, rank, world_size, torch.device(device),
+                   compile=False, autocast=nullcontext)
+
+    @property
+    def num_chunks(self) -> int:
+        return max(1, -(-self.num_targets // self.chunk_tokens))
+
+    def chunk_of(self, target: int) -> int:
+        """The chunk that scores target `target` (the eval loop's own numbering)."""
+        return target // self.chunk_tokens
+
+    def all_reduce(self, tensor: Tensor, op: str = "sum") -> Tensor:
+        """Reduce `tensor` in place across the evaluation's ranks ("sum" or "max"); a no-op alone."""
+        if self.world_size > 1:
+            ops = {"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX}
+            torch.distributed.all_reduce(tensor, op=ops[op])
+        return tensor
+
+
+class EvalAdapter(Protocol):
+    """Changes the scored distributions from what it has observed (TTT, n-gram mixers).
+
+    The eval loop calls `start` once, before anything is scored. `adjust` receives the
+    model's log-probabilities of the scored positions, their histories (the `history_len`
+    most recent input tokens up to and including each position's own input, -1 before the
+    stream start) and their target indices; never the targets. It must return normalized
+    log-probabilities and must not change its own state: a position's score may depend only
+    on the model, what was observed, and that position's own row (the eval loop checks this
+    by scoring with different batchings). `observe` receives each target exactly once, in
+    stream order, after it was scored; the first token it ever receives is target 0.
+    Adapters are ordered by their `order` attribute (default 0).
+    """
+
+    name: str
+    history_len: int  # K
+
+    def start(self, model: nn.Module, ctx: EvalContext) -> None: ...
+
+    def adjust(self, logprobs: Tensor, history: Tensor, positions: Tensor) -> Tensor: ...  # [N,V], [N,K], [N] -> [N,V]
+
+    def observe(self, tokens: Tensor) -> None: ...  # [M]
+
+
+class Quantizer(Protocol):
+    """Turns one state tensor into stored tensors and back; chosen by the export hook.
+
+    Stored tensor names must start with the state key (e.g. "blocks.0.w.q", "blocks.0.w.scale")
+    so names never collide in the container.
+    """
+
+    name: str
+
+    def quantize(self, name: str, tensor: Tensor, export: str) -> tuple[dict[str, Tensor], dict]:
+        """(stored tensors, JSON-able scheme info) for `tensor` with declared export kind `export`."""
+        ...
+
+    def dequantize(self, name: str, stored: dict[str, Tensor], info: dict) -> Tensor:
+        """The tensor back from what `quantize` stored (any float dtype; the caller restores dtype)."""
+        ...
+
+    def row_step(self, weight: Tensor) -> Tensor:
+        """[rows] quantization step the exporter would use for a "quantize" matrix, differentiable
+        w.r.t. `weight` where meaningful (CROWN-Q penalises it; QAT uses the exporter's grid)."""
+        ...
+
+    def fake_quantize(self, weight: Tensor) -> Tensor:
+        """What a "quantize" weight becomes after the artifact round trip (no straight-through
+        estimator here; callers write w + (fake_quantize(w) - w).detach())."""
+        ...
+
+
+class Compressor(Protocol):
+    """Bytes in, bytes out; the artifact records its `name` so loading picks the same one."""
+
+    name: str
+
+    def compress(self, data: bytes) -> bytes: ...
+
+    def decompress(self, data: bytes) -> bytes: ...
