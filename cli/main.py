@@ -93,6 +93,7 @@ def run(
     without: WithoutOpt = None,
     plugins_dir: DirsOpt = None,
     nproc: Annotated[int, typer.Option(help="processes (data parallel, launched through torchrun)")] = 1,
+    trace_hooks: Annotated[bool, typer.Option("--trace-hooks", help="print every hook call and the plugins that answered it")] = False,
 ):
     """Train a recipe, export its artifact, and score the artifact (val_bpb after the round trip)."""
     from golfcore.recipe import dump_toml
@@ -105,7 +106,7 @@ def run(
     with _progress() as progress:
         run_dir, result = run_recipe(config, available, dump_toml(config),
                                      echo=lambda s: progress.console.print(s, markup=False, soft_wrap=True),
-                                     progress_factory=_progress_factory(progress))
+                                     progress_factory=_progress_factory(progress), trace_hooks=trace_hooks)
     if main:
         _summary(result)
 

@@ -13,6 +13,7 @@ from torch import nn
 from .config import RunConfig
 from .contract import LayerInfo, Quantizer
 from .errors import GolfError
+from .layers import LayerSelection
 from .model import GPT, Block, ReluSquared, Rotary
 from .params import param_specs
 from .plugins import Host
@@ -28,8 +29,12 @@ def layer_schedule(config: RunConfig, host: Host) -> list[int]:
 
 
 def check_config(config: RunConfig, host: Host) -> list[int]:
-    """Run the plugins' golf_check_config with the layer schedule; returns the schedule."""
+    """Check every per-layer plugin selection against the layer schedule, then run the plugins'
+    golf_check_config with it; returns the schedule."""
     schedule = layer_schedule(config, host)
+    for name, section in config.plugins.items():
+        if isinstance(section, LayerSelection):
+            section.check_range(name, schedule, config.model.num_layers)
     host.call("golf_check_config", config=config, schedule=schedule)
     return schedule
 

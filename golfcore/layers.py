@@ -23,7 +23,10 @@ _LAST = re.compile(r"last:(\d+)")
 
 @dataclass
 class LayerSelection(Section):
-    """Base for plugin configs with a per-layer choice; subclasses may redeclare the defaults."""
+    """Base for plugin configs with a per-layer choice; subclasses may redeclare the defaults.
+
+    The core checks the selection against the model's layer schedule before anything is built
+    (golfcore.assemble.check_config), so a plugin needs no golf_check_config for it."""
 
     layers: str | list[int] = option("all", '"all", "last:N" (the last N layers) or a list of layer indices (as `index` says)')
     index: Literal["virtual", "physical"] = option(

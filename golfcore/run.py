@@ -113,11 +113,12 @@ def versions() -> dict[str, str]:
 class Session:
     """Everything a run, a re-score or a benchmark needs before touching weights."""
 
-    def __init__(self, config: RunConfig, available: dict[str, PluginInfo], dist: Dist | None = None, build_data: bool = True):
+    def __init__(self, config: RunConfig, available: dict[str, PluginInfo], dist: Dist | None = None, build_data: bool = True,
+                 trace_hooks: Callable[[str], None] | None = None):
         self.config = config
         self.available = available
         self.dist = dist or setup_dist(config.train.device)
-        self.host = Host(config, available)
+        self.host = Host(config, available, trace=trace_hooks)
         check_config(config, self.host)
         self.quantizer = self.host.first("golf_quantizer", config=config) or Int8Quantizer(config.export.float_max_numel)
         self.compressor = self.host.first("golf_compressor", config=config) or ZstdCompressor(config.export.zstd_level)
@@ -217,10 +218,11 @@ class Session:
 
 
 def run(config: RunConfig, available: dict[str, PluginInfo], recipe_text: str,
-        echo: Callable[[str], None] = print, progress_factory=None) -> tuple[Path | None, dict]:
-    """Train, export, round-trip and score one recipe; returns (run directory, result) on rank 0."""
+        echo: Callable[[str], None] = print, progress_factory=None, trace_hooks: bool = False) -> tuple[Path | None, dict]:
+    """Train, export, round-trip and score one recipe; returns (run directory, result) on rank 0.
+    With `trace_hooks`, every hook call is echoed with the plugins that answered it."""
     progress_factory = progress_factory or (lambda stage, total: None)
-    session = Session(config, available)
+    session = Session(config, available, trace_hooks=echo if trace_hooks else None)
     dist = session.dist
     run_dir = _new_run_dir(config) if dist.is_main else None
     log = RunLog(run_dir, echo if dist.is_main else (lambda _: None))

@@ -63,10 +63,6 @@ class GatedAttention(golf.Plugin):
     Config = Config
 
     @golf.hookimpl
-    def golf_check_config(self, config, schedule):
-        self.config.check_range(self.name, schedule, config.model.num_layers)
-
-    @golf.hookimpl
     def golf_attention_output_transform(self, config, layer):
         if not self.config.selects(layer):
             return None

@@ -105,10 +105,6 @@ class ValueEmbeddings(golf.Plugin):
         self._shared: SharedValueEmbedding | None = None  # the current build's shared module
 
     @golf.hookimpl
-    def golf_check_config(self, config, schedule):
-        self.config.check_range(self.name, schedule, config.model.num_layers)
-
-    @golf.hookimpl
     def golf_value_transform(self, config, layer):
         if layer.virtual == 0:  # a build visits virtual layers from 0: start a fresh shared module
             self._shared = None

@@ -55,9 +55,5 @@ class Xsa(golf.Plugin):
     Config = Config
 
     @golf.hookimpl
-    def golf_check_config(self, config, schedule):
-        self.config.check_range(self.name, schedule, config.model.num_layers)
-
-    @golf.hookimpl
     def golf_attention_output_transform(self, config, layer):
         return ExclusiveSelfAttention() if self.config.selects(layer) else None

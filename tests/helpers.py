@@ -32,12 +32,13 @@ def tiny_config(**model_overrides) -> RunConfig:
     return config
 
 
-def host_with(config: RunConfig, *plugin_classes) -> Host:
-    """Enable each plugin class (with default config) in `config` and return the run's host."""
-    available = {cls.name: PluginInfo(cls.name, cls, "test", "0") for cls in plugin_classes}
-    for cls in plugin_classes:
-        config.plugins[cls.name] = cls.Config()
-    return Host(config, available)
+def host_with(config: RunConfig, *plugins) -> Host:
+    """Enable plugins in `config`, in this recipe order, and return the run's host. Each is a plugin
+    class (default config) or a (class, config) pair."""
+    pairs = [p if isinstance(p, tuple) else (p, p.Config()) for p in plugins]
+    for cls, cfg in pairs:
+        config.plugins[cls.name] = cfg
+    return Host(config, {cls.name: PluginInfo(cls.name, cls, "test", "0") for cls, _ in pairs})
 
 
 def synthetic_loader(config: RunConfig):
@@ -101,9 +102,3 @@ class Snapshots(golf.Plugin):
     def golf_step_end(self, model, step, lr_scale):
         self.taken.append((step, lr_scale, [p.detach().clone() for p in model.parameters()]))
 
-
-def host_for(config, plugins):
-    """Host with the given {plugin class: config} in that recipe order."""
-    for cls, cfg in plugins.items():
-        config.plugins[cls.name] = cfg if cfg is not None else cls.Config()
-    return Host(config, {cls.name: PluginInfo(cls.name, cls, "test", "0") for cls in plugins})

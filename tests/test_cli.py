@@ -87,8 +87,9 @@ def test_plugins_lists_installed_and_enabled():
 @pytest.mark.slow
 def test_run_then_eval_reproduces_the_score(tmp_path, pystdlib_root):
     recipe = tiny_recipe(tmp_path, pystdlib_root)
-    proc = golf("run", recipe)
+    proc = golf("run", recipe, "--trace-hooks")
     assert "val_bpb" in proc.stdout and "step:6/6 train_loss:" in proc.stdout
+    assert "hook golf_mlp_activation layer 1: called none; answered by nobody (core default)" in proc.stdout
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert run_dir.name.startswith("tiny-") and not run_dir.name.endswith(".incomplete")
     result = json.loads((run_dir / "result.json").read_text())

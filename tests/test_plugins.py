@@ -5,7 +5,12 @@ import pytest
 import golfcore as golf
 from golfcore.errors import ConfigError
 from golfcore.plugins import Host, PluginInfo, discover
-from tests.helpers import tiny_config
+import torch
+from golf_plugins.leaky_relu2 import LeakyRelu2
+from torch import nn
+
+from golfcore.errors import PluginError
+from tests.helpers import build, host_with, tiny_config
 
 
 def test_plugins_dir_modules_are_discovered(tmp_path):
@@ -77,12 +82,9 @@ class B(A):
     name = "b"
 
 
-def test_two_answers_to_a_firstresult_hook_is_an_error():
-    config = tiny_config()
-    available = {c.name: PluginInfo(c.name, c, "test", "0") for c in (A, B)}
-    config.plugins = {"a": A.Config(), "b": B.Config()}
-    with pytest.raises(ConfigError, match="both implement golf_layer_schedule"):
-        Host(config, available).first("golf_layer_schedule", config=config)
+def test_two_plugins_answering_a_single_answer_hook_is_an_error():
+    with pytest.raises(ConfigError, match="plugins 'a' and 'b' both implement golf_layer_schedule"):
+        host_with(tiny_config(), A, B)
 
 
 def test_only_enabled_plugins_run():
@@ -128,3 +130,116 @@ def test_entry_point_plugin_is_discovered():
     # the example package in examples/ is installed by .ci/run (pip install -e examples/golf-example)
     available = discover()
     assert available["gelu_mlp"].source == "entry point (golf-example)"
+
+
+# --------------------------------------------------------------------- pluggy features for third parties
+
+
+class Tanh(golf.Plugin):
+    """A third party overriding an enabled built-in's activation, explicitly."""
+
+    name = "tanh_override"
+
+    @golf.hookimpl(tryfirst=True)
+    def golf_mlp_activation(self, config, layer):
+        return nn.Tanh() if layer.virtual % 2 == 0 else None  # None defers to the built-in
+
+
+def test_tryfirst_overrides_an_enabled_builtin_and_none_defers_to_it():
+    _, _, model = build(LeakyRelu2, Tanh)
+    kinds = [type(b.activation).__name__ for b in model.blocks]
+    assert kinds[0] == kinds[2] == "Tanh" and kinds[1] == kinds[3] != "Tanh"
+
+
+def test_trylast_makes_a_fallback():
+    class Fallback(golf.Plugin):
+        name = "fallback"
+
+        @golf.hookimpl(trylast=True)
+        def golf_mlp_activation(self, config, layer):
+            return nn.Identity()
+
+    _, _, model = build(Fallback, LeakyRelu2)  # the fallback comes first in the recipe, yet loses
+    assert all(type(b.activation).__name__ != "Identity" for b in model.blocks)
+
+
+def test_a_wrapper_times_every_build_hook_and_sees_each_result():
+    seen = []
+
+    class Timer(golf.Plugin):
+        name = "timer"
+
+        def _wrap(hook):
+            @golf.hookimpl(wrapper=True, specname=hook)
+            def wrapper(self, **kwargs):
+                result = yield
+                seen.append((hook, result))
+                return result
+
+            return wrapper
+
+        golf_embedding_addition = _wrap("golf_embedding_addition")  # a collecting hook
+        golf_mlp_activation = _wrap("golf_mlp_activation")  # a single-answer hook
+        golf_model_built = _wrap("golf_model_built")  # a call hook
+
+    _, _, model = build(Timer, LeakyRelu2)
+    hooks = [h for h, _ in seen]
+    assert hooks.count("golf_mlp_activation") == 4 and hooks.count("golf_model_built") == 1
+    assert [r for h, r in seen if h == "golf_embedding_addition"] == [[]]  # a list, never a generator
+    assert all(type(r).__name__ == "LeakyReluSquared" for h, r in seen if h == "golf_mlp_activation")
+    assert len(model.embedding_additions) == 0
+
+
+def test_a_wrapper_may_replace_the_result():
+    class Replace(golf.Plugin):
+        name = "replace"
+
+        @golf.hookimpl(wrapper=True)
+        def golf_mlp_activation(self, config, layer):
+            yield
+            return nn.Identity()
+
+    _, _, model = build(LeakyRelu2, Replace)
+    assert all(isinstance(b.activation, nn.Identity) for b in model.blocks)
+
+
+def test_tracing_names_the_plugin_that_answered_each_hook():
+    lines = []
+    config = tiny_config()
+    config.plugins["leaky_relu2"] = LeakyRelu2.Config()
+    host = Host(config, {"leaky_relu2": PluginInfo("leaky_relu2", LeakyRelu2, "builtin", "0")}, trace=lines.append)
+    from golfcore.assemble import build_model
+
+    build_model(config, host, None)
+    assert "hook golf_mlp_activation layer 3: called leaky_relu2; answered by leaky_relu2: LeakyReluSquared" in lines
+    assert any(line.startswith("hook golf_embedding_addition: called none; answered by nobody") for line in lines)
+
+
+class Raises(golf.Plugin):
+    name = "raises"
+
+    @golf.hookimpl
+    def golf_model_built(self, model, config):
+        return helper_that_fails()
+
+
+def helper_that_fails():
+    raise ValueError("bad shape")
+
+
+def test_a_plugin_raising_in_a_hook_is_named_in_one_line():
+    with pytest.raises(PluginError, match=r"^plugin 'raises' raised in golf_model_built: ValueError: bad shape$") as e:
+        build(Raises)
+    assert isinstance(e.value.__cause__, ValueError)  # the traceback is kept for --debug
+
+
+def test_a_plugin_raising_a_golf_error_keeps_its_own_message():
+    class Refuses(golf.Plugin):
+        name = "refuses"
+
+        @golf.hookimpl
+        def golf_model_built(self, model, config):
+            raise ConfigError("[plugins.refuses] k: no")
+
+    with pytest.raises(ConfigError, match=r"^\[plugins.refuses\] k: no$"):
+        build(Refuses)

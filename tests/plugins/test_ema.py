@@ -12,7 +12,7 @@ from golfcore.assemble import build_model
 from golfcore.params import param_specs
 from golfcore.plugins import discover
 from golfcore.recipe import resolve
-from tests.helpers import Snapshots, host_for, host_with, tiny_config, train_briefly
+from tests.helpers import Snapshots, host_with, tiny_config, train_briefly
 
 
 def train(config, host):
@@ -26,7 +26,7 @@ def test_model_holds_the_ema_of_the_recorded_weights():
     config = tiny_config()
     config.train.iterations, config.train.warmup_steps = 6, 2
     decay = 0.6  # short horizon so every step visibly matters
-    host = host_for(config, {Ema: EmaConfig(decay=decay), Snapshots: None})
+    host = host_with(config, (Ema, EmaConfig(decay=decay)), Snapshots)
     model = train(config, host)
     assert [s for s, _, _ in Snapshots.taken] == list(range(1, 7))  # warm-up steps are not averaged
     expected = [p.clone() for p in Snapshots.taken[0][2]]

@@ -18,7 +18,7 @@ from golfcore.assemble import build_model
 from golfcore.params import param_specs
 from golfcore.plugins import discover
 from golfcore.recipe import resolve
-from tests.helpers import host_for, host_with, tiny_config, train_briefly
+from tests.helpers import host_with, tiny_config, train_briefly
 
 
 def qat_modules(model):
@@ -47,7 +47,7 @@ def test_off_before_the_threshold_on_after():
     Watch.seen = []
     config = int6_config()
     config.train.iterations, config.train.warmdown_iters = 10, 10  # lr scale (10 - s) / 10
-    host = host_for(config, {GptqLite: None, LateQat: QatConfig(threshold=0.35), Watch: None})
+    host = host_with(config, GptqLite, (LateQat, QatConfig(threshold=0.35)), Watch)
     quantizer = host.first("golf_quantizer", config=config)
     model = build_model(config, host, quantizer)
     assert all(float(m.enabled) == 0 for m in qat_modules(model).values())

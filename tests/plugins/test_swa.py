@@ -12,7 +12,7 @@ from golfcore.assemble import build_model
 from golfcore.params import param_specs
 from golfcore.plugins import discover
 from golfcore.recipe import resolve
-from tests.helpers import Snapshots, host_for, host_with, tiny_config, train_briefly
+from tests.helpers import Snapshots, host_with, tiny_config, train_briefly
 
 
 def warmdown_config():
@@ -35,7 +35,7 @@ def mean(snapshots):
 
 def test_snapshots_only_in_the_tail_every_n_steps_and_replace_applies_their_mean():
     config = warmdown_config()
-    host = host_for(config, {Swa: SwaConfig(every=2, start_scale=0.5, combine="replace"), Snapshots: None})
+    host = host_with(config, (Swa, SwaConfig(every=2, start_scale=0.5, combine="replace")), Snapshots)
     model = train(config, host)
     swa = host.plugins["swa"]
     expected_steps = [s for s, scale, _ in Snapshots.taken if scale < 0.5 and s % 2 == 0]
@@ -49,7 +49,7 @@ def test_snapshots_only_in_the_tail_every_n_steps_and_replace_applies_their_mean
 
 def test_every_step_of_the_tail_with_every_1():
     config = warmdown_config()
-    host = host_for(config, {Swa: SwaConfig(every=1, start_scale=0.5), Snapshots: None})
+    host = host_with(config, (Swa, SwaConfig(every=1, start_scale=0.5)), Snapshots)
     train(config, host)
     assert host.plugins["swa"].snapshot_steps == [10, 11, 12]
 
@@ -61,7 +61,7 @@ def test_average_with_ema_is_half_ema_plus_half_swa(order):
     plugins = {Swa: SwaConfig(every=2, start_scale=0.5, combine="average"), Ema: EmaConfig(decay=decay)}
     if order == "ema_first":
         plugins = dict(reversed(list(plugins.items())))
-    host = host_for(config, {**plugins, Snapshots: None})
+    host = host_with(config, *plugins.items(), Snapshots)
     model = train(config, host)
     ema = [p.clone() for p in Snapshots.taken[0][2]]
     for _, _, ps in Snapshots.taken[1:]:
@@ -73,7 +73,7 @@ def test_average_with_ema_is_half_ema_plus_half_swa(order):
 
 def test_average_without_ema_uses_the_last_weights():
     config = warmdown_config()
-    host = host_for(config, {Swa: SwaConfig(every=2, start_scale=0.5, combine="average"), Snapshots: None})
+    host = host_with(config, (Swa, SwaConfig(every=2, start_scale=0.5, combine="average")), Snapshots)
     model = train(config, host)
     swa = mean([ps for s, _, ps in Snapshots.taken if s in (10, 12)])
     for got, s, last in zip(model.parameters(), swa, Snapshots.taken[-1][2]):
@@ -82,7 +82,7 @@ def test_average_without_ema_uses_the_last_weights():
 
 def test_no_snapshot_warns_and_leaves_weights():
     config = tiny_config()  # 3 steps, no warmdown: lr scale stays 1
-    host = host_for(config, {Swa: None, Snapshots: None})
+    host = host_with(config, Swa, Snapshots)
     with pytest.warns(UserWarning, match=r"\[plugins\.swa\] no snapshot"):
         model = train(config, host)
     for got, last in zip(model.parameters(), Snapshots.taken[-1][2]):
