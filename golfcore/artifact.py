@@ -42,7 +42,7 @@ from .params import ParamSpec
 MAGIC = b"GOLF"
 FORMAT_VERSION = 1
 CLIP_PERCENTILE = 99.99984
-"""The baseline's per-row clip: |w| above this percentile of its row is clipped (§0)."""
+"""The baseline's per-row clip: |w| above this percentile of its row is clipped (docs/techniques.md §0)."""
 
 _CORE_DIR = Path(__file__).resolve().parent  # the golfcore package
 
@@ -76,7 +76,7 @@ def to_float16(name: str, tensor: Tensor) -> Tensor:
 
 
 class Int8Quantizer:
-    """The challenge baseline's export (TECHNIQUES.md §0), with defect D15 fixed.
+    """The challenge baseline's export (docs/techniques.md §0), with defect D15 fixed.
 
     - non-float tensors: stored as is;
     - export "quantize"/"embedding" with numel > float_max_numel: int8 per row (last dim),

@@ -3,7 +3,7 @@
 The metric is the challenge's: NLL in nats summed in float64 over every validation
 target, divided by ln 2 and by the number of UTF-8 bytes those targets decode to.
 The eval loop owns the token stream, so the legality conditions hold by construction
-rather than by review (DESIGN.md, "Eval adapters"):
+rather than by review (docs/architecture.md, "The eval adapter contract"):
 
 - C2: every distribution that is scored is checked to be normalized over V;
 - C3: adapters see a target only in ``observe``, after the chunk holding it was scored;
@@ -53,7 +53,7 @@ class ByteLUTs:
 
 
 def build_byte_luts(sp: sentencepiece.SentencePieceProcessor, vocab_size: int) -> ByteLUTs:
-    """The challenge's byte tables (TECHNIQUES.md §1), so val_bpb compares with its leaderboard.
+    """The challenge's byte tables (docs/techniques.md §1), so val_bpb compares with its leaderboard.
 
     Control, unknown and unused pieces and ids beyond the sentencepiece vocab are
     boundaries worth 0 bytes; byte-fallback pieces ``<0xNN>`` are 1 byte; any other piece

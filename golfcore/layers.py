@@ -2,7 +2,7 @@
 
 A selection is `"all"`, `"last:N"`, or a list of indices, and `index` says whether they count
 virtual layers (execution order) or physical layers (weight sets). Depth recurrence makes the
-two differ; the reference implementation mixed them up (TECHNIQUES.md D5, D6), so every
+two differ; the reference implementation mixed them up (docs/techniques.md, D5, D6), so every
 per-layer setting in golf says which one it means.
 """
 

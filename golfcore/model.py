@@ -1,6 +1,6 @@
 """The baseline GPT of the parameter-golf challenge, assembled from plugin-contributed modules.
 
-Without plugins this is the challenge's naive baseline (TECHNIQUES.md §0): RMSNorm'd tied
+Without plugins this is the challenge's naive baseline (docs/techniques.md §0): RMSNorm'd tied
 embeddings, GQA attention with RoPE, RMSNorm on q and k and a per-head q gain, relu² MLP,
 per-channel attention/MLP scales, `resid_mix` with the embedding x0, U-Net skips with learned
 weights, and a softcapped tied head. The classes here know nothing of plugins: they take the

@@ -2,12 +2,12 @@
 
 Groups come from each parameter's declaration (`golfcore.params`), never from its name:
 "matrix" -> Muon at `matrix_lr`, "embed" -> AdamW at `embed_lr`, "scalar" -> AdamW at
-`scalar_lr` (TECHNIQUES.md §0). Every param group records `base_lr` so the trainer's
+`scalar_lr` (docs/techniques.md §0). Every param group records `base_lr` so the trainer's
 schedule is one multiplication (`apply_lr_scale`).
 
 Distributed training: the trainer all-reduces gradients first, then clips (`clip_grad_norm`
 sees the global-batch norm, fixing D17), then steps. Muon then computes the update of every
-matrix redundantly on every process. The challenge's Parallel Muon (§3.7) shards
+matrix redundantly on every process. The challenge's Parallel Muon (docs/techniques.md §3.7) shards
 Newton–Schulz across ranks with reduce-scatter/all-gather to save ~2 ms/step; golf trades
 that for an optimizer that needs no communication and gives bit-identical weights on
 every rank by construction.

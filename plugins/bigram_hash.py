@@ -1,6 +1,6 @@
 """BigramHash: a hashed embedding of (previous token, token) added before the embedding norm.
 
-TECHNIQUES.md §3.3 (the PR #549 stack; from the 1.1458 SmearGate+BigramHash record). For
+docs/techniques.md §3.3 (the PR #549 stack; from the 1.1458 SmearGate+BigramHash record). For
 the token t_j at position j of a sequence,
 
     b_j = (36313·t_j XOR 27191·t_{j-1}) mod (M-1)      where t_{j-1} is in t_j's document

@@ -1,4 +1,4 @@
-"""CROWN-Q: a training penalty on the quantization noise the export will add (TECHNIQUES.md §7; PR #693).
+"""CROWN-Q: a training penalty on the quantization noise the export will add (docs/techniques.md §7; PR #693).
 
 For every matrix W that the exporter quantizes, with rows r:
 

@@ -1,4 +1,4 @@
-"""EMA of the weights, exported instead of the last iterate (TECHNIQUES.md §3.9; PR #414 -> #549/#733).
+"""EMA of the weights, exported instead of the last iterate (docs/techniques.md §3.9; PR #414 -> #549/#733).
 
 After every optimizer step: theta_ema <- decay * theta_ema + (1 - decay) * theta, over every
 floating-point parameter, kept in fp32 on the parameters' device and updated with

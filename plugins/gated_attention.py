@@ -1,6 +1,6 @@
 """Gated attention: a learned head-wise sigmoid gate on the attention output, before W_o.
 
-TECHNIQUES.md §6 (PR #638; Qiu et al. 2025, the Qwen "G1" gate, head-specific form):
+docs/techniques.md §6 (PR #638; Qiu et al. 2025, the Qwen "G1" gate, head-specific form):
 
     y_{t,h} ← σ(w_h·x̃_t + b_h) · y_{t,h}        W = [w_h] ∈ R^{H×d} init 0,  b ∈ R^H init 4 (σ ≈ 0.982)
 

@@ -1,4 +1,4 @@
-"""GPTQ-lite: per-row int6 export with a clip-percentile search (TECHNIQUES.md §3.10, PR #414 -> #549/#733).
+"""GPTQ-lite: per-row int6 export with a clip-percentile search (docs/techniques.md §3.10, PR #414 -> #549/#733).
 
 For every "quantize" matrix with more than `export.float_max_numel` elements, each row r
 (last dim) is stored as int6 levels q in -31..31 (held in int8; the compressor squeezes the

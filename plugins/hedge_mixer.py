@@ -1,5 +1,5 @@
 """Online Hedge mixture of the model with n-gram experts, as a score-first eval adapter
-(TECHNIQUES.md §10; PR #688, used by PR #733).
+(docs/techniques.md §10; PR #688, used by PR #733).
 
 Experts, each a full normalized distribution over the V tokens, built only from targets
 already observed (scored) and looked up from each scored position's history

@@ -1,5 +1,5 @@
 """Late QAT: straight-through fake quantization once the lr scale falls below `threshold`
-(TECHNIQUES.md §3.9; PR #414 threshold 0.15, carried to #549/#733).
+(docs/techniques.md §3.9; PR #414 threshold 0.15, carried to #549/#733).
 
 Every block matrix w is used as  w + enabled * (fake_quantize(w) - w).detach(),  where
 fake_quantize is the run's own quantizer (int6 per row with gptq_lite, the core's int8

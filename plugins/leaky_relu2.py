@@ -1,4 +1,4 @@
-"""LeakyReLU(slope)² MLP activation (TECHNIQUES.md §3.2).
+"""LeakyReLU(slope)² MLP activation (docs/techniques.md §3.2).
 
 `h = leaky_relu(u, slope)² = (max(u, 0) + slope·min(u, 0))²` replaces the baseline's relu(u)²
 in every virtual layer's MLP; slope 0.5 is the PR #549 stack's value (from PR #493, reported

@@ -1,6 +1,6 @@
 """LN scale: the normalized inputs of both sublayers of layer i are multiplied by 1/sqrt(i+1).
 
-TECHNIQUES.md §3.6 (the PR #549 stack; with partial RoPE −0.0023 bpb in the 2026-03-21
+docs/techniques.md §3.6 (the PR #549 stack; with partial RoPE −0.0023 bpb in the 2026-03-21
 record). s_i = 1/√(i+1) with i the *virtual* index (execution depth), as the reference did
 under recurrence; `index = "physical"` uses the physical layer instead. The factor is a
 build-time constant folded into each block (`Block.input_scale`).

@@ -1,4 +1,4 @@
-"""lzma (xz) artifact compressor, as the PR #549/#733 stack used (TECHNIQUES.md §3.10).
+"""lzma (xz) artifact compressor, as the PR #549/#733 stack used (docs/techniques.md §3.10).
 
 The reference wrote `lzma.compress(torch.save(...), preset=6)`; here the core's safetensors
 container is compressed instead (no pickle). PR #657 reported lzma 2-5% smaller than zstd-22

@@ -1,6 +1,6 @@
 """Orthogonal init of the block matrices, as the PR #549 stack initialised its banks.
 
-TECHNIQUES.md §0 and §3.2. The challenge baseline (golf's core) keeps PyTorch's default
+docs/techniques.md §0 and §3.2. The challenge baseline (golf's core) keeps PyTorch's default
 Linear init for q, k, v and up and zero-initialises the output projection o and the MLP down
 projection. The PR #549 stack's `_init_weights` instead sets, per layer:
 

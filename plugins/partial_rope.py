@@ -1,6 +1,6 @@
 """Partial RoPE: rotary positions on the first `dims` of each head's dims only (16 of 64).
 
-TECHNIQUES.md §3.6 (the PR #549 stack; with LN scale −0.0023 bpb in the 2026-03-21 record).
+docs/techniques.md §3.6 (the PR #549 stack; with LN scale −0.0023 bpb in the 2026-03-21 record).
 After the per-head RMSNorm of q and k, dims c and c + dims/2 (c < dims/2) are rotated with
 θ_c = base^(−2c/dims); the other head_dim − dims dims carry no position information, so
 those channels attend by content alone. Returns `golf.Rotary(head_dim, base, dims)`.

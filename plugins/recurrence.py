@@ -1,6 +1,6 @@
 """Depth recurrence: run a contiguous run of physical layers twice, sharing their matrices.
 
-TECHNIQUES.md §8 (PR #686; the 2026-03-31 and 2026-04-03 records; PR #733). With R the
+docs/techniques.md §8 (PR #686; the 2026-03-31 and 2026-04-03 records; PR #733). With R the
 repeated physical layers (`repeat`, contiguous and ascending) and c = max(R) + 1, the layer
 schedule is
 

@@ -1,6 +1,6 @@
 """SmearGate: blend each position's embedding with the previous position's, per channel.
 
-TECHNIQUES.md §3.4 (the PR #549 stack; from the 1.1458 SmearGate+BigramHash record). After
+docs/techniques.md §3.4 (the PR #549 stack; from the 1.1458 SmearGate+BigramHash record). After
 the embedding RMSNorm,
 
     x_t ← (1 − σ(g)) ⊙ x_t + σ(g) ⊙ x_{t−1},     x_{−1} = 0,  g ∈ R^d init 0 (a 50/50 blend)

@@ -1,4 +1,4 @@
-"""Stochastic weight averaging over the tail of warmdown (TECHNIQUES.md §3.9; PR #374, carried to #733).
+"""Stochastic weight averaging over the tail of warmdown (docs/techniques.md §3.9; PR #374, carried to #733).
 
 Every `every` optimizer steps while the lr scale is below `start_scale`, the current weights
 (all floating-point parameters, fp32, on their device) are added to a running sum; at train

@@ -1,4 +1,4 @@
-"""Score-first test-time training as an eval adapter (TECHNIQUES.md §9; PR #461 -> #549, used by #733).
+"""Score-first test-time training as an eval adapter (docs/techniques.md §9; PR #461 -> #549, used by #733).
 
 The eval loop (golf.eval.evaluate) scores the validation targets chunk by chunk
 (`eval.chunk_tokens`, default 32,768) and hands each chunk's targets to `observe` only after

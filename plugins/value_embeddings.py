@@ -1,6 +1,6 @@
 """Value embeddings (VE): a shared token embedding added to the attention values of chosen layers.
 
-TECHNIQUES.md §3.5 (the PR #549 stack; introduced in the PR #374 1.1246 stack). Once per
+docs/techniques.md §3.5 (the PR #549 stack; introduced in the PR #374 1.1246 stack). Once per
 forward pass,
 
     ve = β · W_ve E_ve[t]  ∈ R^{G·D}       E_ve ∈ R^{V×128}, W_ve ∈ R^{G·D×128}, β a learned scalar

@@ -1,6 +1,6 @@
 """Value residual learning (VRL): every later layer blends in the first layer's values.
 
-TECHNIQUES.md §5 (ResFormer, arXiv 2410.17897; PR #657; PR #733's version via PR #413/#638 and
+docs/techniques.md §5 (ResFormer, arXiv 2410.17897; PR #657; PR #733's version via PR #413/#638 and
 PR #549). Virtual layer 0 stores its value v0 [B,T,G,D] in the per-forward context (`ctx.v0`)
 (not detached: later layers' losses train layer 0's value path too) and leaves its own v
 unchanged. Every virtual layer i ≥ 1 then uses, by `mode`:

@@ -1,6 +1,6 @@
 """XSA, exclusive self-attention: remove from each head's attention output its own value's direction.
 
-TECHNIQUES.md §4 (Zhai 2026; all layers in PR #634, partial in PR #287 and the 2026-03-20
+docs/techniques.md §4 (Zhai 2026; all layers in PR #634, partial in PR #287 and the 2026-03-20
 EfficientPartialXSA record). For the attention output y_{t,h} ∈ R^D (softmax(qkᵀ/√D)·V, before
 any gate and W_o) and the value v_{t,g(h)} at the same position in head h's KV group:
 

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 import golfcore as golf
+from golfcore.assets import FINEWEB_SP1024_MODEL
 from golfcore.config import RunConfig
 from golfcore.plugins import Host, PluginInfo
 from golfcore.train import Dist, Trainer, TrainOutcome
 
 CPU = Dist(0, 1, 0, torch.device("cpu"))
-
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-FINEWEB_TOKENIZER = SHARED_DATA / "fineweb_1024_bpe.model"
+FINEWEB_TOKENIZER = FINEWEB_SP1024_MODEL
 
 
 def tiny_config(**model_overrides) -> RunConfig:

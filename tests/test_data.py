@@ -16,6 +16,7 @@ from huggingface_hub.utils import EntryNotFoundError
 from typer.testing import CliRunner
 
 from cli.data_cmd import app as data_app
+from golfcore.assets import FINEWEB_SP1024_MODEL, FINEWEB_SP1024_VOCAB
 from golfcore.config import DataSection
 from golfcore.data import (
     BOS_ID,
@@ -35,7 +36,7 @@ from golfcore.data import (
 )
 from golfcore.errors import ConfigError, DataError
 
-FINEWEB_TOKENIZER = Path("/work/shared/data/fineweb_1024_bpe.model")
+FINEWEB_TOKENIZER = FINEWEB_SP1024_MODEL
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 
@@ -348,7 +349,7 @@ def _fake_hub(tmp_path: Path, first_train: int, manifest: dict | None = None) ->
     for i in range(first_train, first_train + 3):
         write_shard(data / f"fineweb_train_{i:06d}.bin", rng.integers(1, 1024, 200 + i, dtype=np.uint16))
     shutil.copyfile(FINEWEB_TOKENIZER, tok / "fineweb_1024_bpe.model")
-    shutil.copyfile(FINEWEB_TOKENIZER.with_suffix(".vocab"), tok / "fineweb_1024_bpe.vocab")
+    shutil.copyfile(FINEWEB_SP1024_VOCAB, tok / "fineweb_1024_bpe.vocab")
     if manifest is None:
         manifest = {
             "datasets": [{"name": "fineweb10B_sp1024", "tokenizer_name": "sp_bpe_1024", "stats": {"files_train": 3, "files_val": 1}}],

@@ -5,15 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FINEWEB_TOKENIZER
-
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 @pytest.mark.parametrize("page", sorted(DOCS.glob("*.md")), ids=lambda p: p.name)
 def test_python_blocks_run(page):
     blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
-    namespace = {"__name__": f"docs_{page.stem}", "FINEWEB_TOKENIZER": str(FINEWEB_TOKENIZER)}
+    namespace = {"__name__": f"docs_{page.stem}"}
     for i, block in enumerate(blocks):
         try:
             exec(compile(block, f"{page.name}[block {i}]", "exec"), namespace)

@@ -6,17 +6,16 @@ import inspect
 import io
 import json
 import math
-from pathlib import Path
 
 import pytest
 import sentencepiece as spm
 import torch
 import torch.multiprocessing as mp
 
+from golfcore.assets import FINEWEB_SP1024_MODEL
 from golfcore.errors import ComplianceError, ConfigError
 from golfcore.eval import ByteLUTs, Window, build_byte_luts, evaluate, plan_windows
 
-FINEWEB_SP = Path("/work/shared/data/fineweb_1024_bpe.model")
 V = 16
 
 
@@ -31,9 +30,7 @@ def lut_total(luts: ByteLUTs, ids: list[int]) -> int:
 
 @pytest.fixture(scope="module")
 def fineweb_sp():
-    if not FINEWEB_SP.exists():
-        pytest.skip(f"{FINEWEB_SP} not present")
-    return spm.SentencePieceProcessor(model_file=str(FINEWEB_SP))
+    return spm.SentencePieceProcessor(model_file=str(FINEWEB_SP1024_MODEL))
 
 
 FINEWEB_TEXTS = [
