@@ -197,7 +197,7 @@ def bench(
     plugins_dir: DirsOpt = None,
 ):
     """A few training steps on synthetic tokens: step time, tokens/s, FLOPs/token, MFU, peak memory."""
-    from golfcore.bench import bench as run_bench
+    from golf_tools.bench import bench as run_bench
 
     available, config = _load(recipe, set_, with_, without, plugins_dir)
     figures = run_bench(config, available, steps=steps, warmup=warmup, peak_tflops=peak_tflops)

@@ -41,7 +41,7 @@ def host_with(config: RunConfig, *plugin_classes) -> Host:
 
 
 def synthetic_loader(config: RunConfig):
-    from golfcore.bench import SyntheticLoader
+    from golf_tools.bench import SyntheticLoader
 
     return SyntheticLoader(config.model.vocab_size, torch.device("cpu"), config.run.seed, 1)
 
