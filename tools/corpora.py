@@ -160,7 +160,7 @@ def _train_tokenizer(docs: Iterable[str], vocab_size: int, dest: Path) -> None:
     except RuntimeError as e:
         raise DataError(
             f"training a {vocab_size}-piece tokenizer failed ({str(e).strip().splitlines()[-1]}); "
-            "for little text, pass an existing --tokenizer or a smaller --vocab-size"
+            "pass an existing --tokenizer, or a smaller --vocab-size for little text, a larger one for text of many distinct characters"
         ) from None
     dest.write_bytes(model.getvalue())
 
@@ -381,7 +381,7 @@ def _jsonl_documents(path: Path, text: str) -> list[str]:
     return docs
 
 
-def read_text_inputs(paths: list[Path], globs: list[str] = ("*",), strict: bool = False,
+def read_text_inputs(paths: list[Path], globs: Iterable[str] = ("*",), strict: bool = False,
                      warn: Callable[[str], None] | None = None) -> TextInputs:
     """Documents of the given files and folders (folders searched recursively for files matching
     any glob): a .jsonl file holds one per line (its "text" field), any other file is one
@@ -418,7 +418,7 @@ def build_text_corpus(
     vocab_size: int = 1024,
     val_fraction: float = 0.1,
     seed: int = SEED,
-    globs: list[str] = ("*",),
+    globs: Iterable[str] = ("*",),
     strict: bool = False,
     warn: Callable[[str], None] | None = None,
 ) -> Corpus:

@@ -281,3 +281,17 @@ def test_cli_text_strict_is_one_line_exit_2(tmp_path):
     assert result.exit_code == 2
     assert result.stderr.startswith("error: ") and "image.bin is binary" in result.stderr and result.stderr.count("\n") == 1
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow
+def test_golf_run_builds_a_missing_pystdlib(tmp_path):
+    from tests.test_cli import golf, tiny_recipe
+
+    root = tmp_path / "fresh"
+    recipe = tiny_recipe(tmp_path, root)
+    recipe.write_text(recipe.read_text().replace("iterations = 6", "iterations = 2"))
+    golf("run", recipe)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    result = json.loads((run_dir / "result.json").read_text())
+    built = json.loads((root / "pystdlib" / "meta.json").read_text())
+    assert result["data"]["fingerprint"]["files_sha256"] == built["fingerprint"]["files_sha256"]
