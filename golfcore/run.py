@@ -25,8 +25,8 @@ from .artifact import Int8Quantizer, ZstdCompressor, code_files_for, pack, repor
 from .config import RunConfig
 from .data import Corpus, DistributedTokenLoader, load_val_tokens, resolve_corpus
 from .errors import ConfigError, GolfError
-from .eval import ByteLUTs, EvalResult, build_byte_luts, evaluate, unigram_entropy_bpb
 from .files import write_json
+from .eval import ByteLUTs, EvalResult, build_byte_luts, evaluate, unigram_entropy_bpb
 from .model import GPT, build_model, check_config, count_parameters
 from .params import param_specs
 from .plugins import Host, PluginInfo
