@@ -65,6 +65,16 @@ def _load(recipe: Path, sets, with_, without, plugins_dir):
     return available, load_recipe(recipe, available, sets or [], with_ or [], without or [])
 
 
+def _ensure_data(config) -> None:
+    """Build the embedded corpus if the recipe needs it and it is missing, on rank 0 only (the
+    others wait for it in the run's session); a missing downloaded corpus is an error naming
+    the command that fetches it."""
+    from golf_tools.corpora import ensure_corpus
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        ensure_corpus(config.data)
+
+
 def _relaunch_with_torchrun(nproc: int) -> None:
     torchrun = shutil.which("torchrun")
     launcher = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
@@ -100,6 +110,7 @@ def run(
     from golfcore.run import run as run_recipe
 
     available, config = _load(recipe, set_, with_, without, plugins_dir)
+    _ensure_data(config)  # before launching processes, so every rank finds the corpus built
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _relaunch_with_torchrun(nproc)
     main = int(os.environ.get("RANK", "0")) == 0
@@ -144,9 +155,12 @@ def eval_(
     """Re-score a run's artifact (loaded from its bytes) with its resolved recipe; overrides may
     change the evaluation (e.g. --without ttt), not the model."""
     from golfcore.plugins import discover
-    from golfcore.run import rescore
+    from golfcore.recipe import load_recipe
+    from golfcore.run import RECIPE_NAME, rescore
 
     available = discover(plugins_dir or [])
+    if (run_dir / RECIPE_NAME).is_file():  # without it, rescore says what a run directory needs
+        _ensure_data(load_recipe(run_dir / RECIPE_NAME, available, set_ or [], with_ or [], without or []))
     with _progress() as progress:
         rescore(run_dir, available, echo=lambda s: progress.console.print(s, markup=False, soft_wrap=True),
                 progress_factory=_progress_factory(progress), sets=set_ or [], with_=with_ or [], without=without or [])
@@ -198,7 +212,7 @@ def bench(
     plugins_dir: DirsOpt = None,
 ):
     """A few training steps on synthetic tokens: step time, tokens/s, FLOPs/token, MFU, peak memory."""
-    from golfcore.bench import bench as run_bench
+    from golf_tools.bench import bench as run_bench
 
     available, config = _load(recipe, set_, with_, without, plugins_dir)
     figures = run_bench(config, available, steps=steps, warmup=warmup, peak_tflops=peak_tflops)

@@ -14,7 +14,7 @@ import json
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import sentencepiece as spm
 import torch
@@ -26,6 +26,7 @@ from .config import RunConfig
 from .contract import EvalContext
 from .data import Corpus, DistributedTokenLoader, load_val_tokens, resolve_corpus
 from .errors import ConfigError, GolfError
+from .files import write_json
 from .eval import ByteLUTs, EvalResult, build_byte_luts, evaluate, unigram_entropy_bpb
 from .assemble import build_model, check_config
 from .model import GPT, count_parameters
@@ -127,12 +128,10 @@ class Session:
             self.corpus = self._corpus()
 
     def _corpus(self) -> Corpus:
-        # rank 0 builds a missing embedded corpus; the others wait and then find it built
-        if self.dist.is_main:
-            corpus = resolve_corpus(self.config.data)
+        # the CLI has rank 0 build a missing embedded corpus before the session starts
+        # (golf_tools.corpora.ensure_corpus); the barrier lets it finish before any rank resolves
         self.dist.barrier()
-        if not self.dist.is_main:
-            corpus = resolve_corpus(self.config.data, build_missing=False)
+        corpus = resolve_corpus(self.config.data)
         if corpus.vocab_size > self.config.model.vocab_size:
             raise ConfigError(
                 f"{self.config.source}: [model] vocab_size {self.config.model.vocab_size} is smaller than "
@@ -236,7 +235,7 @@ def run(config: RunConfig, available: dict[str, PluginInfo], recipe_text: str,
         return None, result
     final_dir = run_dir.with_name(run_dir.name.removesuffix(".incomplete"))
     result["run_dir"] = str(final_dir)
-    _write_json(run_dir / "result.json", result)
+    write_json(run_dir / "result.json", result)
     run_dir.rename(final_dir)
     return final_dir, result
 
@@ -249,12 +248,6 @@ def _code_file_label(path: Path, run_dir: Path | None) -> str:
         if not (parent / "__init__.py").is_file():
             return str(path.relative_to(parent))
     return str(path)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factory) -> dict:

@@ -38,7 +38,7 @@ def host_with(config: RunConfig, *plugins) -> Host:
 
 
 def synthetic_loader(config: RunConfig):
-    from golfcore.bench import SyntheticLoader
+    from golf_tools.bench import SyntheticLoader
 
     return SyntheticLoader(config.model.vocab_size, torch.device("cpu"), config.run.seed, 1)
 

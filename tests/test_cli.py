@@ -127,11 +127,3 @@ def test_run_with_two_processes(tmp_path, pystdlib_root):
     result = json.loads((run_dir / "result.json").read_text())
     assert result["world_size"] == 2 and result["steps"] == 6
     assert proc.stdout.count("final stage:roundtrip") == 1  # only rank 0 reports
-
-
-@pytest.mark.slow
-def test_bench_prints_figures(tmp_path, pystdlib_root):
-    recipe = tiny_recipe(tmp_path, pystdlib_root)
-    proc = golf("bench", recipe, "--steps", "2", "--warmup", "1", "--peak-tflops", "1.0")
-    for figure in ("step_ms", "tokens_per_s", "model_tflops_per_token", "mfu", "peak_rss_gib"):
-        assert figure in proc.stdout

@@ -1,33 +1,24 @@
-"""golfcore.data: shard format, loader, the three corpora, and the `golf data` commands."""
+"""golfcore.data: shard format, loader, validation tokens, and resolving built corpora."""
 
 from __future__ import annotations
 
 import json
 import platform
 import shutil
-import sysconfig
 from pathlib import Path
 
 import numpy as np
 import pytest
-import sentencepiece as spm
 import torch
-from huggingface_hub.utils import EntryNotFoundError
-from typer.testing import CliRunner
 
-from cli.data_cmd import app as data_app
-from golfcore.assets import FINEWEB_SP1024_MODEL, FINEWEB_SP1024_VOCAB
 from golfcore.config import DataSection
 from golfcore.data import (
-    BOS_ID,
     HEADER_INTS,
+    PYSTDLIB_BUILDER,
     SHARD_MAGIC,
     SHARD_VERSION,
     DistributedTokenLoader,
     TokenStream,
-    build_pystdlib,
-    build_text_corpus,
-    download_fineweb,
     load_val_tokens,
     read_shard,
     resolve_corpus,
@@ -35,21 +26,6 @@ from golfcore.data import (
     write_shard,
 )
 from golfcore.errors import ConfigError, DataError
-
-FINEWEB_TOKENIZER = FINEWEB_SP1024_MODEL
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
-
-
-def _documents(tokens: np.ndarray) -> list[np.ndarray]:
-    """Split a BOS-led token stream (n,) into documents (each without its BOS)."""
-    starts = np.flatnonzero(tokens == BOS_ID)
-    assert starts.size and starts[0] == 0, "stream must start with BOS"
-    return [tokens[s + 1 : e] for s, e in zip(starts, [*starts[1:], tokens.size])]
-
-
-def _split_docs(corpus, split: str, sp) -> list[str]:
-    files = corpus.train_files if split == "train" else corpus.val_files
-    return [sp.decode(d.tolist()) for d in _documents(np.concatenate([read_shard(f) for f in files]))]
 
 
 # ----------------------------------------------------------------------------- shard format
@@ -188,245 +164,42 @@ def test_token_stream_all_empty_shards(tmp_path):
         TokenStream([tmp_path / "e_train_000000.bin"]).take(4)
 
 
-# ----------------------------------------------------------------------------- pystdlib
+# ----------------------------------------------------------------------------- resolving corpora
 
 
-def test_pystdlib_is_deterministic(pystdlib_root, tmp_path):
-    again = build_pystdlib(tmp_path)
-    first = pystdlib_root / "pystdlib"
-    names = sorted(p.name for p in first.iterdir())
-    assert names == sorted(p.name for p in again.directory.iterdir())
-    for name in names:
-        assert (first / name).read_bytes() == (again.directory / name).read_bytes(), name
-
-
-def test_pystdlib_split_by_file(pystdlib_root):
-    meta = json.loads((pystdlib_root / "pystdlib" / "meta.json").read_text())
-    train, val = set(meta["documents"]["train"]["paths"]), set(meta["documents"]["val"]["paths"])
-    assert train and val and not train & val
-    assert len(train | val) == meta["fingerprint"]["num_files"]
-    assert not any(part in ("test", "tests", "idle_test", "site-packages") for p in train | val for part in p.split("/")[:-1])
-    assert 0.02 <= meta["documents"]["val"]["bytes"] / (meta["documents"]["train"]["bytes"] + meta["documents"]["val"]["bytes"]) <= 0.08
-    assert meta["documents"]["val"]["bytes"] >= 200_000
-
-
-def test_pystdlib_documents_round_trip(pystdlib_root):
-    """Every document starts with BOS and decodes back to its source file exactly."""
-    corpus = resolve_corpus(DataSection(corpus="pystdlib", root=str(pystdlib_root)), build_missing=False)
-    meta = json.loads((corpus.directory / "meta.json").read_text())
-    sp = spm.SentencePieceProcessor(model_file=str(corpus.tokenizer_path))
-    assert (sp.vocab_size(), sp.bos_id(), sp.unk_id(), sp.id_to_piece(2)) == (1024, BOS_ID, 0, "\n")
-    assert corpus.vocab_size == 1024
-    val_docs = _split_docs(corpus, "val", sp)
-    expected = [(STDLIB / p).read_text(encoding="utf-8") for p in meta["documents"]["val"]["paths"]]
-    assert sorted(val_docs) == sorted(expected)
-    assert val_docs != expected  # shuffled, not in path order
-    train_tokens = np.concatenate([read_shard(f) for f in corpus.train_files])
-    assert train_tokens[0] == BOS_ID and (train_tokens == BOS_ID).sum() == meta["documents"]["train"]["files"]
-    assert not (train_tokens == sp.unk_id()).any()
-    for path in meta["documents"]["train"]["paths"][::40]:  # byte fallback: every file round-trips
-        text = (STDLIB / path).read_text(encoding="utf-8")
-        assert sp.decode(sp.encode(text)) == text, path
-
-
-def test_resolve_pystdlib_reuses_build_and_limits_shards(pystdlib_root):
+def test_resolve_pystdlib_limits_shards(pystdlib_root):
     meta = pystdlib_root / "pystdlib" / "meta.json"
     before = meta.stat().st_mtime_ns
     corpus = resolve_corpus(DataSection(corpus="pystdlib", root=str(pystdlib_root), max_train_shards=1))
     assert meta.stat().st_mtime_ns == before
     assert len(corpus.train_files) == 1 and corpus.fingerprint["train_shards_used"] == 1
     assert corpus.fingerprint["python"] == platform.python_version()
+    assert corpus.fingerprint["builder"] == PYSTDLIB_BUILDER
     val = load_val_tokens(corpus, max_targets=1000)
     assert val.dtype == torch.int64 and val.shape == (1001,)
     assert torch.equal(load_val_tokens(corpus), torch.from_numpy(read_shard(corpus.val_files[0]).astype(np.int64)))
 
 
-def test_resolve_pystdlib_not_built(tmp_path):
-    with pytest.raises(DataError, match="golf data pystdlib"):
-        resolve_corpus(DataSection(corpus="pystdlib", root=str(tmp_path)), build_missing=False)
+def test_resolve_never_builds(tmp_path):
+    with pytest.raises(DataError, match=r"pystdlib is not built at .*; build it with: golf data pystdlib --force --root"):
+        resolve_corpus(DataSection(corpus="pystdlib", root=str(tmp_path)))
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_resolve_pystdlib_stale_build(pystdlib_root, tmp_path):
+def test_resolve_refuses_stale_pystdlib(pystdlib_root, tmp_path):
     shutil.copytree(pystdlib_root / "pystdlib", tmp_path / "pystdlib")
     meta = json.loads((tmp_path / "pystdlib" / "meta.json").read_text())
     meta["fingerprint"]["builder"] = 0
     (tmp_path / "pystdlib" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="stale.*golf data pystdlib --force --root"):
-        resolve_corpus(DataSection(corpus="pystdlib", root=str(tmp_path)), build_missing=False)
+        resolve_corpus(DataSection(corpus="pystdlib", root=str(tmp_path)))
 
 
-def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
-    def fail(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr("golfcore.data._encode_split", fail)
-    with pytest.raises(KeyboardInterrupt):
-        build_pystdlib(tmp_path)
-    assert list(tmp_path.iterdir()) == []
-
-
-# ----------------------------------------------------------------------------- text corpora
-
-
-def _write_text_inputs(tmp_path: Path) -> tuple[list[Path], list[str]]:
-    # the FineWeb tokenizer collapses whitespace, so these documents have no double or trailing spaces
-    docs = [f"document {i}:" + " the quick brown fox jumps over the lazy dog." * (i % 5 + 1) for i in range(30)]
-    txt = []
-    for i, doc in enumerate(docs[:10]):
-        txt.append(tmp_path / f"doc{i}.txt")
-        txt[-1].write_text(doc, encoding="utf-8")
-    jsonl = tmp_path / "more.jsonl"
-    jsonl.write_text("\n".join(json.dumps({"text": d, "id": i}) for i, d in enumerate(docs[10:])) + "\n\n", encoding="utf-8")
-    return [*txt, jsonl], docs
-
-
-def test_text_corpus_with_given_tokenizer(tmp_path):
-    files, docs = _write_text_inputs(tmp_path)
-    corpus = build_text_corpus(files, "demo", tmp_path / "data", tokenizer=FINEWEB_TOKENIZER, val_fraction=0.1)
-    assert corpus.directory == tmp_path / "data" / "text" / "demo"
-    assert [p.name for p in corpus.train_files] == ["text_train_000000.bin"]
-    assert [p.name for p in corpus.val_files] == ["text_val_000000.bin"]
-    assert corpus.tokenizer_path.read_bytes() == FINEWEB_TOKENIZER.read_bytes()
-    sp = spm.SentencePieceProcessor(model_file=str(corpus.tokenizer_path))
-    train, val = _split_docs(corpus, "train", sp), _split_docs(corpus, "val", sp)
-    assert len(val) == 3 and sorted(train + val) == sorted(docs)
-    assert corpus.fingerprint["files"][0]["name"] == "doc0.txt" and len(corpus.fingerprint["files"]) == 11
-    resolved = resolve_corpus(DataSection(corpus="text:demo", root=str(tmp_path / "data")))
-    assert resolved.train_files == corpus.train_files and resolved.name == "text:demo"
-    # the split does not depend on the order the files are given in
-    again = build_text_corpus(files[::-1], "demo2", tmp_path / "data", tokenizer=FINEWEB_TOKENIZER, val_fraction=0.1)
-    assert again.val_files[0].read_bytes() == corpus.val_files[0].read_bytes()
-
-
-def test_text_corpus_trains_its_tokenizer(tmp_path, pystdlib_root):
-    meta = json.loads((pystdlib_root / "pystdlib" / "meta.json").read_text())
-    files = []
-    for path in meta["documents"]["train"]["paths"][:60]:
-        files.append(tmp_path / (path.replace("/", "_") + ".txt"))
-        shutil.copyfile(STDLIB / path, files[-1])
-    corpus = build_text_corpus(files, "code", tmp_path / "data", vocab_size=512)
-    sp = spm.SentencePieceProcessor(model_file=str(corpus.tokenizer_path))
-    assert sp.vocab_size() == corpus.vocab_size == 512 and sp.bos_id() == BOS_ID
-    val = _split_docs(corpus, "val", sp)
-    assert len(val) == 6 and all(doc in [f.read_text(encoding="utf-8") for f in files] for doc in val)
-
-
-def test_text_corpus_errors(tmp_path):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "a"}\n{"text": "b"}\n{"text": oops}\n', encoding="utf-8")
-    with pytest.raises(DataError, match=r"bad\.jsonl:3"):
-        build_text_corpus([bad], "x", tmp_path)
-    bad.write_text('{"text": "a"}\n{"body": "b"}\n', encoding="utf-8")
-    with pytest.raises(DataError, match=r"bad\.jsonl:2.*text"):
-        build_text_corpus([bad], "x", tmp_path)
-    tiny = tmp_path / "tiny.txt"
-    tiny.write_text("hello", encoding="utf-8")
-    with pytest.raises(DataError, match="at least 2"):
-        build_text_corpus([tiny], "x", tmp_path)
-    other = tmp_path / "other.txt"
-    other.write_text("world", encoding="utf-8")
-    with pytest.raises(DataError, match="tokenizer"):  # far too little text for 1024 pieces
-        build_text_corpus([tiny, other], "x", tmp_path)
-    assert not (tmp_path / "text" / "x").exists() and not list((tmp_path / "text").iterdir())
-    with pytest.raises(DataError, match="golf data text"):
-        resolve_corpus(DataSection(corpus="text:x", root=str(tmp_path)))
-
-
-# ----------------------------------------------------------------------------- FineWeb download
-
-PREFIX = "matched_10B_docs2m_seed1337"
-
-
-def _fake_hub(tmp_path: Path, first_train: int, manifest: dict | None = None) -> Path:
-    """The published export's layout with tiny shards: 1 val shard, 3 train shards."""
-    hub = tmp_path / "hub"
-    data = hub / PREFIX / "datasets" / "fineweb10B_sp1024"
-    tok = hub / PREFIX / "tokenizers"
-    data.mkdir(parents=True)
-    tok.mkdir()
-    rng = np.random.default_rng(0)
-    write_shard(data / "fineweb_val_000000.bin", rng.integers(1, 1024, 300, dtype=np.uint16))
-    for i in range(first_train, first_train + 3):
-        write_shard(data / f"fineweb_train_{i:06d}.bin", rng.integers(1, 1024, 200 + i, dtype=np.uint16))
-    shutil.copyfile(FINEWEB_TOKENIZER, tok / "fineweb_1024_bpe.model")
-    shutil.copyfile(FINEWEB_SP1024_VOCAB, tok / "fineweb_1024_bpe.vocab")
-    if manifest is None:
-        manifest = {
-            "datasets": [{"name": "fineweb10B_sp1024", "tokenizer_name": "sp_bpe_1024", "stats": {"files_train": 3, "files_val": 1}}],
-            "tokenizers": [{"name": "sp_bpe_1024", "model_path": "tokenizers/fineweb_1024_bpe.model", "vocab_path": "tokenizers/fineweb_1024_bpe.vocab"}],
-        }
-    (hub / PREFIX / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-    return hub
-
-
-class FakeDownload:
-    """hf_hub_download over a local folder: same keywords, saves <local_dir>/<filename>."""
-
-    def __init__(self, hub: Path):
-        self.hub, self.calls = hub, []
-
-    def __call__(self, repo_id, filename, *, repo_type=None, local_dir=None, **kwargs):
-        assert repo_id == "willdepueoai/parameter-golf" and repo_type == "dataset" and local_dir
-        self.calls.append(filename)
-        source = self.hub / filename
-        if not source.is_file():
-            raise EntryNotFoundError(f"404 Client Error: Entry Not Found for url: .../{filename}")
-        dest = Path(local_dir) / filename
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, dest)
-        return str(dest)
-
-
-@pytest.mark.parametrize("first_train", [1, 0])
-def test_fineweb_download_against_fake_hub(tmp_path, first_train):
-    hub = _fake_hub(tmp_path, first_train)
-    fake = FakeDownload(hub)
-    root = tmp_path / "data"
-    corpus = download_fineweb(root, train_shards=2, download=fake)
-    names = [f"fineweb_train_{i:06d}.bin" for i in range(first_train, first_train + 3)]
-    assert [p.name for p in corpus.train_files] == names[:2]
-    assert [p.name for p in corpus.val_files] == ["fineweb_val_000000.bin"]
-    assert corpus.tokenizer_path == root / "fineweb10B_sp1024" / "tokenizer.model"
-    assert corpus.tokenizer_path.read_bytes() == FINEWEB_TOKENIZER.read_bytes() and corpus.vocab_size == 1024
-    assert corpus.fingerprint["train_shards"] == names[:2] and corpus.fingerprint["repo_id"] == "willdepueoai/parameter-golf"
-    assert not (root / "fineweb10B_sp1024" / ".download").exists()
-
-    resolved = resolve_corpus(DataSection(corpus="fineweb10B_sp1024", root=str(root)))
-    assert resolved.train_files == corpus.train_files
-    val = load_val_tokens(resolved)
-    assert val.tolist() == read_shard(hub / PREFIX / "datasets" / "fineweb10B_sp1024" / "fineweb_val_000000.bin").tolist()
-    x, _ = DistributedTokenLoader(resolved.train_files, 0, 1, torch.device("cpu")).next_batch(64, 16, 1)
-    assert x.shape == (4, 16)
-
-    fake.calls.clear()
-    corpus = download_fineweb(root, train_shards=3, download=fake)  # only the new shard is fetched
-    assert fake.calls == [f"{PREFIX}/datasets/fineweb10B_sp1024/{names[2]}"]
-    assert [p.name for p in corpus.train_files] == names
-
-
-def test_fineweb_refuses_shards_beyond_manifest(tmp_path):
-    fake = FakeDownload(_fake_hub(tmp_path, 1))
-    with pytest.raises(DataError, match="only 3 train shards.*requested 4"):
-        download_fineweb(tmp_path / "data", train_shards=4, download=fake)
-    assert fake.calls == [f"{PREFIX}/manifest.json"]
-
-
-def test_fineweb_manifest_without_entry_uses_known_counts(tmp_path):
-    fake = FakeDownload(_fake_hub(tmp_path, 1, manifest={"note": "no dataset entries"}))
-    with pytest.raises(DataError, match="only 25 train shards"):
-        download_fineweb(tmp_path / "data", train_shards=26, download=fake)
-    assert download_fineweb(tmp_path / "data", train_shards=1, download=fake).vocab_size == 1024
-
-
-def test_fineweb_download_failure_is_one_line(tmp_path):
-    def offline(**kwargs):
-        raise ConnectionError("Name or service not known\nmore detail")
-
-    with pytest.raises(DataError, match="manifest.json.*failed: ConnectionError: Name or service not known$"):
-        download_fineweb(tmp_path / "data", download=offline)
-    assert not (tmp_path / "data" / "fineweb10B_sp1024" / ".download").exists()
-    with pytest.raises(DataError, match="golf data fineweb --variant sp1024 --train-shards 1"):
-        resolve_corpus(DataSection(corpus="fineweb10B_sp1024", root=str(tmp_path / "data")))
+def test_resolve_refuses_incomplete_corpus(pystdlib_root, tmp_path):
+    shutil.copytree(pystdlib_root / "pystdlib", tmp_path / "pystdlib")
+    (tmp_path / "pystdlib" / "pystdlib_val_000000.bin").unlink()
+    with pytest.raises(DataError, match=r"incomplete: .*pystdlib_val_000000\.bin is missing; build it again with: golf data pystdlib"):
+        resolve_corpus(DataSection(corpus="pystdlib", root=str(tmp_path)))
 
 
 def test_missing_fineweb_names_the_fetch_command(tmp_path):
@@ -438,19 +211,9 @@ def test_missing_fineweb_names_the_fetch_command(tmp_path):
     assert str(e.value).endswith("golf data fineweb --variant sp1024 --train-shards 1")
 
 
-# ----------------------------------------------------------------------------- CLI
-
-
-def test_cli_pystdlib_summary(pystdlib_root):
-    result = CliRunner().invoke(data_app, ["pystdlib", "--root", str(pystdlib_root)])
-    assert result.exit_code == 0, result.output
-    assert "corpus pystdlib" in result.stdout and "files_sha256" in result.stdout
-
-
-def test_cli_user_error_is_one_line(tmp_path):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text("not json\n", encoding="utf-8")
-    result = CliRunner().invoke(data_app, ["text", str(bad), "--name", "x", "--root", str(tmp_path)])
-    assert result.exit_code == 1
-    assert result.stderr.startswith("error: ") and "bad.jsonl:1" in result.stderr and result.stderr.count("\n") == 1
-    assert "Traceback" not in result.output
+def test_missing_text_corpus_and_unknown_corpus(tmp_path):
+    with pytest.raises(DataError, match=f"text:notes is not built at {tmp_path}/text/notes; build it with: golf data text FILES... --name notes --root"):
+        resolve_corpus(DataSection(corpus="text:notes", root=str(tmp_path)))
+    for name in ("wikipedia", "text:"):
+        with pytest.raises(DataError, match="unknown corpus"):
+            resolve_corpus(DataSection(corpus=name, root=str(tmp_path)))

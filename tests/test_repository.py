@@ -64,6 +64,14 @@ def tracked_names() -> frozenset[str]:
     return frozenset(path.name for path in tracked_files())
 
 
+def is_citation(ref: str, line: str, start: int) -> bool:
+    """A reader is sent to `ref`: a markdown link target, a path into one of the repository's own
+    top-level folders (docs/..., golfcore/...), or a capitalised document name (README.md)."""
+    first = ref.split("/", 1)[0]
+    return (line[max(0, start - 2) : start] == "](" or ("/" in ref and (ROOT / first).is_dir())
+            or ("/" not in ref and ref[:1].isupper()))
+
+
 def line_problems(path: Path, line: str) -> list[str]:
     """What is wrong with one line of the file at `path` (a path inside ROOT)."""
     problems = [f"{why}: {m.group(0)!r}" for pattern, why in OUTSIDE_REFERENCES for m in pattern.finditer(line)]
@@ -74,6 +82,8 @@ def line_problems(path: Path, line: str) -> list[str]:
                 problems.append(f"absolute path {m.group(0)!r}: use a path relative to the repository or a setting")
     for m in MARKDOWN_FILE.finditer(without_urls):
         ref = m.group(1)
+        if not is_citation(ref, without_urls, m.start()):
+            continue  # a file name used as data (a test's fixture, a glob's example)
         candidates = [(path.parent / ref).resolve(), (ROOT / ref).resolve()]
         named_alone = "/" not in ref and ref in tracked_names()  # e.g. "techniques.md"
         if not named_alone and not any(c.is_file() and c.is_relative_to(ROOT) for c in candidates):

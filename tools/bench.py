@@ -13,10 +13,10 @@ import time
 
 import torch
 
-from .config import RunConfig
-from .plugins import PluginInfo
-from .run import Session
-from .train import Trainer, should_compile
+from golfcore.config import RunConfig
+from golfcore.plugins import PluginInfo
+from golfcore.run import Session
+from golfcore.train import Trainer, should_compile
 
 # bf16 dense peak TFLOP/s by device-name fragment (vendor datasheets).
 PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}

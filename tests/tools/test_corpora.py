@@ -1,0 +1,297 @@
+"""golf_tools.corpora: building pystdlib and text corpora, ensure_corpus, and `golf data pystdlib|text`."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import shutil
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+from typer.testing import CliRunner
+
+from cli.data_cmd import app as data_app
+from golf_tools.corpora import NotTextError, build_pystdlib, build_text_corpus, ensure_corpus
+from golfcore.config import DataSection
+from golfcore.data import BOS_ID, read_shard, resolve_corpus
+from golfcore.errors import DataError
+from golfcore.assets import FINEWEB_SP1024_MODEL
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+
+
+def _documents(tokens: np.ndarray) -> list[np.ndarray]:
+    """Split a BOS-led token stream (n,) into documents (each without its BOS)."""
+    starts = np.flatnonzero(tokens == BOS_ID)
+    assert starts.size and starts[0] == 0, "stream must start with BOS"
+    return [tokens[s + 1 : e] for s, e in zip(starts, [*starts[1:], tokens.size])]
+
+
+def _split_docs(corpus, split: str, sp) -> list[str]:
+    files = corpus.train_files if split == "train" else corpus.val_files
+    return [sp.decode(d.tolist()) for d in _documents(np.concatenate([read_shard(f) for f in files]))]
+
+
+# ----------------------------------------------------------------------------- pystdlib
+
+
+def test_stale_pystdlib_is_rebuilt_identically(pystdlib_root, tmp_path):
+    first = pystdlib_root / "pystdlib"
+    shutil.copytree(first, tmp_path / "pystdlib")
+    meta = json.loads((first / "meta.json").read_text())
+    meta["fingerprint"]["builder"] = 0
+    (tmp_path / "pystdlib" / "meta.json").write_text(json.dumps(meta))
+    again = ensure_corpus(DataSection(corpus="pystdlib", root=str(tmp_path)))
+    names = sorted(p.name for p in first.iterdir())
+    assert names == sorted(p.name for p in again.directory.iterdir())
+    for name in names:
+        assert (first / name).read_bytes() == (again.directory / name).read_bytes(), name
+
+
+def test_pystdlib_split_by_file(pystdlib_root):
+    meta = json.loads((pystdlib_root / "pystdlib" / "meta.json").read_text())
+    train, val = set(meta["documents"]["train"]["paths"]), set(meta["documents"]["val"]["paths"])
+    assert train and val and not train & val
+    assert len(train | val) == meta["fingerprint"]["num_files"]
+    assert not any(part in ("test", "tests", "idle_test", "site-packages") for p in train | val for part in p.split("/")[:-1])
+    assert 0.02 <= meta["documents"]["val"]["bytes"] / (meta["documents"]["train"]["bytes"] + meta["documents"]["val"]["bytes"]) <= 0.08
+    assert meta["documents"]["val"]["bytes"] >= 200_000
+
+
+def test_pystdlib_documents_round_trip(pystdlib_root):
+    """Every document starts with BOS and decodes back to its source file exactly."""
+    corpus = resolve_corpus(DataSection(corpus="pystdlib", root=str(pystdlib_root)))
+    meta = json.loads((corpus.directory / "meta.json").read_text())
+    sp = spm.SentencePieceProcessor(model_file=str(corpus.tokenizer_path))
+    assert (sp.vocab_size(), sp.bos_id(), sp.unk_id(), sp.id_to_piece(2)) == (1024, BOS_ID, 0, "\n")
+    assert corpus.vocab_size == 1024
+    val_docs = _split_docs(corpus, "val", sp)
+    expected = [(STDLIB / p).read_text(encoding="utf-8") for p in meta["documents"]["val"]["paths"]]
+    assert sorted(val_docs) == sorted(expected)
+    assert val_docs != expected  # shuffled, not in path order
+    train_tokens = np.concatenate([read_shard(f) for f in corpus.train_files])
+    assert train_tokens[0] == BOS_ID and (train_tokens == BOS_ID).sum() == meta["documents"]["train"]["files"]
+    assert not (train_tokens == sp.unk_id()).any()
+    for path in meta["documents"]["train"]["paths"][::40]:  # byte fallback: every file round-trips
+        text = (STDLIB / path).read_text(encoding="utf-8")
+        assert sp.decode(sp.encode(text)) == text, path
+
+
+def test_ensure_corpus_keeps_a_current_build(pystdlib_root):
+    meta = pystdlib_root / "pystdlib" / "meta.json"
+    before = meta.stat().st_mtime_ns
+    corpus = ensure_corpus(DataSection(corpus="pystdlib", root=str(pystdlib_root), max_train_shards=1))
+    assert meta.stat().st_mtime_ns == before
+    assert len(corpus.train_files) == 1 and corpus.fingerprint["train_shards_used"] == 1
+
+
+def test_ensure_corpus_never_downloads(tmp_path):
+    for corpus in ("fineweb10B_sp1024", "text:notes"):
+        with pytest.raises(DataError, match="golf data (fineweb|text)"):
+            ensure_corpus(DataSection(corpus=corpus, root=str(tmp_path)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("golf_tools.corpora._encode_split", fail)
+    with pytest.raises(KeyboardInterrupt):
+        build_pystdlib(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- text corpora
+
+
+def _write_text_inputs(tmp_path: Path) -> tuple[list[Path], list[str]]:
+    # the FineWeb tokenizer collapses whitespace, so these documents have no double or trailing spaces
+    docs = [f"document {i}:" + " the quick brown fox jumps over the lazy dog." * (i % 5 + 1) for i in range(30)]
+    txt = []
+    for i, doc in enumerate(docs[:10]):
+        txt.append(tmp_path / f"doc{i}.txt")
+        txt[-1].write_text(doc, encoding="utf-8")
+    jsonl = tmp_path / "more.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": d, "id": i}) for i, d in enumerate(docs[10:])) + "\n\n", encoding="utf-8")
+    return [*txt, jsonl], docs
+
+
+def test_text_corpus_with_given_tokenizer(tmp_path):
+    files, docs = _write_text_inputs(tmp_path)
+    corpus = build_text_corpus(files, "demo", tmp_path / "data", tokenizer=FINEWEB_SP1024_MODEL, val_fraction=0.1)
+    assert corpus.directory == tmp_path / "data" / "text" / "demo"
+    assert [p.name for p in corpus.train_files] == ["text_train_000000.bin"]
+    assert [p.name for p in corpus.val_files] == ["text_val_000000.bin"]
+    assert corpus.tokenizer_path.read_bytes() == FINEWEB_SP1024_MODEL.read_bytes()
+    sp = spm.SentencePieceProcessor(model_file=str(corpus.tokenizer_path))
+    train, val = _split_docs(corpus, "train", sp), _split_docs(corpus, "val", sp)
+    assert len(val) == 3 and sorted(train + val) == sorted(docs)
+    assert corpus.fingerprint["files"][0]["name"] == "doc0.txt" and len(corpus.fingerprint["files"]) == 11
+    resolved = resolve_corpus(DataSection(corpus="text:demo", root=str(tmp_path / "data")))
+    assert resolved.train_files == corpus.train_files and resolved.name == "text:demo"
+    # the split does not depend on the order the files are given in
+    again = build_text_corpus(files[::-1], "demo2", tmp_path / "data", tokenizer=FINEWEB_SP1024_MODEL, val_fraction=0.1)
+    assert again.val_files[0].read_bytes() == corpus.val_files[0].read_bytes()
+
+
+def test_text_corpus_trains_its_tokenizer(tmp_path, pystdlib_root):
+    meta = json.loads((pystdlib_root / "pystdlib" / "meta.json").read_text())
+    files = []
+    for path in meta["documents"]["train"]["paths"][:60]:
+        files.append(tmp_path / (path.replace("/", "_") + ".txt"))
+        shutil.copyfile(STDLIB / path, files[-1])
+    corpus = build_text_corpus(files, "code", tmp_path / "data", vocab_size=512)
+    sp = spm.SentencePieceProcessor(model_file=str(corpus.tokenizer_path))
+    assert sp.vocab_size() == corpus.vocab_size == 512 and sp.bos_id() == BOS_ID
+    val = _split_docs(corpus, "val", sp)
+    assert len(val) == 6 and all(doc in [f.read_text(encoding="utf-8") for f in files] for doc in val)
+
+
+def test_text_corpus_errors(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a"}\n{"text": "b"}\n{"text": oops}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.jsonl:3"):
+        build_text_corpus([bad], "x", tmp_path)
+    bad.write_text('{"text": "a"}\n{"body": "b"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.jsonl:2.*text"):
+        build_text_corpus([bad], "x", tmp_path)
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("hello", encoding="utf-8")
+    with pytest.raises(DataError, match="at least 2"):
+        build_text_corpus([tiny], "x", tmp_path)
+    other = tmp_path / "other.txt"
+    other.write_text("world", encoding="utf-8")
+    with pytest.raises(DataError, match="tokenizer"):  # far too little text for 1024 pieces
+        build_text_corpus([tiny, other], "x", tmp_path)
+    assert not (tmp_path / "text" / "x").exists() and not list((tmp_path / "text").iterdir())
+    with pytest.raises(DataError, match="golf data text"):
+        resolve_corpus(DataSection(corpus="text:x", root=str(tmp_path)))
+
+
+def _mixed_folder(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A folder of the kinds of files people have, and the documents golf should find in it."""
+    folder = tmp_path / "mixed"
+    (folder / "sub").mkdir(parents=True)
+    (folder / ".cache").mkdir()
+    docs = {
+        "README.md": "readme: how to use the golf course.",
+        "LICENSE": "permission is granted to play golf on this course.",
+        "mod.py": "def swing(club):\n    return club.speed\n",
+        "sub/deep.md": "a nested page about the eighteenth hole.",
+    }
+    for name, text in docs.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    records = ["the first record of a jsonl file.", "the second record of a jsonl file."]
+    (folder / "docs.jsonl").write_text("".join(json.dumps({"text": r}) + "\n" for r in records), encoding="utf-8")
+    (folder / "notes.txt.gz").write_bytes(gzip.compress("compressed notes about putting.".encode()))
+    gz_records = ["a gzipped record about bunkers.", "a gzipped record about greens."]
+    (folder / "more.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps({"text": r}) + "\n" for r in gz_records).encode()))
+    (folder / "image.bin").write_bytes(b"\x89PN\x00\x00\x01binary")
+    (folder / "latin1.txt").write_bytes("caf\u00e9 cr\u00e8me".encode("latin-1"))
+    (folder / ".hidden").write_text("a hidden file is not an input.", encoding="utf-8")
+    (folder / ".cache" / "x.md").write_text("nor is a file in a hidden folder.", encoding="utf-8")
+    return folder, [*docs.values(), *records, "compressed notes about putting.", *gz_records]
+
+
+def test_text_corpus_from_a_mixed_folder(tmp_path):
+    folder, expected = _mixed_folder(tmp_path)
+    warnings = []
+    # the README named again on its own is still read once
+    corpus = build_text_corpus([folder, folder / "README.md"], "mixed", tmp_path / "data",
+                               tokenizer=FINEWEB_SP1024_MODEL, warn=warnings.append)
+    used = ["mixed/LICENSE", "mixed/README.md", "mixed/docs.jsonl", "mixed/mod.py", "mixed/more.jsonl.gz",
+            "mixed/notes.txt.gz", "mixed/sub/deep.md"]
+    assert [f["name"] for f in corpus.fingerprint["files"]] == used
+    assert corpus.fingerprint["files"][5]["sha256"] == hashlib.sha256((folder / "notes.txt.gz").read_bytes()).hexdigest()
+    assert (corpus.fingerprint["files_used"], corpus.fingerprint["files_skipped"]) == (7, 2)
+    meta = json.loads((corpus.directory / "meta.json").read_text())
+    assert meta["skipped"] == [
+        {"name": "mixed/image.bin", "why": "binary (NUL byte at offset 3)"},
+        {"name": "mixed/latin1.txt", "why": "not UTF-8 (invalid byte at offset 3)"},
+    ]
+    assert warnings == [f"skipped {folder / 'image.bin'}: binary (NUL byte at offset 3)",
+                        f"skipped {folder / 'latin1.txt'}: not UTF-8 (invalid byte at offset 3)"]
+    sp = spm.SentencePieceProcessor(model_file=str(corpus.tokenizer_path))
+    decoded = _split_docs(corpus, "train", sp) + _split_docs(corpus, "val", sp)
+    # the FineWeb tokenizer turns the newlines of mod.py into spaces
+    assert sorted(decoded) == sorted(" ".join(d.split()) for d in expected)
+
+
+def test_text_corpus_glob_picks_folder_files(tmp_path):
+    folder, _ = _mixed_folder(tmp_path)
+    corpus = build_text_corpus([folder], "md", tmp_path / "data", tokenizer=FINEWEB_SP1024_MODEL, globs=["*.md", "LICENSE"])
+    assert [f["name"] for f in corpus.fingerprint["files"]] == ["mixed/LICENSE", "mixed/README.md", "mixed/sub/deep.md"]
+    assert corpus.fingerprint["files_skipped"] == 0
+    with pytest.raises(DataError, match=r"mixed: no files match --glob \*\.rst"):
+        build_text_corpus([folder], "rst", tmp_path / "data", globs=["*.rst"])
+    with pytest.raises(DataError, match="nope: no such file or folder"):
+        build_text_corpus([folder / "nope"], "x", tmp_path / "data")
+
+
+def test_text_corpus_strict_refuses_what_is_not_text(tmp_path):
+    folder, _ = _mixed_folder(tmp_path)
+    with pytest.raises(NotTextError, match=r"image\.bin is binary \(NUL byte at offset 3\) \(--strict") as e:
+        build_text_corpus([folder], "strict", tmp_path / "data", strict=True)
+    assert e.value.exit_code == 2
+    (folder / "image.bin").unlink()
+    (folder / "broken.txt.gz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(NotTextError, match=r"broken\.txt\.gz is not valid gzip"):
+        build_text_corpus([folder], "strict", tmp_path / "data", strict=True)
+    assert not (tmp_path / "data").exists()
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_pystdlib_summary(pystdlib_root):
+    result = CliRunner().invoke(data_app, ["pystdlib", "--root", str(pystdlib_root)])
+    assert result.exit_code == 0, result.output
+    assert "corpus pystdlib" in result.stdout and "files_sha256" in result.stdout
+
+
+def test_cli_user_error_is_one_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n", encoding="utf-8")
+    result = CliRunner().invoke(data_app, ["text", str(bad), "--name", "x", "--root", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and "bad.jsonl:1" in result.stderr and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.output
+
+
+def test_cli_text_prints_counts_and_warnings(tmp_path):
+    folder, _ = _mixed_folder(tmp_path)
+    args = ["text", str(folder), "--name", "mixed", "--root", str(tmp_path / "data"), "--tokenizer", str(FINEWEB_SP1024_MODEL)]
+    result = CliRunner().invoke(data_app, args)
+    assert result.exit_code == 0, result.output
+    assert "files_used: 7" in result.stdout and "files_skipped: 2" in result.stdout
+    assert result.stderr.splitlines() == [f"warning: skipped {folder / 'image.bin'}: binary (NUL byte at offset 3)",
+                                          f"warning: skipped {folder / 'latin1.txt'}: not UTF-8 (invalid byte at offset 3)"]
+    result = CliRunner().invoke(data_app, [*args, "--glob", "*.py", "--glob", "*.md"])
+    assert result.exit_code == 0 and "files_used: 3" in result.stdout and "files_skipped: 0" in result.stdout
+
+
+def test_cli_text_strict_is_one_line_exit_2(tmp_path):
+    folder, _ = _mixed_folder(tmp_path)
+    result = CliRunner().invoke(data_app, ["text", str(folder), "--name", "x", "--root", str(tmp_path / "data"), "--strict"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ") and "image.bin is binary" in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow
+def test_golf_run_builds_a_missing_pystdlib(tmp_path):
+    from tests.test_cli import golf, tiny_recipe
+
+    root = tmp_path / "fresh"
+    recipe = tiny_recipe(tmp_path, root)
+    recipe.write_text(recipe.read_text().replace("iterations = 6", "iterations = 2"))
+    golf("run", recipe)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    result = json.loads((run_dir / "result.json").read_text())
+    built = json.loads((root / "pystdlib" / "meta.json").read_text())
+    assert result["data"]["fingerprint"]["files_sha256"] == built["fingerprint"]["files_sha256"]

@@ -1,0 +1,112 @@
+"""golf_tools.fineweb: the challenge's FineWeb export fetched from a local fake of the hub's layout."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub.utils import EntryNotFoundError
+
+from golf_tools.fineweb import download_fineweb
+from golfcore.config import DataSection
+from golfcore.data import DistributedTokenLoader, load_val_tokens, read_shard, resolve_corpus, write_shard
+from golfcore.errors import DataError
+from golfcore.assets import FINEWEB_SP1024_MODEL
+
+PREFIX = "matched_10B_docs2m_seed1337"
+
+
+def _fake_hub(tmp_path: Path, first_train: int, manifest: dict | None = None) -> Path:
+    """The published export's layout with tiny shards: 1 val shard, 3 train shards."""
+    hub = tmp_path / "hub"
+    data = hub / PREFIX / "datasets" / "fineweb10B_sp1024"
+    tok = hub / PREFIX / "tokenizers"
+    data.mkdir(parents=True)
+    tok.mkdir()
+    rng = np.random.default_rng(0)
+    write_shard(data / "fineweb_val_000000.bin", rng.integers(1, 1024, 300, dtype=np.uint16))
+    for i in range(first_train, first_train + 3):
+        write_shard(data / f"fineweb_train_{i:06d}.bin", rng.integers(1, 1024, 200 + i, dtype=np.uint16))
+    shutil.copyfile(FINEWEB_SP1024_MODEL, tok / "fineweb_1024_bpe.model")
+    shutil.copyfile(FINEWEB_SP1024_MODEL.with_suffix(".vocab"), tok / "fineweb_1024_bpe.vocab")
+    if manifest is None:
+        manifest = {
+            "datasets": [{"name": "fineweb10B_sp1024", "tokenizer_name": "sp_bpe_1024", "stats": {"files_train": 3, "files_val": 1}}],
+            "tokenizers": [{"name": "sp_bpe_1024", "model_path": "tokenizers/fineweb_1024_bpe.model", "vocab_path": "tokenizers/fineweb_1024_bpe.vocab"}],
+        }
+    (hub / PREFIX / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return hub
+
+
+class FakeDownload:
+    """hf_hub_download over a local folder: same keywords, saves <local_dir>/<filename>."""
+
+    def __init__(self, hub: Path):
+        self.hub, self.calls = hub, []
+
+    def __call__(self, repo_id, filename, *, repo_type=None, local_dir=None, **kwargs):
+        assert repo_id == "willdepueoai/parameter-golf" and repo_type == "dataset" and local_dir
+        self.calls.append(filename)
+        source = self.hub / filename
+        if not source.is_file():
+            raise EntryNotFoundError(f"404 Client Error: Entry Not Found for url: .../{filename}")
+        dest = Path(local_dir) / filename
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, dest)
+        return str(dest)
+
+
+@pytest.mark.parametrize("first_train", [1, 0])
+def test_fineweb_download_against_fake_hub(tmp_path, first_train):
+    hub = _fake_hub(tmp_path, first_train)
+    fake = FakeDownload(hub)
+    root = tmp_path / "data"
+    corpus = download_fineweb(root, train_shards=2, download=fake)
+    names = [f"fineweb_train_{i:06d}.bin" for i in range(first_train, first_train + 3)]
+    assert [p.name for p in corpus.train_files] == names[:2]
+    assert [p.name for p in corpus.val_files] == ["fineweb_val_000000.bin"]
+    assert corpus.tokenizer_path == root / "fineweb10B_sp1024" / "tokenizer.model"
+    assert corpus.tokenizer_path.read_bytes() == FINEWEB_SP1024_MODEL.read_bytes() and corpus.vocab_size == 1024
+    assert corpus.fingerprint["train_shards"] == names[:2] and corpus.fingerprint["repo_id"] == "willdepueoai/parameter-golf"
+    assert not (root / "fineweb10B_sp1024" / ".download").exists()
+
+    resolved = resolve_corpus(DataSection(corpus="fineweb10B_sp1024", root=str(root)))
+    assert resolved.train_files == corpus.train_files
+    val = load_val_tokens(resolved)
+    assert val.tolist() == read_shard(hub / PREFIX / "datasets" / "fineweb10B_sp1024" / "fineweb_val_000000.bin").tolist()
+    x, _ = DistributedTokenLoader(resolved.train_files, 0, 1, torch.device("cpu")).next_batch(64, 16, 1)
+    assert x.shape == (4, 16)
+
+    fake.calls.clear()
+    corpus = download_fineweb(root, train_shards=3, download=fake)  # only the new shard is fetched
+    assert fake.calls == [f"{PREFIX}/datasets/fineweb10B_sp1024/{names[2]}"]
+    assert [p.name for p in corpus.train_files] == names
+
+
+def test_fineweb_refuses_shards_beyond_manifest(tmp_path):
+    fake = FakeDownload(_fake_hub(tmp_path, 1))
+    with pytest.raises(DataError, match="only 3 train shards.*requested 4"):
+        download_fineweb(tmp_path / "data", train_shards=4, download=fake)
+    assert fake.calls == [f"{PREFIX}/manifest.json"]
+
+
+def test_fineweb_manifest_without_entry_uses_known_counts(tmp_path):
+    fake = FakeDownload(_fake_hub(tmp_path, 1, manifest={"note": "no dataset entries"}))
+    with pytest.raises(DataError, match="only 25 train shards"):
+        download_fineweb(tmp_path / "data", train_shards=26, download=fake)
+    assert download_fineweb(tmp_path / "data", train_shards=1, download=fake).vocab_size == 1024
+
+
+def test_fineweb_download_failure_is_one_line(tmp_path):
+    def offline(**kwargs):
+        raise ConnectionError("Name or service not known\nmore detail")
+
+    with pytest.raises(DataError, match="manifest.json.*failed: ConnectionError: Name or service not known$"):
+        download_fineweb(tmp_path / "data", download=offline)
+    assert not (tmp_path / "data" / "fineweb10B_sp1024" / ".download").exists()
+    with pytest.raises(DataError, match="golf data fineweb --variant sp1024 --train-shards 1"):
+        resolve_corpus(DataSection(corpus="fineweb10B_sp1024", root=str(tmp_path / "data")))
