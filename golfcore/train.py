@@ -109,7 +109,7 @@ def micro_batches_per_rank(config: RunConfig, world_size: int) -> tuple[int, str
         accum += 1
     note = (
         f"[train] micro_batches {t.micro_batches} is not divisible by {world_size} processes: each process accumulates "
-        f"{accum} micro-batches of {t.batch_tokens // (world_size * accum)} tokens ({world_size * accum} in all; "
+        f"{accum} micro-batch{'es' if accum > 1 else ''} of {t.batch_tokens // (world_size * accum)} tokens ({world_size * accum} in all; "
         f"batch_tokens {t.batch_tokens} unchanged)"
     )
     return accum, note

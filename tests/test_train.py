@@ -155,4 +155,4 @@ def test_micro_batches_per_rank_keeps_the_global_batch(micro_batches, batch_toke
     assert world_size * got >= micro_batches  # micro-batches no larger than the recipe's
     assert (note is None) == (micro_batches % world_size == 0)
     if note:
-        assert f"each process accumulates {accum} micro-batches" in note and f"batch_tokens {batch_tokens} unchanged" in note
+        assert f"each process accumulates {accum} micro-batch" in note and f"batch_tokens {batch_tokens} unchanged" in note
