@@ -207,5 +207,21 @@ def bench(
     console.print(table)
 
 
+@app.command("new-plugin")
+def new_plugin(
+    name: Annotated[str, typer.Argument(help="plugin name: a Python identifier, its recipe table [plugins.NAME]")],
+    hook: Annotated[Optional[list[str]], typer.Option("--hook", help="a hook to implement (repeatable), e.g. golf_step_end")] = None,
+    directory: Annotated[Path, typer.Option("--dir", help="where to create golf-NAME/")] = Path("."),
+):
+    """Create a plugin package golf-NAME/: entry point, typed Config, hook stubs, a test, a README."""
+    from .scaffold import new_plugin as scaffold
+
+    target = scaffold(name, hook or [], directory)
+    for path in sorted(p for p in target.rglob("*") if p.is_file()):
+        console.print(f"created {path}", markup=False, soft_wrap=True)
+    console.print(f"next: pip install -e {target} && golf plugins show {name} && python -m pytest {target / 'tests'}",
+                  markup=False, soft_wrap=True)
+
+
 def main() -> None:
     app()
