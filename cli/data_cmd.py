@@ -11,7 +11,6 @@ import typer
 
 from golf_tools import corpora, fineweb
 from golfcore.data import Corpus
-from golfcore.errors import GolfError
 
 app = typer.Typer(help="Build or fetch corpora", no_args_is_help=True)
 
@@ -31,13 +30,9 @@ def _summary(corpus: Corpus, seconds: float) -> None:
 
 
 def _run(build) -> None:
-    """Run a builder, turning user-facing errors into one `error:` line and the error's exit code."""
+    """Run a builder and summarize the corpus it built (errors are reported by the `golf` group)."""
     start = time.perf_counter()
-    try:
-        corpus = build()
-    except GolfError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(e.exit_code) from None
+    corpus = build()
     _summary(corpus, time.perf_counter() - start)
 
 

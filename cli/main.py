@@ -1,27 +1,45 @@
-"""The `golf` command line. User mistakes print one `error:` line and exit non-zero."""
+"""The `golf` command line. User mistakes print one `error:` line and exit non-zero;
+`golf --debug ...` (or GOLF_DEBUG=1) prints their full traceback instead."""
 
 from __future__ import annotations
 
-import functools
 import os
-import shutil
-import subprocess
 import sys
+import traceback
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
-from golfcore.errors import GolfError
+from golfcore.errors import ConfigError, GolfError
 
 from .data_cmd import app as data_app
+from .launch import launch, leave_error_for_launcher
+from .plugins_cmd import app as plugins_app
 
-app = typer.Typer(help="golf: plugin-based ablations for parameter-golf small-GPT training.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+
+class GolfGroup(TyperGroup):
+    """The `golf` command group; the one place where a GolfError from any command (sub-commands
+    included) becomes one `error:` line and its exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except GolfError as e:
+            if ctx.params.get("debug"):
+                traceback.print_exception(e)  # the __cause__ chain included
+            elif not leave_error_for_launcher(str(e), e.exit_code):
+                typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
+
+
+app = typer.Typer(cls=GolfGroup, no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(data_app, name="data")
+app.add_typer(plugins_app, name="plugins")
 console = Console(stderr=False, highlight=False)
 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override section.key=value (TOML value syntax)")]
@@ -30,18 +48,12 @@ WithoutOpt = Annotated[Optional[list[str]], typer.Option("--without", help="disa
 DirsOpt = Annotated[Optional[list[Path]], typer.Option("--plugins-dir", help="load plugin modules from DIR")]
 
 
-def user_errors(fn: Callable) -> Callable:
-    """Turn GolfError into a one-line message and its exit code."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except GolfError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(e.exit_code) from None
-
-    return wrapper
+@app.callback()
+def golf(
+    debug: Annotated[bool, typer.Option("--debug", envvar="GOLF_DEBUG",
+                                        help="print the full traceback of an error instead of one line")] = False,
+):
+    """golf: plugin-based ablations for parameter-golf small-GPT training."""
 
 
 def _progress_factory(progress: Progress):
@@ -52,9 +64,9 @@ def _progress_factory(progress: Progress):
     return factory
 
 
-def _progress() -> Progress:
+def _progress(enabled: bool = True) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True, disable=not console.is_terminal)
+                    console=console, transient=True, disable=not (enabled and console.is_terminal))
 
 
 def _load(recipe: Path, sets, with_, without, plugins_dir):
@@ -75,46 +87,59 @@ def _ensure_data(config) -> None:
         ensure_corpus(config.data)
 
 
-def _relaunch_with_torchrun(nproc: int) -> None:
-    torchrun = shutil.which("torchrun")
-    launcher = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
-    argv = sys.argv[1:]
-    args, skip = [], False
-    for i, a in enumerate(argv):  # drop --nproc N / --nproc=N
+def _check_before_launch(config, available, nproc: int) -> None:
+    """Everything that can fail without the processes, checked once here rather than N times
+    after launching them: devices, the batch split, plugin config checks, the corpus."""
+    import torch
+
+    from golfcore.run import Session
+    from golfcore.train import Dist, micro_batches_per_rank
+
+    device = config.train.device
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        gpus = torch.cuda.device_count()
+        if gpus < nproc:
+            raise ConfigError(f"--nproc {nproc}: only {gpus} CUDA device(s) available")
+    micro_batches_per_rank(config, nproc)
+    Session(config, available, dist=Dist(0, 1, 0, torch.device("cpu")))  # the parent never touches a GPU
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line minus `--nproc N` / `--nproc=N`: what each launched process runs."""
+    out, skip = [], False
+    for arg in argv:
         if skip:
             skip = False
-            continue
-        if a == "--nproc":
+        elif arg == "--nproc":
             skip = True
-            continue
-        if a.startswith("--nproc="):
-            continue
-        args.append(a)
-    cmd = [*launcher, "--standalone", f"--nproc_per_node={nproc}", "-m", "golf_cli", *args]
-    raise typer.Exit(subprocess.call(cmd))
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
 
 
 @app.command()
-@user_errors
 def run(
     recipe: Annotated[Path, typer.Argument(help="recipe TOML file")],
     set_: SetOpt = None,
     with_: WithOpt = None,
     without: WithoutOpt = None,
     plugins_dir: DirsOpt = None,
-    nproc: Annotated[int, typer.Option(help="processes (data parallel, launched through torchrun)")] = 1,
+    nproc: Annotated[int, typer.Option(help="data-parallel processes on this machine")] = 1,
     trace_hooks: Annotated[bool, typer.Option("--trace-hooks", help="print every hook call and the plugins that answered it")] = False,
 ):
     """Train a recipe, export its artifact, and score the artifact (val_bpb after the round trip)."""
     from golfcore.recipe import dump_toml
     from golfcore.run import run as run_recipe
 
+    if nproc < 1:
+        raise ConfigError(f"--nproc {nproc}: must be >= 1")
     available, config = _load(recipe, set_, with_, without, plugins_dir)
     _ensure_data(config)  # before launching processes, so every rank finds the corpus built
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        _relaunch_with_torchrun(nproc)
+        _check_before_launch(config, available, nproc)
+        raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:])))
     main = int(os.environ.get("RANK", "0")) == 0
-    with _progress() as progress:
+    with _progress(enabled=main) as progress:
         run_dir, result = run_recipe(config, available, dump_toml(config),
                                      echo=lambda s: progress.console.print(s, markup=False, soft_wrap=True),
                                      progress_factory=_progress_factory(progress), trace_hooks=trace_hooks)
@@ -144,7 +169,6 @@ def _summary(result: dict) -> None:
 
 
 @app.command("eval")
-@user_errors
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
     set_: SetOpt = None,
@@ -167,40 +191,6 @@ def eval_(
 
 
 @app.command()
-@user_errors
-def plugins(
-    recipe: Annotated[Optional[Path], typer.Argument(help="show which plugins this recipe enables")] = None,
-    plugins_dir: DirsOpt = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show every config field with its doc")] = False,
-):
-    """List installed plugins: name, version, source, hooks, config defaults (and enabled state)."""
-    from golfcore.config import field_docs
-    from golfcore.plugins import discover
-    from golfcore.recipe import load_recipe
-
-    available = discover(plugins_dir or [])
-    enabled = set(load_recipe(recipe, available).plugins) if recipe else set()
-    table = Table(title="installed golf plugins")
-    for col in ("name", "enabled" if recipe else None, "version", "source", "hooks", "config defaults"):
-        if col:
-            table.add_column(col)
-    for name, info in sorted(available.items()):
-        fields = field_docs(info.cls.Config)
-        if verbose:
-            defaults = "\n".join(f"{k} = {v[0]!r}  # {v[1]}" for k, v in fields.items())
-        else:
-            defaults = ", ".join(f"{k}={v[0]!r}" for k, v in fields.items())
-        hooks = ", ".join(h.removeprefix("golf_") for h in info.hooks)
-        row = [f"{name}\n[dim]{info.cls.description}[/dim]", ("yes" if name in enabled else "no") if recipe else None,
-               info.version, info.source, hooks, defaults or "-"]
-        table.add_row(*[c for c in row if c is not None])
-    console.print(table)
-    if not available:
-        console.print("no plugins installed")
-
-
-@app.command()
-@user_errors
 def bench(
     recipe: Annotated[Path, typer.Argument(help="recipe TOML file")],
     steps: Annotated[int, typer.Option(help="timed optimizer steps")] = 5,
@@ -214,6 +204,12 @@ def bench(
     """A few training steps on synthetic tokens: step time, tokens/s, FLOPs/token, MFU, peak memory."""
     from golf_tools.bench import bench as run_bench
 
+    if steps < 1:
+        raise ConfigError(f"--steps {steps}: must be >= 1")
+    if warmup < 0:
+        raise ConfigError(f"--warmup {warmup}: must be >= 0")
+    if peak_tflops is not None and peak_tflops <= 0:
+        raise ConfigError(f"--peak-tflops {peak_tflops}: must be > 0")
     available, config = _load(recipe, set_, with_, without, plugins_dir)
     figures = run_bench(config, available, steps=steps, warmup=warmup, peak_tflops=peak_tflops)
     table = Table(title=f"golf bench {recipe} ({figures['device']})")
@@ -224,6 +220,22 @@ def bench(
             value = f"{value:,.1f}" if abs(value) >= 100 else f"{value:.4g}"
         table.add_row(key, str(value))
     console.print(table)
+
+
+@app.command("new-plugin")
+def new_plugin(
+    name: Annotated[str, typer.Argument(help="plugin name: a Python identifier, its recipe table [plugins.NAME]")],
+    hook: Annotated[Optional[list[str]], typer.Option("--hook", help="a hook to implement (repeatable), e.g. golf_step_end")] = None,
+    directory: Annotated[Path, typer.Option("--dir", help="where to create golf-NAME/")] = Path("."),
+):
+    """Create a plugin package golf-NAME/: entry point, typed Config, hook stubs, a test, a README."""
+    from .scaffold import new_plugin as scaffold
+
+    target = scaffold(name, hook or [], directory)
+    for path in sorted(p for p in target.rglob("*") if p.is_file()):
+        console.print(f"created {path}", markup=False, soft_wrap=True)
+    console.print(f"next: pip install -e {target} && golf plugins show {name} && python -m pytest {target / 'tests'}",
+                  markup=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -182,7 +182,7 @@ class TrainSection(Section):
     warmup_steps: int = option(20, "compile warm-up steps; model and optimizer state are restored afterwards")
     batch_tokens: int = option(524288, "tokens per optimizer step, across all processes")
     seq_len: int = option(1024, "training sequence length")
-    micro_batches: int = option(8, "micro-batches per step across all processes (gradient accumulation = micro_batches / world size)")
+    micro_batches: int = option(8, "micro-batches per step across all processes (gradient accumulation = micro_batches / world size, rounded up to a split that keeps batch_tokens)")
     val_every: int = option(1000, "validate every N steps (0 = only at the end); the training clock is paused")
     log_every: int = option(200, "log train loss every N steps")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "auto = cuda when available")

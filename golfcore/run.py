@@ -63,6 +63,8 @@ class RunLog:
                 f"step:{record['step']}/{record['of']} train_loss:{record['train_loss']:.4f} "
                 f"train_time:{record['train_time_ms']:.0f}ms step_avg:{record['step_avg_ms']:.2f}ms"
             )
+        elif event == "note":
+            self.line(record["text"])
         elif event == "val":  # live weights, before export: a loss, never presented as a score
             self.line(
                 f"step:{record['step']}/{record['of']} val_loss:{record['val_loss']:.4f} "

@@ -83,6 +83,38 @@ def should_compile(config: RunConfig, device: torch.device) -> bool:
     return config.train.compile == "on" or (config.train.compile == "auto" and device.type == "cuda")
 
 
+def micro_batches_per_rank(config: RunConfig, world_size: int) -> tuple[int, str | None]:
+    """Gradient-accumulation steps per process for `world_size` processes, and a note when
+    they differ from the recipe's `micro_batches / world_size`.
+
+    The global batch (`train.batch_tokens`) never depends on the process count. When
+    world_size does not divide micro_batches, the smallest accumulation a is chosen whose
+    micro-batches are no larger than the recipe's (world_size * a >= micro_batches, so memory
+    per micro-batch does not grow) and hold whole sequences (batch_tokens divisible by
+    world_size * a * seq_len). One exists exactly when world_size * seq_len divides
+    batch_tokens (a = batch_tokens / (world_size * seq_len) always qualifies); otherwise the
+    batch cannot be split and this raises ConfigError. The CLI calls this before launching
+    processes; the Trainer calls it again in each of them.
+    """
+    t = config.train
+    if t.micro_batches % world_size == 0:
+        return t.micro_batches // world_size, None
+    if t.batch_tokens % (world_size * t.seq_len):
+        raise ConfigError(
+            f"{config.source}: [train] batch_tokens {t.batch_tokens} cannot be split over {world_size} processes: "
+            f"it is not a multiple of {world_size} processes x seq_len {t.seq_len}"
+        )
+    accum = -(-t.micro_batches // world_size)  # ceil
+    while t.batch_tokens % (world_size * accum * t.seq_len):
+        accum += 1
+    note = (
+        f"[train] micro_batches {t.micro_batches} is not divisible by {world_size} processes: each process accumulates "
+        f"{accum} micro-batch{'es' if accum > 1 else ''} of {t.batch_tokens // (world_size * accum)} tokens ({world_size * accum} in all; "
+        f"batch_tokens {t.batch_tokens} unchanged)"
+    )
+    return accum, note
+
+
 @dataclass
 class TrainOutcome:
     steps: int
@@ -98,11 +130,10 @@ class Trainer:
     def __init__(self, config: RunConfig, model: nn.Module, host: Host, quantizer, loader, dist: Dist,
                  validate: Callable[[nn.Module], float] | None, on_log: Callable[[dict], None],
                  progress: Callable[[int, int], None] | None = None):
-        t = config.train
-        if t.micro_batches % dist.world_size:
-            raise ConfigError(f"{config.source}: [train] micro_batches {t.micro_batches} is not divisible by {dist.world_size} processes")
         self.config, self.model, self.host, self.dist = config, model, host, dist
-        self.accum = t.micro_batches // dist.world_size
+        self.accum, note = micro_batches_per_rank(config, dist.world_size)
+        if note:
+            on_log({"event": "note", "text": note})
         self.validate = validate
         self.on_log = on_log
         self.progress = progress

@@ -11,8 +11,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-def golf(*args, cwd=None, check=True):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+def golf(*args, cwd=None, check=True, env=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "golf_cli", *map(str, args)], cwd=cwd or REPO,
                           capture_output=True, text=True, env=env, timeout=600)
     if check and proc.returncode != 0:
@@ -50,19 +50,24 @@ stride = 32
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "args, message, code",
     [
-        (["run", "nope.toml"], "nope.toml: recipe not found"),
-        (["run", "recipes/quickstart.toml", "--set", "model.num_layrs=3"], "[model] unknown key 'num_layrs'"),
-        (["run", "recipes/quickstart.toml", "--set", "train.iterations=abc"], "[train] iterations = 'abc': expected int"),
-        (["run", "recipes/quickstart.toml", "--with", "no_such_plugin"], "[plugins.no_such_plugin] unknown plugin"),
-        (["run", "recipes/quickstart.toml", "--without", "ema"], "--without ema"),
-        (["eval", "recipes"], "not a finished run directory"),
+        (["run", "nope.toml"], "nope.toml: recipe not found", 2),
+        (["run", "recipes/quickstart.toml", "--set", "model.num_layrs=3"], "[model] unknown key 'num_layrs'", 2),
+        (["run", "recipes/quickstart.toml", "--set", "train.iterations=abc"], "[train] iterations = 'abc': expected int", 2),
+        (["run", "recipes/quickstart.toml", "--with", "no_such_plugin"], "[plugins.no_such_plugin] unknown plugin", 2),
+        (["run", "recipes/quickstart.toml", "--without", "ema"], "--without ema", 2),
+        (["eval", "recipes"], "not a finished run directory", 1),
+        (["run", "recipes/quickstart.toml", "--nproc", "0"], "--nproc 0: must be >= 1", 2),
+        (["bench", "recipes/quickstart.toml", "--steps", "0"], "--steps 0: must be >= 1", 2),
+        (["bench", "recipes/quickstart.toml", "--warmup", "-1"], "--warmup -1: must be >= 0", 2),
+        (["plugins", "show", "emaa"], "no installed plugin named 'emaa'; close matches: ema", 2),
+        (["data", "text", "no_such_file.txt", "--name", "x"], "no_such_file.txt", 1),
     ],
 )
-def test_user_mistakes_are_one_line_and_exit_2(args, message):
+def test_user_mistakes_are_one_line_with_their_exit_code(args, message, code):
     proc = golf(*args, check=False)
-    assert proc.returncode in (1, 2)
+    assert proc.returncode == code
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert proc.stderr.strip().count("\n") == 0
@@ -79,9 +84,39 @@ def test_missing_fineweb_names_the_command(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_debug_prints_the_traceback_with_its_cause(tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise ImportError('no module named torchvision')\n")
+    args = ["plugins", "--plugins-dir", tmp_path]
+    plain = golf(*args, check=False)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert plain.stderr.strip() == f"error: {broken}: failed to import: ImportError: no module named torchvision"
+    for debug_args, env in (([ "--debug"], {}), ([], {"GOLF_DEBUG": "1"})):
+        proc = golf(*debug_args, *args, check=False, env=env)
+        assert proc.returncode == 2
+        assert "Traceback" in proc.stderr and "golfcore.errors.ConfigError: " in proc.stderr
+        assert "ImportError: no module named torchvision" in proc.stderr
+
+
 def test_plugins_lists_installed_and_enabled():
-    proc = golf("plugins", "recipes/quickstart.toml")
-    assert "gelu_mlp" in proc.stdout and "entry point (golf-example)" in proc.stdout
+    for args in (["plugins", "list", "recipes/quickstart.toml"], ["plugins", "recipes/quickstart.toml"]):
+        proc = golf(*args)
+        assert "gelu_mlp" in proc.stdout and "entry point (golf-example)" in proc.stdout and "enabled" in proc.stdout
+
+
+def test_plugins_show_one_plugin():
+    proc = golf("plugins", "show", "gelu_mlp")
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "gelu_mlp: GELU MLP activation instead of relu² (example third-party plugin)"
+    assert "  source:  entry point (golf-example)" in lines and "  version: 0.1.0" in lines
+    assert "  hooks:   golf_mlp_activation" in lines
+    assert "    approximate: Literal['none', 'tanh'] = 'none'" in lines
+    assert "        GELU form: exact erf, or the tanh approximation" in lines
+    (file_line,) = [line for line in lines if line.startswith("  file:")]
+    path = Path(file_line.split(maxsplit=1)[1])
+    assert path.name == "__init__.py" and path.parent.name == "golf_example"
+    source = golf("plugins", "show", "gelu_mlp", "--source")
+    assert source.stdout == path.read_text(encoding="utf-8")
 
 
 @pytest.mark.slow
@@ -119,11 +154,62 @@ def test_run_then_eval_reproduces_the_score(tmp_path, pystdlib_root):
 
 @pytest.mark.slow
 def test_run_with_two_processes(tmp_path, pystdlib_root):
-    recipe = tiny_recipe(tmp_path, pystdlib_root)
-    text = recipe.read_text().replace("iterations = 6", "iterations = 6\nmicro_batches = 2")
-    recipe.write_text(text)
+    recipe = tiny_recipe(tmp_path, pystdlib_root)  # micro_batches = 1 (quickstart's): 2 processes split it
     proc = golf("run", recipe, "--nproc", "2")
     (run_dir,) = (tmp_path / "runs").iterdir()
     result = json.loads((run_dir / "result.json").read_text())
-    assert result["world_size"] == 2 and result["steps"] == 6
+    assert result["world_size"] == 2 and result["steps"] == 6 and result["tokens"] == 6 * 1024
+    note = ("[train] micro_batches 1 is not divisible by 2 processes: each process accumulates 1 micro-batch "
+            "of 512 tokens (2 in all; batch_tokens 1024 unchanged)")
+    assert proc.stdout.count(note) == 1 and note in (run_dir / "log.txt").read_text()
     assert proc.stdout.count("final stage:roundtrip") == 1  # only rank 0 reports
+
+
+def test_batch_that_cannot_be_split_fails_before_launch(tmp_path, pystdlib_root):
+    recipe = tiny_recipe(tmp_path, pystdlib_root)
+    proc = golf("run", recipe, "--nproc", "3", check=False)
+    assert proc.returncode == 2 and "model_params" not in proc.stdout and not (tmp_path / "runs").exists()
+    assert proc.stderr.strip() == (f"error: {recipe}: [train] batch_tokens 1024 cannot be split over 3 processes: "
+                                   "it is not a multiple of 3 processes x seq_len 64")
+
+
+FAILS_ON_ONE_RANK = """
+import os
+
+import golfcore as golf
+
+
+class FailOnRank(golf.Plugin):
+    name = "fail_on_rank"
+    description = "raises a user error after the first step on the rank named by GOLF_TEST_FAIL_RANK"
+
+    @golf.hookimpl
+    def golf_step_end(self, model, step, lr_scale):
+        if os.environ.get("RANK", "0") == os.environ["GOLF_TEST_FAIL_RANK"]:
+            raise golf.ConfigError("[plugins.fail_on_rank] refusing to go on")
+"""
+
+
+@pytest.mark.slow
+def test_user_error_in_one_process_is_reported_once_with_its_exit_code(tmp_path, pystdlib_root):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "fail_on_rank.py").write_text(FAILS_ON_ONE_RANK)
+    args = ["run", tiny_recipe(tmp_path, pystdlib_root), "--plugins-dir", plugins, "--with", "fail_on_rank"]
+    single = golf(*args, check=False, env={"GOLF_TEST_FAIL_RANK": "0"})
+    assert single.returncode != 0
+    (line,) = [line for line in single.stderr.splitlines() if line.startswith("error:")]
+    assert "refusing to go on" in line
+    # rank 1 fails while rank 0 waits for it in a collective
+    two = golf(*args, "--nproc", "2", check=False, env={"GOLF_TEST_FAIL_RANK": "1"})
+    assert two.returncode == single.returncode
+    assert [line for line in two.stderr.splitlines() if line.startswith("error:")] == [line]
+    assert "Traceback" not in two.stderr + two.stdout
+
+
+@pytest.mark.slow
+def test_bench_prints_figures(tmp_path, pystdlib_root):
+    recipe = tiny_recipe(tmp_path, pystdlib_root)
+    proc = golf("bench", recipe, "--steps", "2", "--warmup", "1", "--peak-tflops", "1.0")
+    for figure in ("step_ms", "tokens_per_s", "model_tflops_per_token", "mfu", "peak_rss_gib"):
+        assert figure in proc.stdout

@@ -8,7 +8,8 @@ import torch.multiprocessing as mp
 
 from golfcore.data import DistributedTokenLoader, write_shard
 from golfcore.assemble import build_model
-from golfcore.train import Trainer, lr_scale_at, setup_dist
+from golfcore.errors import ConfigError
+from golfcore.train import Trainer, lr_scale_at, micro_batches_per_rank, setup_dist
 from tests.helpers import CPU, host_with, synthetic_loader, tiny_config
 
 
@@ -129,3 +130,29 @@ def test_two_process_gloo_matches_one_process(tmp_path):
     ddp = torch.load(out)
     for name, value in single.state_dict().items():
         assert torch.allclose(value, ddp[name], atol=1e-5), name
+
+
+@pytest.mark.parametrize(
+    "micro_batches, batch_tokens, world_size, accum",
+    [
+        (8, 4096, 2, 4),  # divisible: the recipe's split, no note
+        (1, 4096, 2, 1),  # quickstart on 2 processes: one micro-batch each, half the tokens
+        (3, 3072, 2, 2),  # 2 per rank: 768-token micro-batches, no larger than the recipe's 1024
+        (3, 96, 2, 3),  # 2 per rank would split a sequence (24 tokens each); 3 give one sequence each
+        (8, 4096, 3, None),  # 4096 is not a multiple of 3 x 16: no split keeps the batch
+    ],
+)
+def test_micro_batches_per_rank_keeps_the_global_batch(micro_batches, batch_tokens, world_size, accum):
+    config = tiny_config()  # seq_len 16
+    config.train.micro_batches, config.train.batch_tokens = micro_batches, batch_tokens
+    if accum is None:
+        with pytest.raises(ConfigError, match="batch_tokens 4096 cannot be split over 3 processes"):
+            micro_batches_per_rank(config, world_size)
+        return
+    got, note = micro_batches_per_rank(config, world_size)
+    assert got == accum
+    assert batch_tokens % (world_size * got * config.train.seq_len) == 0  # whole sequences, same global batch
+    assert world_size * got >= micro_batches  # micro-batches no larger than the recipe's
+    assert (note is None) == (micro_batches % world_size == 0)
+    if note:
+        assert f"each process accumulates {accum} micro-batch" in note and f"batch_tokens {batch_tokens} unchanged" in note

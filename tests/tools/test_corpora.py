@@ -14,7 +14,7 @@ import pytest
 import sentencepiece as spm
 from typer.testing import CliRunner
 
-from cli.data_cmd import app as data_app
+from golf_cli.main import app as golf_app
 from golf_tools.corpora import NotTextError, build_pystdlib, build_text_corpus, ensure_corpus
 from golfcore.config import DataSection
 from golfcore.data import BOS_ID, read_shard, resolve_corpus
@@ -249,7 +249,7 @@ def test_text_corpus_strict_refuses_what_is_not_text(tmp_path):
 
 
 def test_cli_pystdlib_summary(pystdlib_root):
-    result = CliRunner().invoke(data_app, ["pystdlib", "--root", str(pystdlib_root)])
+    result = CliRunner().invoke(golf_app, ["data", "pystdlib", "--root", str(pystdlib_root)])
     assert result.exit_code == 0, result.output
     assert "corpus pystdlib" in result.stdout and "files_sha256" in result.stdout
 
@@ -257,7 +257,7 @@ def test_cli_pystdlib_summary(pystdlib_root):
 def test_cli_user_error_is_one_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("not json\n", encoding="utf-8")
-    result = CliRunner().invoke(data_app, ["text", str(bad), "--name", "x", "--root", str(tmp_path)])
+    result = CliRunner().invoke(golf_app, ["data", "text", str(bad), "--name", "x", "--root", str(tmp_path)])
     assert result.exit_code == 1
     assert result.stderr.startswith("error: ") and "bad.jsonl:1" in result.stderr and result.stderr.count("\n") == 1
     assert "Traceback" not in result.output
@@ -266,18 +266,18 @@ def test_cli_user_error_is_one_line(tmp_path):
 def test_cli_text_prints_counts_and_warnings(tmp_path):
     folder, _ = _mixed_folder(tmp_path)
     args = ["text", str(folder), "--name", "mixed", "--root", str(tmp_path / "data"), "--tokenizer", str(FINEWEB_SP1024_MODEL)]
-    result = CliRunner().invoke(data_app, args)
+    result = CliRunner().invoke(golf_app, ["data", *args])
     assert result.exit_code == 0, result.output
     assert "files_used: 7" in result.stdout and "files_skipped: 2" in result.stdout
     assert result.stderr.splitlines() == [f"warning: skipped {folder / 'image.bin'}: binary (NUL byte at offset 3)",
                                           f"warning: skipped {folder / 'latin1.txt'}: not UTF-8 (invalid byte at offset 3)"]
-    result = CliRunner().invoke(data_app, [*args, "--glob", "*.py", "--glob", "*.md"])
+    result = CliRunner().invoke(golf_app, ["data", *args, "--glob", "*.py", "--glob", "*.md"])
     assert result.exit_code == 0 and "files_used: 3" in result.stdout and "files_skipped: 0" in result.stdout
 
 
 def test_cli_text_strict_is_one_line_exit_2(tmp_path):
     folder, _ = _mixed_folder(tmp_path)
-    result = CliRunner().invoke(data_app, ["text", str(folder), "--name", "x", "--root", str(tmp_path / "data"), "--strict"])
+    result = CliRunner().invoke(golf_app, ["data", "text", str(folder), "--name", "x", "--root", str(tmp_path / "data"), "--strict"])
     assert result.exit_code == 2
     assert result.stderr.startswith("error: ") and "image.bin is binary" in result.stderr and result.stderr.count("\n") == 1
     assert not (tmp_path / "data").exists()
