@@ -93,6 +93,7 @@ def run(
     without: WithoutOpt = None,
     plugins_dir: DirsOpt = None,
     nproc: Annotated[int, typer.Option(help="processes (data parallel, launched through torchrun)")] = 1,
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="write the run to this directory (must not exist)")] = None,
 ):
     """Train a recipe, export its artifact, and score the artifact (val_bpb after the round trip)."""
     from golfcore.recipe import dump_toml
@@ -105,7 +106,7 @@ def run(
     with _progress() as progress:
         run_dir, result = run_recipe(config, available, dump_toml(config),
                                      echo=lambda s: progress.console.print(s, markup=False, soft_wrap=True),
-                                     progress_factory=_progress_factory(progress))
+                                     progress_factory=_progress_factory(progress), run_dir=run_dir)
     if main:
         _summary(result)
 
@@ -139,6 +140,7 @@ def eval_(
     with_: WithOpt = None,
     without: WithoutOpt = None,
     plugins_dir: DirsOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="record the re-score as a run directory (must not exist)")] = None,
 ):
     """Re-score a run's artifact (loaded from its bytes) with its resolved recipe; overrides may
     change the evaluation (e.g. --without ttt), not the model."""
@@ -148,7 +150,8 @@ def eval_(
     available = discover(plugins_dir or [])
     with _progress() as progress:
         rescore(run_dir, available, echo=lambda s: progress.console.print(s, markup=False, soft_wrap=True),
-                progress_factory=_progress_factory(progress), sets=set_ or [], with_=with_ or [], without=without or [])
+                progress_factory=_progress_factory(progress), sets=set_ or [], with_=with_ or [], without=without or [],
+                out_dir=out)
 
 
 @app.command()
@@ -209,6 +212,11 @@ def bench(
             value = f"{value:,.1f}" if abs(value) >= 100 else f"{value:.4g}"
         table.add_row(key, str(value))
     console.print(table)
+
+
+from .ablate_cmd import ablate  # noqa: E402  (below: it reuses this module's option types)
+
+app.command()(ablate)
 
 
 def main() -> None:

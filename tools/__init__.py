@@ -1,0 +1,1 @@
+"""golf's tooling: what no training-and-evaluation run imports (corpus building, downloads, benchmarks, ablations)."""
