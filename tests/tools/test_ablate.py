@@ -124,6 +124,52 @@ def test_cli_mistake_is_one_line():
     assert proc.returncode == 2 and proc.stderr.startswith("error: --only nope") and "Traceback" not in proc.stderr
 
 
+# ----------------------------------------------------------------------------- the run loop (stand-in commands)
+
+
+FAKE_RUN = """
+import json, os, signal, sys
+from pathlib import Path
+target, behaviour = Path(sys.argv[1]), sys.argv[2]
+partial = target.with_name(target.name + ".incomplete")
+partial.mkdir(parents=True)
+if behaviour == "fail":
+    print("error: recipe.toml: [model] something is wrong")
+    sys.exit(2)
+if behaviour == "killed":
+    os.kill(os.getpid(), signal.SIGTERM)
+(partial / "recipe.toml").write_text("recipe")
+(partial / "result.json").write_text(json.dumps({"seed": 1, "code_sha256": "abc", "val_bpb": 1.5}))
+partial.rename(target)
+"""
+
+
+def fake_spec(tmp_path: Path, name: str, behaviour: str):
+    from golf_tools.ablate import RunSpec, Variant
+
+    target = run_path(tmp_path, name, 1)
+    return RunSpec(Variant(name), 1, target, [sys.executable, "-c", FAKE_RUN, str(target), behaviour], "recipe", "abc")
+
+
+def test_failed_and_interrupted_runs_do_not_stop_the_others_and_finished_ones_are_reused(tmp_path):
+    from golf_tools.ablate import LocalLauncher, execute, failed_marker
+
+    specs = [fake_spec(tmp_path, "a", "fail"), fake_spec(tmp_path, "b", "killed"), fake_spec(tmp_path, "c", "ok")]
+    states = execute(specs, tmp_path, LocalLauncher(2, 1), lambda states: None, poll_seconds=0.05)
+    assert [s.status for s in states] == ["failed", "interrupted", "done"]
+    assert states[0].error == "error: recipe.toml: [model] something is wrong"
+    assert failed_marker(specs[0].directory).read_text().strip() == states[0].error
+    assert states[2].val_bpb == 1.5
+    # the next session retries the failed and the interrupted runs, reuses the finished one,
+    # and reruns a finished one whose key no longer matches (here: the code hash)
+    specs[0].command[-1] = specs[1].command[-1] = "ok"
+    stale = fake_spec(tmp_path, "c", "ok")
+    stale.code_hash = "changed"
+    states = execute([*specs, stale], tmp_path, LocalLauncher(1, 1), lambda states: None, poll_seconds=0.05)
+    assert [s.status for s in states] == ["done", "done", "reused", "done"]
+    assert not failed_marker(specs[0].directory).exists() and not list(tmp_path.glob("runs/*/*.incomplete"))
+
+
 # ----------------------------------------------------------------------------- end to end (tiny CPU runs)
 
 
