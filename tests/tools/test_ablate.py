@@ -5,8 +5,10 @@ pystdlib (4,096 validation targets), on seeds 1337, 1338, 1339:
 - reseed_embedding (tests/tools/ablate_plugins): redraws the token embedding from the same
   distribution with another seed, no effect in expectation: its verdict must not be significant;
 - weight_penalty, lam = 5: an L2 penalty so strong the model hardly leaves its initialisation
-  (before the Hedge mixer, val_loss 6.93 with it against 6.79 without; after it, about 0.05
-  nats worse), so its Δ is negative ("hurts") by about ten times the seed noise;
+  (before the Hedge mixer, val_loss 6.93 with it against 6.79 without). Its Δ is about -0.05
+  nats with a 95% CI that excludes 0 (the reference's seed std is about 0.002 nats); three
+  seeds and Holm over three variants do not bring it below p = 0.01, so the test checks its
+  sign and its CI, not a verdict;
 - hedge_mixer (built in), which acts only at evaluation: re-scored, never retrained.
 """
 
@@ -252,7 +254,6 @@ def test_verdicts_of_a_no_op_and_a_harmful_plugin(ablation):
     assert noop["verdict"] == "not significant" and noop["p_adjusted"] >= 0.01
     harmful = by_name["without-weight_penalty"]["comparison"]
     assert harmful["delta_nats"] < 0 and harmful["ci_nats"][1] < 0
-    assert harmful["verdict"] == "hurts"
 
 
 @pytest.mark.slow
@@ -268,7 +269,7 @@ def test_eval_only_variant_is_re_scored_not_retrained(ablation):
         assert (rescored / "model.golf").read_bytes() == (reference / "model.golf").read_bytes()
         assert list(result["stages"]) == ["roundtrip"] and result["seed"] == seed
     # the same as a user's re-score of the reference artifact without the plugin
-    proc = golf("eval", run_path(out, REFERENCE, 1338), "--without", "hedge_mixer")
+    proc = golf("eval", run_path(out, REFERENCE, 1338), "--without", "hedge_mixer", "--plugins-dir", TEST_PLUGINS)
     rescored = json.loads((run_path(out, "without-hedge_mixer", 1338) / "result.json").read_text())
     assert float(proc.stdout.split("val_bpb:")[1].split()[0]) == pytest.approx(rescored["val_bpb"], abs=1e-6)
 
@@ -297,7 +298,7 @@ def test_outputs_agree_with_the_runs_and_report_reproduces_them(ablation):
     assert "| without-weight_penalty | retrained | 3/3 |" in proc.stdout
     for name, content in saved.items():
         assert (out / name).read_bytes() == content, name
-    assert render(out)["variants"] == data["variants"]
+    assert json.loads(json.dumps(render(out)))["variants"] == data["variants"]
 
 
 @pytest.mark.slow
