@@ -126,6 +126,7 @@ def run(
     plugins_dir: DirsOpt = None,
     nproc: Annotated[int, typer.Option(help="data-parallel processes on this machine")] = 1,
     trace_hooks: Annotated[bool, typer.Option("--trace-hooks", help="print every hook call and the plugins that answered it")] = False,
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="write the run to this directory (must not exist)")] = None,
 ):
     """Train a recipe, export its artifact, and score the artifact (val_bpb after the round trip)."""
     from golfcore.recipe import dump_toml
@@ -142,7 +143,8 @@ def run(
     with _progress(enabled=main) as progress:
         run_dir, result = run_recipe(config, available, dump_toml(config),
                                      echo=lambda s: progress.console.print(s, markup=False, soft_wrap=True),
-                                     progress_factory=_progress_factory(progress), trace_hooks=trace_hooks)
+                                     progress_factory=_progress_factory(progress), trace_hooks=trace_hooks,
+                                     run_dir=run_dir)
     if main:
         _summary(result)
 
@@ -175,6 +177,7 @@ def eval_(
     with_: WithOpt = None,
     without: WithoutOpt = None,
     plugins_dir: DirsOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="record the re-score as a run directory (must not exist)")] = None,
 ):
     """Re-score a run's artifact (loaded from its bytes) with its resolved recipe; overrides may
     change the evaluation (e.g. --without ttt), not the model."""
@@ -187,7 +190,8 @@ def eval_(
         _ensure_data(load_recipe(run_dir / RECIPE_NAME, available, set_ or [], with_ or [], without or []))
     with _progress() as progress:
         rescore(run_dir, available, echo=lambda s: progress.console.print(s, markup=False, soft_wrap=True),
-                progress_factory=_progress_factory(progress), sets=set_ or [], with_=with_ or [], without=without or [])
+                progress_factory=_progress_factory(progress), sets=set_ or [], with_=with_ or [], without=without or [],
+                out_dir=out)
 
 
 @app.command()
@@ -236,6 +240,11 @@ def new_plugin(
         console.print(f"created {path}", markup=False, soft_wrap=True)
     console.print(f"next: pip install -e {target} && golf plugins show {name} && python -m pytest {target / 'tests'}",
                   markup=False, soft_wrap=True)
+
+
+from .ablate_cmd import ablate  # noqa: E402  (below: it reuses this module's option types)
+
+app.command()(ablate)
 
 
 def main() -> None:

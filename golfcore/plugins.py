@@ -41,9 +41,23 @@ class Plugin:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Config: ClassVar[type[Section]] = NoConfig
+    phase: ClassVar[str | None] = None  # "train" or "eval"; None: inferred by acts_only_at_eval
+    requires: ClassVar[tuple[str, ...]] = ()  # plugins that must be enabled beside this one
+    conflicts: ClassVar[tuple[str, ...]] = ()  # plugins that must not be enabled with this one
+
+    EVAL_HOOKS: ClassVar[frozenset[str]] = frozenset({"golf_eval_adapter", "golf_before_eval", "golf_check_config"})
 
     def __init__(self, config: Section | None = None):
         self.config = config if config is not None else self.Config()
+
+    @classmethod
+    def acts_only_at_eval(cls) -> bool:
+        """True when the plugin changes nothing before the artifact is written, so removing it
+        needs a re-score, not a retraining: its declared phase, else all its hooks are eval hooks."""
+        if cls.phase is not None:
+            return cls.phase == "eval"
+        hooks = {n for n in dir(cls) if n.startswith("golf_") and callable(getattr(cls, n))}
+        return bool(hooks) and hooks <= cls.EVAL_HOOKS
 
 
 @dataclass

@@ -117,6 +117,7 @@ def resolve(raw: dict[str, Any], available: dict[str, PluginInfo], source: str) 
                 lambda: build_section(available[name].cls.Config, table, f"[plugins.{name}]"), source
             )
     _check_cross_section(config)
+    _check_plugin_relations(config, available)
     return config
 
 
@@ -130,6 +131,18 @@ def _with_source(build, source: str):
 def _check_cross_section(config: RunConfig) -> None:
     if config.eval_stride > config.eval_seq_len:
         raise ConfigError(f"{config.source}: [eval] stride {config.eval_stride} exceeds the eval seq_len {config.eval_seq_len}")
+
+
+def _check_plugin_relations(config: RunConfig, available: dict[str, PluginInfo]) -> None:
+    """Each enabled plugin's `requires` are enabled too and none of its `conflicts` is."""
+    for name in config.plugins:
+        cls = available[name].cls
+        for needed in cls.requires:
+            if needed not in config.plugins:
+                raise ConfigError(f"{config.source}: plugin {name!r} requires plugin {needed!r}, which is not enabled")
+        for other in cls.conflicts:
+            if other in config.plugins:
+                raise ConfigError(f"{config.source}: plugins {name!r} and {other!r} conflict; enable only one")
 
 
 def load_recipe(

@@ -9,9 +9,11 @@ and renamed only when result.json is complete, so a crashed run never looks fini
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import importlib.metadata
 import json
 import platform
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Callable
@@ -77,7 +79,10 @@ class RunLog:
                 f.close()
 
 
-def _new_run_dir(config: RunConfig) -> Path:
+def _new_run_dir(config: RunConfig, requested: Path | None = None) -> Path:
+    """`<out_dir>/<name>-<timestamp>.incomplete`, or `requested`.incomplete when a path is given."""
+    if requested is not None:
+        return _claim_run_dir(Path(requested))
     parent = Path(config.run.out_dir)
     parent.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -89,6 +94,26 @@ def _new_run_dir(config: RunConfig) -> Path:
             partial.mkdir()
             return partial
     raise GolfError(f"{parent}: cannot find a free run directory name for {base}")
+
+
+def _claim_run_dir(final: Path) -> Path:
+    """`final`.incomplete, made afresh: a leftover of a killed run is removed; `final` must not exist."""
+    if final.exists():
+        raise GolfError(f"{final}: run directory already exists")
+    partial = final.with_name(f"{final.name}.incomplete")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    return partial
+
+
+def code_sha256(code_files: list[Path]) -> str:
+    """sha256 over the bytes of the code files a run counted, in their order: which code made
+    a run (with its resolved recipe and seed, the key `golf ablate` resumes by)."""
+    digest = hashlib.sha256()
+    for path in code_files:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
 
 
 def _git_revision() -> str | None:
@@ -219,13 +244,15 @@ class Session:
 
 
 def run(config: RunConfig, available: dict[str, PluginInfo], recipe_text: str,
-        echo: Callable[[str], None] = print, progress_factory=None, trace_hooks: bool = False) -> tuple[Path | None, dict]:
+        echo: Callable[[str], None] = print, progress_factory=None, trace_hooks: bool = False,
+        run_dir: Path | None = None) -> tuple[Path | None, dict]:
     """Train, export, round-trip and score one recipe; returns (run directory, result) on rank 0.
-    With `trace_hooks`, every hook call is echoed with the plugins that answered it."""
+    The run lands in `run_dir` when given, else in a new `<out_dir>/<name>-<timestamp>`. With
+    `trace_hooks`, every hook call is echoed with the plugins that answered it."""
     progress_factory = progress_factory or (lambda stage, total: None)
     session = Session(config, available, trace_hooks=echo if trace_hooks else None)
     dist = session.dist
-    run_dir = _new_run_dir(config) if dist.is_main else None
+    run_dir = _new_run_dir(config, run_dir) if dist.is_main else None
     log = RunLog(run_dir, echo if dist.is_main else (lambda _: None))
     try:
         if run_dir:
@@ -235,11 +262,16 @@ def run(config: RunConfig, available: dict[str, PluginInfo], recipe_text: str,
         log.close()
     if not dist.is_main:
         return None, result
-    final_dir = run_dir.with_name(run_dir.name.removesuffix(".incomplete"))
+    return _finish(run_dir, result), result
+
+
+def _finish(partial: Path, result: dict) -> Path:
+    """Write result.json, then drop the `.incomplete` suffix: only now does the run look finished."""
+    final_dir = partial.with_name(partial.name.removesuffix(".incomplete"))
     result["run_dir"] = str(final_dir)
-    write_json(run_dir / "result.json", result)
-    run_dir.rename(final_dir)
-    return final_dir, result
+    write_json(partial / "result.json", result)
+    partial.rename(final_dir)
+    return final_dir
 
 
 def _code_file_label(path: Path, run_dir: Path | None) -> str:
@@ -320,18 +352,23 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
         "device": str(dist.device),
         "versions": versions(),
         "git_revision": _git_revision(),
+        "code_sha256": code_sha256(art.code_files),
         "compliance": compliance,
         "config": config.to_dict(),
     }
 
 
 def rescore(run_dir: Path, available: dict[str, PluginInfo], echo: Callable[[str], None] = print,
-            progress_factory=None, sets: list[str] = (), with_: list[str] = (), without: list[str] = ()) -> dict:
+            progress_factory=None, sets: list[str] = (), with_: list[str] = (), without: list[str] = (),
+            out_dir: Path | None = None) -> dict:
     """Re-score a finished run's artifact with its resolved recipe (no training).
 
     Overrides may change what evaluation does (eval adapters, [eval] settings); one that
-    changes the model's architecture is refused when the artifact no longer fits it."""
-    from .recipe import load_recipe
+    changes the model's architecture is refused when the artifact no longer fits it. With
+    `out_dir`, the re-score is recorded as a run directory of its own (recipe.toml, the
+    artifact, log.txt, result.json with a run's keys where they mean something, plus
+    `rescored_from`), written `.incomplete` first like a run."""
+    from .recipe import dump_toml, load_recipe
 
     run_dir = Path(run_dir)
     artifact = run_dir / ARTIFACT_NAME
@@ -341,6 +378,36 @@ def rescore(run_dir: Path, available: dict[str, PluginInfo], echo: Callable[[str
     session = Session(config, available)
     blob = artifact.read_bytes()
     val_tokens = load_val_tokens(session.corpus, config.data.max_val_tokens)
-    log = RunLog(None, echo if session.dist.is_main else (lambda _: None))
-    stages = session.score_stages(blob, val_tokens, log, progress_factory or (lambda s, t: None))
-    return {"run_dir": str(run_dir), "stages": stages, "data": {"corpus": session.corpus.name, "targets": val_tokens.numel() - 1}}
+    partial = _claim_run_dir(Path(out_dir)) if out_dir is not None and session.dist.is_main else None
+    log = RunLog(partial, echo if session.dist.is_main else (lambda _: None))
+    try:
+        stages = session.score_stages(blob, val_tokens, log, progress_factory or (lambda s, t: None))
+    finally:
+        log.close()
+    if partial is None:
+        return {"run_dir": str(run_dir), "stages": stages, "data": {"corpus": session.corpus.name, "targets": val_tokens.numel() - 1}}
+    recipe_file = partial / RECIPE_NAME
+    recipe_file.write_text(dump_toml(config), encoding="utf-8")
+    (partial / ARTIFACT_NAME).write_bytes(blob)
+    final_stage = list(stages)[-1]
+    result = {
+        "name": config.run.name,
+        "val_bpb": stages[final_stage]["val_bpb"],
+        "final_stage": final_stage,
+        "stages": stages,
+        "data": {"corpus": session.corpus.name, "split": "val", "targets": val_tokens.numel() - 1,
+                 "fingerprint": session.corpus.fingerprint},
+        "eval_seconds": sum(s["eval_seconds"] for s in stages.values()),
+        "plugins": {name: {"config": config.to_dict()["plugins"][name], "source": available[name].source,
+                           "version": available[name].version} for name in config.plugins},
+        "seed": config.run.seed,
+        "world_size": session.dist.world_size,
+        "device": str(session.dist.device),
+        "versions": versions(),
+        "git_revision": _git_revision(),
+        "code_sha256": code_sha256(code_files_for(session.plugin_modules(), recipe_file)),
+        "rescored_from": {"run_dir": str(run_dir), "artifact_sha256": hashlib.sha256(blob).hexdigest()},
+        "config": config.to_dict(),
+    }
+    _finish(partial, result)
+    return result

@@ -118,3 +118,23 @@ def test_shipped_recipes_resolve(recipe):
     available = discover()
     config = load_recipe(recipe, available)
     assert config.model.vocab_size == 1024
+
+
+class NeedsKnob(golf.Plugin):
+    name = "needs_knob"
+    requires = ("knob",)
+
+
+class HatesOther(golf.Plugin):
+    name = "hates_other"
+    conflicts = ("other",)
+
+
+def test_requires_and_conflicts_are_checked(tmp_path):
+    available = {**AVAILABLE, **{c.name: PluginInfo(c.name, c, "test", "0") for c in (NeedsKnob, HatesOther)}}
+    path = write(tmp_path, "r.toml", "[plugins.needs_knob]\n[plugins.knob]\n[plugins.other]\n")
+    assert list(load_recipe(path, available).plugins) == ["needs_knob", "knob", "other"]
+    with pytest.raises(ConfigError, match=r"r.toml: plugin 'needs_knob' requires plugin 'knob', which is not enabled"):
+        load_recipe(path, available, without=["knob"])
+    with pytest.raises(ConfigError, match=r"r.toml: plugins 'hates_other' and 'other' conflict; enable only one"):
+        load_recipe(path, available, with_=["hates_other"])

@@ -31,6 +31,7 @@ class GeluMLP(golf.Plugin):
     name = "gelu_mlp"
     description = "GELU MLP activation instead of relu² (example third-party plugin)"
     Config = Config
+    conflicts = ("leaky_relu2",)  # both would be the MLP activation
 
     @golf.hookimpl
     def golf_mlp_activation(self, config, layer):
