@@ -81,31 +81,59 @@ def _relaunch_with_torchrun(nproc: int) -> None:
             continue
         args.append(a)
     cmd = [*launcher, "--standalone", f"--nproc_per_node={nproc}", "-m", "golf_cli", *args]
-    raise typer.Exit(subprocess.call(cmd))
+    raise typer.Exit(_call_forwarding_signals(cmd))
+
+
+def _call_forwarding_signals(cmd: list[str]) -> int:
+    """Run the launcher in its own session and pass it one SIGTERM/SIGINT sent to us: it stops its
+    workers, which checkpoint and exit 75; our exit code is then 75 too (torchrun's is not)."""
+    import signal
+
+    child = subprocess.Popen(cmd, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum, frame):
+        if not received:
+            received.append(signum)
+            child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    code = child.wait()
+    return 75 if received and code != 0 else code
 
 
 @app.command()
 @user_errors
 def run(
-    recipe: Annotated[Path, typer.Argument(help="recipe TOML file")],
+    recipe: Annotated[Optional[Path], typer.Argument(help="recipe TOML file")] = None,
     set_: SetOpt = None,
     with_: WithOpt = None,
     without: WithoutOpt = None,
     plugins_dir: DirsOpt = None,
     nproc: Annotated[int, typer.Option(help="processes (data parallel, launched through torchrun)")] = 1,
+    resume: Annotated[Optional[Path], typer.Option(help="continue an interrupted run (RUN_DIR.incomplete) from its checkpoint, with its own recipe")] = None,
 ):
-    """Train a recipe, export its artifact, and score the artifact (val_bpb after the round trip)."""
+    """Train a recipe, export its artifact, and score the artifact (val_bpb after the round trip).
+
+    Exit codes: 0 done, 1 or 2 a user error, 3 training diverged, 75 interrupted by SIGTERM/SIGINT
+    (resume later with --resume)."""
     from golfcore.recipe import dump_toml
+    from golfcore.run import RECIPE_NAME
     from golfcore.run import run as run_recipe
 
-    available, config = _load(recipe, set_, with_, without, plugins_dir)
+    if (recipe is None) == (resume is None):
+        raise GolfError("golf run takes a RECIPE or --resume RUN_DIR (one of them)")
+    if resume is not None and (set_ or with_ or without):
+        raise GolfError("--resume continues a run with its own recipe; --set/--with/--without cannot change it")
+    available, config = _load(resume / RECIPE_NAME if resume else recipe, set_, with_, without, plugins_dir)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _relaunch_with_torchrun(nproc)
     main = int(os.environ.get("RANK", "0")) == 0
     with _progress() as progress:
         run_dir, result = run_recipe(config, available, dump_toml(config),
                                      echo=lambda s: progress.console.print(s, markup=False, soft_wrap=True),
-                                     progress_factory=_progress_factory(progress))
+                                     progress_factory=_progress_factory(progress), resume_dir=resume)
     if main:
         _summary(result)
 
