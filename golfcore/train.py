@@ -313,6 +313,7 @@ class Trainer:
                     self._save(step, elapsed_ms)
                     last_checkpoint_ms = elapsed_ms
                 if self.validate and t.val_every and step % t.val_every == 0 and step < t.iterations:
+                    self._check_health(step)  # a NaN model would fail the eval's own checks with a less useful error
                     paused = time.perf_counter()
                     val_loss = self.validate(self.model)
                     self.model.train()

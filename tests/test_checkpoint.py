@@ -317,7 +317,7 @@ class Nan(golf.Plugin):
     proc = subprocess.run([sys.executable, "-m", "golf_cli", "run", recipe, "--plugins-dir", plugins], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 3
-    assert "error: training diverged at step 3" in proc.stderr and "Traceback" not in proc.stderr
+    assert "error: training diverged at step 3: the train loss or gradient norm is not finite (seen at step 3)" in proc.stderr and "Traceback" not in proc.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     result = json.loads((run_dir / "result.json").read_text())
     assert result["status"] == "diverged" and result["diverged_at_step"] == 3 and "val_bpb" not in result
