@@ -13,6 +13,9 @@ exit code is torchrun's. Here:
   with a connection traceback of its own.
 - A process that crashes (any other exception) prints its traceback itself; the launcher
   stops the others and exits with its code.
+- SIGTERM or SIGINT sent to the launcher is passed on to every process once: they agree to
+  stop at the next step boundary, checkpoint, and report "interrupted" (exit 75) like any
+  user error, so `golf run --resume` can continue the run.
 
 `torchrun --standalone --nproc_per_node N -m golf_cli run RECIPE` works too: its processes
 run as they would under any launcher, and report their errors themselves.
@@ -21,6 +24,7 @@ run as they would under any launcher, and report their errors themselves.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -79,6 +83,16 @@ def launch(nproc: int, argv: list[str]) -> int:
                    ERROR_FILE_ENV: str(error_files[rank])}
             env.setdefault("OMP_NUM_THREADS", threads)
             procs.append(subprocess.Popen([sys.executable, "-m", "golf_cli", *argv], env=env))
+        forwarded: list[int] = []
+
+        def forward(signum, frame):  # the processes checkpoint and stop together (exit 75), then so do we
+            if not forwarded:
+                forwarded.append(signum)
+                for p in procs:
+                    if p.poll() is None:
+                        p.send_signal(signum)
+
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             while True:
                 reported = [f for f in error_files if f.exists()]
@@ -98,6 +112,6 @@ def launch(nproc: int, argv: list[str]) -> int:
                 if all(c == 0 for c in codes):
                     return 0
                 time.sleep(POLL_S)
-        except KeyboardInterrupt:
-            _stop(procs)
-            return 130
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

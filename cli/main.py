@@ -119,7 +119,7 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 @app.command()
 def run(
-    recipe: Annotated[Path, typer.Argument(help="recipe TOML file")],
+    recipe: Annotated[Optional[Path], typer.Argument(help="recipe TOML file")] = None,
     set_: SetOpt = None,
     with_: WithOpt = None,
     without: WithoutOpt = None,
@@ -127,14 +127,23 @@ def run(
     nproc: Annotated[int, typer.Option(help="data-parallel processes on this machine")] = 1,
     trace_hooks: Annotated[bool, typer.Option("--trace-hooks", help="print every hook call and the plugins that answered it")] = False,
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="write the run to this directory (must not exist)")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="continue an interrupted run (RUN_DIR.incomplete) from its checkpoint, with its own recipe")] = None,
 ):
-    """Train a recipe, export its artifact, and score the artifact (val_bpb after the round trip)."""
+    """Train a recipe, export its artifact, and score the artifact (val_bpb after the round trip).
+
+    Exit codes: 0 done, 1 or 2 a user error, 3 training diverged, 75 interrupted by SIGTERM/SIGINT
+    (resume later with --resume)."""
     from golfcore.recipe import dump_toml
+    from golfcore.run import RECIPE_NAME
     from golfcore.run import run as run_recipe
 
     if nproc < 1:
         raise ConfigError(f"--nproc {nproc}: must be >= 1")
-    available, config = _load(recipe, set_, with_, without, plugins_dir)
+    if (recipe is None) == (resume is None):
+        raise GolfError("golf run takes a RECIPE or --resume RUN_DIR (one of them)")
+    if resume is not None and (set_ or with_ or without):
+        raise GolfError("--resume continues a run with its own recipe; --set/--with/--without cannot change it")
+    available, config = _load(resume / RECIPE_NAME if resume else recipe, set_, with_, without, plugins_dir)
     _ensure_data(config)  # before launching processes, so every rank finds the corpus built
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _check_before_launch(config, available, nproc)
@@ -144,7 +153,7 @@ def run(
         run_dir, result = run_recipe(config, available, dump_toml(config),
                                      echo=lambda s: progress.console.print(s, markup=False, soft_wrap=True),
                                      progress_factory=_progress_factory(progress), trace_hooks=trace_hooks,
-                                     run_dir=run_dir)
+                                     run_dir=run_dir, resume_dir=resume)
     if main:
         _summary(result)
 

@@ -187,14 +187,40 @@ class TrainSection(Section):
     log_every: int = option(200, "log train loss every N steps")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "auto = cuda when available")
     compile: Literal["auto", "on", "off"] = option("auto", "torch.compile(fullgraph=True); auto = on for cuda")
+    checkpoint_every: int | str = option(
+        0, 'write a resumable checkpoint every N steps, or every "Ns" seconds of training time (e.g. "300s"); 0 = off'
+    )
+    max_loss_spike: float = option(
+        0.0, "stop as diverged when a logged train loss exceeds this factor times the mean of the 10 logged before it (0 = off)"
+    )
 
     def check(self) -> None:
+        self.checkpoint_interval  # raises on a malformed value
+        if self.max_loss_spike and self.max_loss_spike <= 1:
+            raise self.invalid("max_loss_spike", f"{self.max_loss_spike} must be > 1 (or 0 = off)")
         if self.iterations < 1:
             raise self.invalid("iterations", "must be >= 1")
         if self.batch_tokens % (self.micro_batches * self.seq_len):
             raise self.invalid("batch_tokens", f"{self.batch_tokens} is not a multiple of micro_batches*seq_len")
         if self.warmdown_iters < 0 or self.warmup_steps < 0 or self.max_wallclock_seconds < 0:
             raise self.invalid("warmdown_iters", "warmdown_iters, warmup_steps and max_wallclock_seconds must be >= 0")
+
+    @property
+    def checkpoint_interval(self) -> tuple[int, float]:
+        """(steps, seconds) between checkpoints from `checkpoint_every`; (0, 0.0) when off."""
+        value = self.checkpoint_every
+        if isinstance(value, int):
+            if value < 0:
+                raise self.invalid("checkpoint_every", f"{value} must be >= 0 steps")
+            return value, 0.0
+        seconds = value.removesuffix("s")
+        try:
+            parsed = float(seconds) if value.endswith("s") else -1.0
+        except ValueError:
+            parsed = -1.0
+        if not parsed > 0:
+            raise self.invalid("checkpoint_every", f'{value!r} is not a step count or seconds like "300s"')
+        return 0, parsed
 
 
 @dataclass

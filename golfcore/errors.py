@@ -24,3 +24,27 @@ class ComplianceError(GolfError):
 class PluginError(GolfError):
     """A plugin raised inside a hook: the message names the plugin, the hook and the exception,
     whose traceback stays attached as `__cause__` (shown by `golf --debug`)."""
+
+
+class CheckpointError(GolfError):
+    """A checkpoint that is damaged, or was written by another recipe or other code."""
+
+
+class DivergedError(GolfError):
+    """Training stopped because the loss or gradient norm went non-finite (or spiked); exit code 3.
+
+    `step` is the first step seen diverging."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+class TrainingInterrupted(GolfError):
+    """SIGTERM or SIGINT stopped training at a step boundary (after writing a checkpoint when
+    they are on). Exit code 75 (EX_TEMPFAIL): "resume later" with `golf run --resume RUN_DIR`."""
+
+    exit_code = 75
+

@@ -19,6 +19,9 @@ Rules that hold for all hooks:
   fallback `trylast=True`), and then answering None defers to the other.
 - A plugin that raises inside a hook stops the run with one line naming the plugin, the
   hook and the exception (`golf --debug` shows the traceback).
+- State a plugin keeps across steps (outside module buffers) is returned by its
+  `state_dict()` and restored by `load_state_dict()` (see `golfcore.Plugin`), so checkpoints
+  carry it and a resumed run continues bit-identically.
 - Every parameter a plugin creates must be declared with `golf.declare(param, group,
   export)`: the plugin, not a name pattern, decides its optimizer group and export precision.
 

@@ -36,7 +36,12 @@ class NoConfig(Section):
 
 
 class Plugin:
-    """Base class of every golf plugin."""
+    """Base class of every golf plugin.
+
+    A plugin that keeps training state across steps (an EMA shadow, SWA sums, counters)
+    overrides `state_dict` / `load_state_dict` so checkpoints carry it and a resumed run
+    continues bit-identically (docs/writing-plugins.md, "Training state").
+    """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
@@ -58,6 +63,16 @@ class Plugin:
             return cls.phase == "eval"
         hooks = {n for n in dir(cls) if n.startswith("golf_") and callable(getattr(cls, n))}
         return bool(hooks) and hooks <= cls.EVAL_HOOKS
+
+    def state_dict(self) -> dict[str, Any]:
+        """The plugin's training state: nested dicts/lists/tuples of tensors, numbers, strings,
+        bools and None (saved as safetensors + JSON, never pickled). Called on rank 0 at a step
+        boundary; the default, for stateless plugins, is {}."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned, with tensors already on the run's device; called
+        after the model and optimizers are built, before the first resumed step."""
 
 
 @dataclass

@@ -26,8 +26,10 @@ from . import audit
 from .artifact import Int8Quantizer, ZstdCompressor, code_files_for, pack, report, unpack
 from .config import RunConfig
 from .contract import EvalContext
+from .checkpoint import DIR_NAME as CHECKPOINT_DIR
+from .checkpoint import Checkpoints, code_hash
 from .data import Corpus, DistributedTokenLoader, load_val_tokens, resolve_corpus
-from .errors import ConfigError, GolfError
+from .errors import ConfigError, DataError, DivergedError, GolfError, TrainingInterrupted
 from .files import write_json
 from .eval import ByteLUTs, EvalResult, build_byte_luts, evaluate, unigram_entropy_bpb
 from .assemble import build_model, check_config
@@ -67,6 +69,8 @@ class RunLog:
             )
         elif event == "note":
             self.line(record["text"])
+        elif event == "checkpoint":
+            self.line(f"step:{record['step']}/{record['of']} checkpoint:{record['path']}")
         elif event == "val":  # live weights, before export: a loss, never presented as a score
             self.line(
                 f"step:{record['step']}/{record['of']} val_loss:{record['val_loss']:.4f} "
@@ -153,6 +157,7 @@ class Session:
         self.corpus: Corpus | None = None
         if build_data:
             self.corpus = self._corpus()
+            self.tokenizer = _load_tokenizer(self.corpus)
 
     def _corpus(self) -> Corpus:
         # the CLI has rank 0 build a missing embedded corpus before the session starts
@@ -191,8 +196,7 @@ class Session:
         return fn
 
     def luts(self) -> ByteLUTs:
-        sp = spm.SentencePieceProcessor(model_file=str(self.corpus.tokenizer_path))
-        return build_byte_luts(sp, self.config.model.vocab_size).to(self.dist.device)
+        return build_byte_luts(self.tokenizer, self.config.model.vocab_size).to(self.dist.device)
 
     def score(self, model: nn.Module, val_tokens: torch.Tensor, adapters: list = (), stride: int | None = None,
               progress: Callable[[int, int], None] | None = None) -> EvalResult:
@@ -245,33 +249,77 @@ class Session:
 
 def run(config: RunConfig, available: dict[str, PluginInfo], recipe_text: str,
         echo: Callable[[str], None] = print, progress_factory=None, trace_hooks: bool = False,
-        run_dir: Path | None = None) -> tuple[Path | None, dict]:
+        run_dir: Path | None = None, resume_dir: Path | None = None) -> tuple[Path | None, dict]:
     """Train, export, round-trip and score one recipe; returns (run directory, result) on rank 0.
+
     The run lands in `run_dir` when given, else in a new `<out_dir>/<name>-<timestamp>`. With
+    `resume_dir` (an interrupted run's `.incomplete` directory, whose recipe `config` was
+    loaded from) training continues from its checkpoint, or from step 0 when it has none.
+    A diverged run raises DivergedError after writing result.json with status "diverged"; an
+    interrupted one raises TrainingInterrupted and stays `.incomplete`, ready to resume. With
     `trace_hooks`, every hook call is echoed with the plugins that answered it."""
     progress_factory = progress_factory or (lambda stage, total: None)
     session = Session(config, available, trace_hooks=echo if trace_hooks else None)
     dist = session.dist
-    run_dir = _new_run_dir(config, run_dir) if dist.is_main else None
-    log = RunLog(run_dir, echo if dist.is_main else (lambda _: None))
+    if resume_dir is not None:
+        run_dir = _resumable_dir(Path(resume_dir))
+    else:
+        run_dir = _new_run_dir(config, run_dir) if dist.is_main else None
+    log = RunLog(run_dir if dist.is_main else None, echo if dist.is_main else (lambda _: None))
     try:
-        if run_dir:
+        if run_dir and resume_dir is None:
             (run_dir / RECIPE_NAME).write_text(recipe_text, encoding="utf-8")
-        result = _run_in(session, run_dir, log, progress_factory)
+        result = _run_in(session, run_dir, log, progress_factory, resuming=resume_dir is not None)
+    except DivergedError as e:
+        if dist.is_main:
+            log.line(f"diverged: {e}")
+            final_dir = _finish(run_dir, {"name": config.run.name, "status": "diverged", "error": str(e), "diverged_at_step": e.step,
+                                          "seed": config.run.seed, "world_size": dist.world_size, "versions": versions(),
+                                          "git_revision": _git_revision(), "config": config.to_dict()})
+            e.args = (f"{e} (run directory: {final_dir})",)
+        dist.barrier()  # rank 0 has written the record before any rank exits
+        raise
+    except TrainingInterrupted as e:
+        if dist.is_main:
+            log.line(f"interrupted: {e}")
+            e.args = (f"{e}; continue with: golf run --resume {run_dir}",)
+        raise
     finally:
         log.close()
     if not dist.is_main:
         return None, result
-    return _finish(run_dir, result), result
+    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)  # only a run that may continue needs one
+    final_dir = _finish(run_dir, result)
+    return final_dir, result
 
 
-def _finish(partial: Path, result: dict) -> Path:
-    """Write result.json, then drop the `.incomplete` suffix: only now does the run look finished."""
-    final_dir = partial.with_name(partial.name.removesuffix(".incomplete"))
+def _resumable_dir(run_dir: Path) -> Path:
+    if not run_dir.name.endswith(".incomplete") or not (run_dir / RECIPE_NAME).is_file():
+        raise GolfError(f"{run_dir}: not an interrupted run directory (needs the .incomplete suffix and {RECIPE_NAME})")
+    return run_dir
+
+
+def _finish(run_dir: Path, result: dict) -> Path:
+    """Write result.json and drop the `.incomplete` suffix: the run is over, whatever its status."""
+    final_dir = run_dir.with_name(run_dir.name.removesuffix(".incomplete"))
     result["run_dir"] = str(final_dir)
-    write_json(partial / "result.json", result)
-    partial.rename(final_dir)
+    write_json(run_dir / "result.json", result)
+    run_dir.rename(final_dir)
     return final_dir
+
+
+def _load_tokenizer(corpus: Corpus) -> spm.SentencePieceProcessor:
+    """The corpus's tokenizer, checked against the sha256 its meta.json recorded (when it did), so
+    a damaged file is named before training rather than failing, or mis-scoring, after it."""
+    path = corpus.tokenizer_path
+    expected = corpus.fingerprint.get("tokenizer_sha256")
+    if expected and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+        raise DataError(f"tokenizer {path} is damaged: its sha256 differs from {corpus.directory / 'meta.json'}; rebuild or fetch the corpus again")
+    try:
+        return spm.SentencePieceProcessor(model_file=str(path))
+    except (OSError, RuntimeError) as e:
+        raise DataError(f"tokenizer {path} cannot be loaded ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                        f"rebuild or fetch the corpus again") from None
 
 
 def _code_file_label(path: Path, run_dir: Path | None) -> str:
@@ -284,7 +332,7 @@ def _code_file_label(path: Path, run_dir: Path | None) -> str:
     return str(path)
 
 
-def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factory) -> dict:
+def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factory, resuming: bool = False) -> dict:
     """The body of `run`; `progress_factory(stage, total)` gives a (done, total) callback per phase."""
     config, dist, corpus = session.config, session.dist, session.corpus
     model = session.build_model()
@@ -299,9 +347,16 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
         return session.score(m, val_tokens, stride=config.eval_seq_len).val_loss
 
     loader = DistributedTokenLoader(corpus.train_files, dist.rank, dist.world_size, dist.device)
+    checkpoints = Checkpoints(run_dir, config, code_hash(session.plugin_modules())) if run_dir else None
     trainer = Trainer(config, model, session.host, session.quantizer, loader, dist, validate, log.record,
-                      progress=progress_factory("train", config.train.iterations))
-    outcome = trainer.run()
+                      progress=progress_factory("train", config.train.iterations),
+                      checkpoints=checkpoints)
+    resume = checkpoints.load(dist.device) if checkpoints and checkpoints.exists() else None
+    if resuming and resume is None:
+        log.line("resuming: no checkpoint, training from step 0")
+    elif resume is not None:
+        log.line(f"resuming from the checkpoint at step {resume['step']}")
+    outcome = trainer.run(resume)
     log.line(f"stopped_by:{outcome.stopped_by} steps:{outcome.steps} train_time:{outcome.train_seconds * 1000:.0f}ms")
 
     pre_export = session.score(model, val_tokens, stride=config.eval_seq_len)
@@ -327,6 +382,7 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
     log.line(f"compliance: {audit.summary(compliance)}")
     return {
         "name": config.run.name,
+        "status": "finished",
         "val_bpb": stages[final_stage]["val_bpb"],
         "final_stage": final_stage,
         "stages": stages,
@@ -336,6 +392,7 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
         "data": {"corpus": corpus.name, "split": "val", "targets": targets, "fingerprint": corpus.fingerprint,
                  "unigram_entropy_bpb": unigram_entropy_bpb(val_tokens.to(dist.device), session.luts())},
         "steps": outcome.steps,
+        "resumed_from_step": outcome.resumed_from,
         "tokens": outcome.tokens,
         "stopped_by": outcome.stopped_by,
         "train_seconds": outcome.train_seconds,

@@ -2,13 +2,22 @@
 compile warm-up steps that are rolled back, periodic validation with the clock paused.
 
 Mirrors the challenge's train_gpt.py so step counts and schedules compare with its logs.
+
+Runs that survive (docs/architecture.md, "Long runs"): a non-finite loss or gradient norm is
+flagged on the device every step and read with the logged loss, so a diverged run stops within
+one logging interval without a host sync per step. Checkpoints (`train.checkpoint_every`) hold
+the whole training state; SIGTERM/SIGINT stop every rank at the same step boundary (the stop
+flag travels with the all-reduced clock), write a checkpoint and exit with code 75.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import signal
+import threading
 import time
+from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
@@ -18,7 +27,8 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from .config import RunConfig
-from .errors import ConfigError
+from .checkpoint import Checkpoints, load_model_state, model_state, rng_state, set_rng_state
+from .errors import ConfigError, DivergedError, TrainingInterrupted
 from .optim import apply_lr_scale, build_optimizers, clip_grad_norm, muon_momentum_at, set_muon_momentum
 from .plugins import Host
 
@@ -115,6 +125,33 @@ def micro_batches_per_rank(config: RunConfig, world_size: int) -> tuple[int, str
     return accum, note
 
 
+SPIKE_WINDOW = 10  # logged losses a spike is measured against
+
+
+class StopSignals:
+    """While active, SIGTERM and SIGINT only raise a flag; the trainer stops at the next step boundary.
+
+    Handlers can only be installed from the main thread; elsewhere (a trainer run from a
+    worker thread) signals keep their default behaviour."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 @dataclass
 class TrainOutcome:
     steps: int
@@ -122,14 +159,18 @@ class TrainOutcome:
     train_seconds: float
     stopped_by: str  # "iterations" or "wallclock"
     last_train_loss: float
+    resumed_from: int = 0  # the checkpoint's step, 0 for a run trained from the start
 
 
 class Trainer:
-    """Trains `model` in place. `on_log(record)` receives every log record (rank 0 only)."""
+    """Trains `model` in place. `on_log(record)` receives every log record (rank 0 only).
+
+    With `train.checkpoint_every` on, the training state is saved every interval and when a stop
+    signal arrives, into `checkpoints` (rank 0 writes; the others may pass None)."""
 
     def __init__(self, config: RunConfig, model: nn.Module, host: Host, quantizer, loader, dist: Dist,
                  validate: Callable[[nn.Module], float] | None, on_log: Callable[[dict], None],
-                 progress: Callable[[int, int], None] | None = None):
+                 progress: Callable[[int, int], None] | None = None, checkpoints: Checkpoints | None = None):
         self.config, self.model, self.host, self.dist = config, model, host, dist
         self.accum, note = micro_batches_per_rank(config, dist.world_size)
         if note:
@@ -137,6 +178,7 @@ class Trainer:
         self.validate = validate
         self.on_log = on_log
         self.progress = progress
+        self.checkpoints = checkpoints
         self.optimizers = host.first("golf_optimizers", model=model, config=config) or build_optimizers(model, config.optim)
         self.penalties = host.collect("golf_loss_penalty", model=model, config=config, quantizer=quantizer)
         compiled = torch.compile(model, fullgraph=True) if should_compile(config, dist.device) else model
@@ -144,24 +186,29 @@ class Trainer:
             device_ids = [dist.device.index] if dist.device.type == "cuda" else None
             compiled = nn.parallel.DistributedDataParallel(compiled, device_ids=device_ids, broadcast_buffers=False)
         self.forward = compiled
-        self.loader = loader  # next_batch(global_tokens, seq_len, micro_batches_per_rank) -> (x, y); reset()
+        self.loader = loader  # next_batch(global_tokens, seq_len, micro_batches_per_rank) -> (x, y); reset(); state()/restore() to checkpoint
+        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=dist.device)  # first non-finite step, -1 = none
+        self.logged_losses: deque[float] = deque(maxlen=SPIKE_WINDOW)
 
     def _sync(self) -> None:
         if self.dist.device.type == "cuda":
             torch.cuda.synchronize()
 
-    def _elapsed_ms(self, started: float) -> float:
-        """Training time so far, the same on every rank (the slowest rank's), so every rank
-        computes the same lr scale and stops at the same step under the wallclock cap."""
+    def _clock(self, started: float, stop_requested: bool) -> tuple[float, bool]:
+        """(training ms so far, whether to stop), the same on every rank: the slowest rank's time,
+        so every rank computes the same lr scale and stops at the same step under the wallclock
+        cap, and a stop signal seen by any rank, so all ranks stop together and none hangs."""
         self._sync()
         elapsed = (time.perf_counter() - started) * 1000
         if self.dist.world_size > 1:
-            agreed = torch.tensor([elapsed], dtype=torch.float64, device=self.dist.device)
+            agreed = torch.tensor([elapsed, float(stop_requested)], dtype=torch.float64, device=self.dist.device)
             torch_dist.all_reduce(agreed, op=torch_dist.ReduceOp.MAX)
-            elapsed = float(agreed)
-        return elapsed
+            elapsed, stop = agreed.tolist()
+            return elapsed, stop > 0
+        return elapsed, stop_requested
 
-    def _step(self, step: int, lr_scale: float) -> float:
+    def _step(self, step: int, lr_scale: float) -> torch.Tensor:
+        """One optimizer step; returns the mean loss over the global batch as a device scalar."""
         t, ddp = self.config.train, self.dist.world_size > 1
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
@@ -179,58 +226,133 @@ class Trainer:
             total += loss.detach()
         set_muon_momentum(self.optimizers, muon_momentum_at(step, self.config.optim))
         apply_lr_scale(self.optimizers, lr_scale)
-        clip_grad_norm(self.model, self.config.optim.grad_clip_norm)
+        grad_norm = clip_grad_norm(self.model, self.config.optim.grad_clip_norm)
         for opt in self.optimizers:
             opt.step()
         mean_loss = total / self.accum
         if ddp:
             torch_dist.all_reduce(mean_loss, op=torch_dist.ReduceOp.AVG)
-        return float(mean_loss)
+        # on the device, no sync: remember the first step whose loss or gradient norm is not finite
+        finite = torch.isfinite(mean_loss) & torch.isfinite(grad_norm)
+        self.first_bad_step = torch.where(~finite & (self.first_bad_step < 0), step + 1, self.first_bad_step)
+        return mean_loss
+
+    def _check_health(self, step: int, loss: float | None = None) -> None:
+        """Raise DivergedError if any step so far was non-finite, or `loss` (a logged loss) spiked.
+        Every rank sees the same all-reduced loss and norm, so every rank raises at the same step."""
+        bad = int(self.first_bad_step)
+        if bad >= 0:
+            raise DivergedError(f"training diverged at step {bad}: the train loss or gradient norm is not finite "
+                                f"(seen at step {step})", bad)
+        factor = self.config.train.max_loss_spike
+        if loss is None or not factor:
+            return
+        if len(self.logged_losses) == SPIKE_WINDOW:
+            mean = sum(self.logged_losses) / SPIKE_WINDOW
+            if loss > factor * mean:
+                raise DivergedError(f"training diverged at step {step}: train loss {loss:.4f} is {loss / mean:.1f}x the mean "
+                                    f"of the {SPIKE_WINDOW} logged before it (train.max_loss_spike = {factor:g})", step)
+        self.logged_losses.append(loss)
 
     def _warmup(self) -> None:
         """Run warm-up steps (they trigger compilation), then restore model, optimizers and data."""
         n = self.config.train.warmup_steps
         if n == 0:
             return
-        model_state = copy.deepcopy(self.model.state_dict())
+        model_state_before = copy.deepcopy(self.model.state_dict())
         optim_states = [copy.deepcopy(opt.state_dict()) for opt in self.optimizers]
         for step in range(n):
             self._step(step, 1.0)
             self.on_log({"event": "warmup", "step": step + 1, "of": n})
-        self.model.load_state_dict(model_state)
+        self.model.load_state_dict(model_state_before)
         for opt, state in zip(self.optimizers, optim_states):
             opt.load_state_dict(state)
         self.loader.reset()
+        self.first_bad_step.fill_(-1)
 
-    def run(self) -> TrainOutcome:
+    def state_dict(self, step: int, elapsed_ms: float) -> dict:
+        """Everything the loop needs to continue bit-identically after `step` steps."""
+        return {
+            "step": step,
+            "elapsed_ms": elapsed_ms,  # the wallclock position of the cap and warmdown
+            "model": model_state(self.model),
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "loader": list(self.loader.state()),
+            "rng": rng_state(),
+            "plugins": {name: plugin.state_dict() for name, plugin in self.host.plugins.items()},
+            "logged_losses": list(self.logged_losses),
+        }
+
+    def load_state_dict(self, state: dict) -> tuple[int, float]:
+        """Restore what `state_dict` saved; returns (step, elapsed_ms)."""
+        load_model_state(self.model, state["model"])
+        for opt, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(saved)
+        self.loader.restore(tuple(state["loader"]))
+        set_rng_state(state["rng"])
+        for name, plugin in self.host.plugins.items():
+            plugin.load_state_dict(state["plugins"].get(name, {}))
+        self.logged_losses.extend(state["logged_losses"])
+        return state["step"], state["elapsed_ms"]
+
+    def _save(self, step: int, elapsed_ms: float) -> None:
+        if self.dist.is_main and self.checkpoints is not None:
+            path = self.checkpoints.save(self.state_dict(step, elapsed_ms))
+            self.on_log({"event": "checkpoint", "step": step, "of": self.config.train.iterations, "path": str(path)})
+        self.dist.barrier()  # no rank exits (and makes torchrun kill the writer) before the checkpoint is whole
+
+    def run(self, resume: dict | None = None) -> TrainOutcome:
+        """Train from the start, or from `resume` (a checkpoint's state) to the same end."""
         t = self.config.train
+        every_steps, every_seconds = t.checkpoint_interval
         self.model.train()
         self._warmup()
         cap_ms = t.max_wallclock_seconds * 1000 if t.max_wallclock_seconds > 0 else float("inf")
-        elapsed_ms, step, loss, stopped_by = 0.0, 0, float("nan"), "iterations"
+        elapsed_ms, step, loss, loss_t, stopped_by = 0.0, 0, float("nan"), None, "iterations"
+        if resume is not None:
+            step, elapsed_ms = self.load_state_dict(resume)
+        resumed_from, last_checkpoint_ms = step, elapsed_ms
         self._sync()
-        started = time.perf_counter()
-        while step < t.iterations:
-            scale = lr_scale_at(self.config, step, elapsed_ms)
-            loss = self._step(step, scale)
-            step += 1
-            self.host.call("golf_step_end", model=self.model, step=step, lr_scale=scale)
-            elapsed_ms = self._elapsed_ms(started)
-            if self.progress:
-                self.progress(step, t.iterations)
-            if step % max(t.log_every, 1) == 0 or step == 1 or step == t.iterations:
-                self.on_log({"event": "train", "step": step, "of": t.iterations, "train_loss": loss,
-                             "train_time_ms": elapsed_ms, "step_avg_ms": elapsed_ms / step, "lr_scale": scale})
-            if elapsed_ms >= cap_ms:
-                stopped_by = "wallclock"
-                break
-            if self.validate and t.val_every and step % t.val_every == 0 and step < t.iterations:
-                paused = time.perf_counter()
-                val_loss = self.validate(self.model)
-                self.model.train()
-                started += time.perf_counter() - paused  # the clock does not run during validation
-                self.on_log({"event": "val", "step": step, "of": t.iterations, "val_loss": val_loss,
-                             "train_time_ms": elapsed_ms, "step_avg_ms": elapsed_ms / step})
+        started = time.perf_counter() - elapsed_ms / 1000  # a resumed run's clock continues from its checkpoint
+        with StopSignals() as signals:
+            while step < t.iterations:
+                scale = lr_scale_at(self.config, step, elapsed_ms)
+                loss_t = self._step(step, scale)
+                step += 1
+                self.host.call("golf_step_end", model=self.model, step=step, lr_scale=scale)
+                elapsed_ms, stop = self._clock(started, signals.received is not None)
+                if self.progress:
+                    self.progress(step, t.iterations)
+                if step % max(t.log_every, 1) == 0 or step == 1 or step == t.iterations:
+                    loss = float(loss_t)
+                    self._check_health(step, loss)
+                    self.on_log({"event": "train", "step": step, "of": t.iterations, "train_loss": loss,
+                                 "train_time_ms": elapsed_ms, "step_avg_ms": elapsed_ms / step, "lr_scale": scale})
+                if stop:
+                    self._check_health(step)
+                    if t.checkpoint_every:
+                        self._save(step, elapsed_ms)
+                    where = f"checkpoint saved at step {step}" if t.checkpoint_every else "no checkpoint (train.checkpoint_every = 0)"
+                    raise TrainingInterrupted(f"training interrupted by {signals.received or 'a signal on another rank'} "
+                                              f"after step {step}: {where}")
+                if elapsed_ms >= cap_ms:
+                    stopped_by = "wallclock"
+                    break
+                due = (every_steps and step % every_steps == 0) or (every_seconds and elapsed_ms - last_checkpoint_ms >= every_seconds * 1000)
+                if due and step < t.iterations:
+                    self._check_health(step)  # never checkpoint a diverged state
+                    self._save(step, elapsed_ms)
+                    last_checkpoint_ms = elapsed_ms
+                if self.validate and t.val_every and step % t.val_every == 0 and step < t.iterations:
+                    self._check_health(step)  # a NaN model would fail the eval's own checks with a less useful error
+                    paused = time.perf_counter()
+                    val_loss = self.validate(self.model)
+                    self.model.train()
+                    started += time.perf_counter() - paused  # the clock does not run during validation
+                    self.on_log({"event": "val", "step": step, "of": t.iterations, "val_loss": val_loss,
+                                 "train_time_ms": elapsed_ms, "step_avg_ms": elapsed_ms / step})
+        self._check_health(step)  # a diverged model is never exported
+        loss = float(loss_t) if loss_t is not None else loss
         self.host.call("golf_train_end", model=self.model)
         tokens = step * t.batch_tokens
-        return TrainOutcome(step, tokens, elapsed_ms / 1000, stopped_by, loss)
+        return TrainOutcome(step, tokens, elapsed_ms / 1000, stopped_by, loss, resumed_from)

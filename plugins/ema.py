@@ -49,6 +49,12 @@ class Ema(golf.Plugin):
             torch._foreach_mul_(self.shadow, self.config.decay)
             torch._foreach_add_(self.shadow, current, alpha=1.0 - self.config.decay)
 
+    def state_dict(self):
+        return {"shadow": self.shadow}
+
+    def load_state_dict(self, state):
+        self.shadow = state.get("shadow")
+
     @golf.hookimpl
     def golf_train_end(self, model):
         if self.shadow is None:

@@ -6,7 +6,8 @@ fake_quantize is the run's own quantizer (int6 per row with gptq_lite, the core'
 otherwise): forward sees exactly the exported weights, backward passes the gradient to w
 unchanged. `enabled` is a non-persistent float buffer (0 or 1) switched between steps in
 golf_step_end (latched on at the first step whose lr scale is below `threshold`; the next
-step trains quantized), so torch.compile treats it as an input and cannot fold it. The price:
+step trains quantized), so torch.compile treats it as an input and cannot fold it; checkpoints
+save it with the model's buffers, so a resumed run trains quantized from its first step. The price:
 the quantized weights are computed in every forward, also while off (forward only; no
 backward through them).
 

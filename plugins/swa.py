@@ -64,6 +64,14 @@ class Swa(golf.Plugin):
         self.count += 1
         self.snapshot_steps.append(step)
 
+    def state_dict(self):
+        return {"total": self.total, "count": self.count, "snapshot_steps": self.snapshot_steps}
+
+    def load_state_dict(self, state):
+        self.total = state.get("total")
+        self.count = state.get("count", 0)
+        self.snapshot_steps = list(state.get("snapshot_steps", []))
+
     @golf.hookimpl(trylast=True)
     def golf_train_end(self, model):
         if self.total is None:

@@ -76,6 +76,15 @@ def test_read_shard_rejects_malformed(tmp_path, how, words):
     assert "bad_val_000000.bin" in str(e.value)
 
 
+def test_truncated_later_shard_is_named_before_training(tmp_path):
+    files = [tmp_path / f"t_train_00000{i}.bin" for i in range(3)]
+    for path in files:
+        write_shard(path, np.arange(100, dtype=np.uint16))
+    _corrupt(files[2], "truncated")
+    with pytest.raises(DataError, match="t_train_000002.bin is truncated"):
+        TokenStream(files)  # the third shard would only be read after 200 tokens
+
+
 def test_read_shard_missing_file(tmp_path):
     with pytest.raises(DataError, match="nope_val_000000.bin"):
         read_shard(tmp_path / "nope_val_000000.bin")
