@@ -116,7 +116,7 @@ class TokenStream:
             raise DataError("no shard files to stream")
         self.files = [Path(f) for f in files]
         for path in self.files:  # headers and sizes, before training: a truncated shard is named now, not hours in
-            _shard_num_tokens(path)
+            shard_num_tokens(path)
         self.file_idx, self.pos = -1, 0
         self.tokens = np.zeros(0, dtype=np.uint16)  # (n,) the current shard
         self.reset()
