@@ -29,7 +29,7 @@ from .eval import ByteLUTs, EvalResult, build_byte_luts, evaluate, unigram_entro
 from .model import GPT, build_model, check_config, count_parameters
 from .params import param_specs
 from .plugins import Host, PluginInfo
-from .train import Dist, Trainer, autocast_for, setup_dist, should_compile
+from .train import Dist, Trainer, activation_dtype_for, autocast_for, setup_dist, should_compile
 
 ARTIFACT_NAME = "model.golf"
 RECIPE_NAME = "recipe.toml"
@@ -138,7 +138,9 @@ class Session:
         return corpus
 
     def build_model(self) -> GPT:
-        return build_model(self.config, self.host, self.quantizer).to(self.dist.device)
+        model = build_model(self.config, self.host, self.quantizer).to(self.dist.device)
+        model.activation_dtype = activation_dtype_for(self.config, self.dist.device)
+        return model
 
     def plugin_modules(self) -> list:
         return [self.available[name].module for name in self.config.plugins]
@@ -156,7 +158,7 @@ class Session:
         forward = torch.compile(model.logprobs, fullgraph=True) if should_compile(self.config, self.dist.device) else model.logprobs
 
         def fn(tokens: torch.Tensor) -> torch.Tensor:
-            with autocast_for(self.dist.device):
+            with autocast_for(self.dist.device, model.activation_dtype):
                 return forward(tokens.to(self.dist.device)).float()
 
         return fn
@@ -264,6 +266,7 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
     loader = DistributedTokenLoader(corpus.train_files, dist.rank, dist.world_size, dist.device)
     trainer = Trainer(config, model, session.host, session.quantizer, loader, dist, validate, log.record,
                       progress=progress_factory("train", config.train.iterations))
+    log.line("execution: " + " ".join(f"{k}:{v}" for k, v in trainer.execution.items()))
     outcome = trainer.run()
     log.line(f"stopped_by:{outcome.stopped_by} steps:{outcome.steps} train_time:{outcome.train_seconds * 1000:.0f}ms")
 
@@ -302,6 +305,7 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
         "tokens": outcome.tokens,
         "stopped_by": outcome.stopped_by,
         "train_seconds": outcome.train_seconds,
+        "execution": outcome.execution,
         "eval_seconds": sum(s["eval_seconds"] for s in stages.values()),
         "model_params": count_parameters(model),
         "artifact": {"model_bytes": art.model_bytes, "code_bytes": art.code_bytes, "total_bytes": art.total_bytes,

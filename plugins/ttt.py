@@ -198,7 +198,7 @@ class TttAdapter:
     def step(self, x: Tensor, y: Tensor, count: int, world: int) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         if x.size(0):
-            with autocast_for(self.device):
+            with autocast_for(self.device, self.model.activation_dtype):
                 logits = self.logits(x)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
             (loss / count).backward()
