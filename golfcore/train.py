@@ -194,7 +194,7 @@ class Trainer:
         self.forward = compiled
         self.loader = loader  # next_batch(global_tokens, seq_len, micro_batches_per_rank) -> (x, y); reset()
 
-    def _step(self, step: int, lr_scale: float) -> torch.Tensor:
+    def train_step(self, step: int, lr_scale: float) -> torch.Tensor:
         """One optimizer step; returns this rank's mean micro-batch loss, still on the device."""
         t, ddp = self.config.train, self.dist.world_size > 1
         for opt in self.optimizers:
@@ -224,7 +224,7 @@ class Trainer:
             torch_dist.all_reduce(loss, op=torch_dist.ReduceOp.AVG)
         return float(loss)
 
-    def _warmup(self) -> None:
+    def warm_up(self) -> None:
         """Run warm-up steps (they trigger compilation), then restore model, optimizers and data.
 
         The last warm-up step runs with every compile switch flipped (late QAT on), so the graph
@@ -239,7 +239,7 @@ class Trainer:
             flip = n > 1 and step == n - 1
             for m in switches if flip else ():
                 m.compile_switch = not m.compile_switch
-            self._step(step, 1.0)
+            self.train_step(step, 1.0)
             self.on_log({"event": "warmup", "step": step + 1, "of": n})
         for m in switches if n > 1 else ():
             m.compile_switch = not m.compile_switch
@@ -251,13 +251,13 @@ class Trainer:
     def run(self) -> TrainOutcome:
         t = self.config.train
         self.model.train()
-        self._warmup()
+        self.warm_up()
         cap_ms = t.max_wallclock_seconds * 1000 if t.max_wallclock_seconds > 0 else float("inf")
         elapsed_ms, step, loss, stopped_by = 0.0, 0, None, "iterations"
         self.clock.start()
         while step < t.iterations:
             scale = lr_scale_at(self.config, step, elapsed_ms)
-            loss = self._step(step, scale)
+            loss = self.train_step(step, scale)
             step += 1
             self.host.call("golf_step_end", model=self.model, step=step, lr_scale=scale)
             logging = step % max(t.log_every, 1) == 0 or step == 1 or step == t.iterations
