@@ -4,6 +4,7 @@ quantized matrix reached (D3), off in fresh models, and a compiled trainer that 
 with both graphs compiled during warm-up."""
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -165,7 +166,7 @@ class GraphCount(golf.Plugin):
 
 
 @pytest.mark.slow
-def test_compiled_trainer_compiles_both_states_in_warm_up_and_never_again():
+def test_compiled_trainer_compiles_both_states_in_warm_up_and_never_again(monkeypatch):
     """The switch is a Python bool torch.compile guards on: the warm-up's last step compiles the QAT-on
     graph, so switching on mid-run builds no graph; the compiled output follows the switch like eager
     (the 2026-03-21 record's constant-folded flag would not), and the grid is bit-exact under inductor."""
@@ -175,6 +176,10 @@ def test_compiled_trainer_compiles_both_states_in_warm_up_and_never_again():
     config.train.compile, config.train.warmup_steps = "on", 2
     config.train.iterations, config.train.warmdown_iters = 4, 4  # lr scale 1, .75, .5, .25
     torch._dynamo.reset()
+    inductor_compile = torch.compile
+    # the trainer's graphs are Dynamo's (guards, one per switch state) whatever the backend; the
+    # eager backend skips inductor's C++ builds, which take minutes on 2 CPU cores
+    monkeypatch.setattr(torch, "compile", functools.partial(inductor_compile, backend="eager"))
     host = host_for(config, {GptqLite: None, LateQat: QatConfig(threshold=0.6), GraphCount: None})
     quantizer = host.first("golf_quantizer", config=config)
     model = build_model(config, host, quantizer)
@@ -182,14 +187,14 @@ def test_compiled_trainer_compiles_both_states_in_warm_up_and_never_again():
     graphs = [g for g, _ in GraphCount.seen]
     assert [on for _, on in GraphCount.seen] == [False, False, True, True]
     assert graphs[0] >= 2 and len(set(graphs)) == 1  # both states compiled before step 1; none after
-    compiled = torch.compile(model.logits, fullgraph=True)
+    compiled = inductor_compile(model.logits, fullgraph=True)
     tokens = torch.randint(0, 64, (2, 16))
     with torch.no_grad():
         for on in (True, False):
             set_enabled(model, on)
             assert torch.allclose(compiled(tokens), model.logits(tokens), atol=1e-5)
     w = model.layers[1].up.detach()
-    assert torch.equal(torch.compile(quantizer.fake_quantize, fullgraph=True)(w), quantizer.fake_quantize(w))
+    assert torch.equal(inductor_compile(quantizer.fake_quantize, fullgraph=True)(w), quantizer.fake_quantize(w))
 
 
 def test_trains_through_the_trainer_with_int6_qat():
