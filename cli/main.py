@@ -217,8 +217,9 @@ def bench(
     second_label = f"{against or recipe} {changes}".strip()
     out = run_compare(first, second, available, steps=steps, warmup=warmup, peak_tflops=peak_tflops)
     _figure_table(f"golf bench --compare ({out['first']['device']})", {str(recipe): out["first"], second_label: out["second"]})
+    typer.echo(f"first: {recipe}\nsecond: {second_label}")
     for key, ratio in out["ratios"].items():
-        console.print(f"{key} (second / first): {ratio:.3f}")
+        typer.echo(f"{key} (second / first): {ratio:.3f}")
 
 
 def _figure_table(title: str, columns: dict[str, dict]) -> None:

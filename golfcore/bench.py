@@ -4,7 +4,9 @@ a run spends its time in, and side by side against another recipe or plugin set.
 Regimes: "full" (lr scale 1: late QAT off, CROWN-Q off) and "warmdown" (lr scale 0.1, every
 compile switch on: late QAT and CROWN-Q both run). Each is timed separately after the
 trainer's own compile warm-up; step time is the median of the timed steps (robust to a busy
-machine).
+machine). On CPU the process's CPU time per step is reported too: on a shared machine the
+wall time mostly measures the other processes, the CPU time the step's own work (run with
+OMP_NUM_THREADS=1 so idle threads spinning are not counted).
 
 FLOPs per token, training (forward + backward = 3x forward):
   PaLM convention: 6 x (matmul parameters a token passes through, repeated layers counted per
@@ -83,16 +85,18 @@ class Bench:
         self.model.train()
         self.trainer.warm_up()
         self.times: dict[str, list[float]] = {regime: [] for regime in REGIMES}
+        self.cpu_times: dict[str, list[float]] = {regime: [] for regime in REGIMES}  # this process's CPU seconds
 
     def timed_step(self, regime: str) -> None:
         for m in compile_switches(self.model):
             m.compile_switch = regime == "warmdown"
         sync = torch.cuda.synchronize if self.dist.device.type == "cuda" else (lambda: None)
         sync()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         self.trainer.train_step(len(self.times[regime]), REGIMES[regime])
         sync()
         self.times[regime].append(time.perf_counter() - started)
+        self.cpu_times[regime].append(time.process_time() - cpu_started)
 
     def figures(self, peak_tflops: float | None) -> dict:
         t, world = self.config.train, self.dist.world_size
@@ -112,6 +116,8 @@ class Bench:
             tokens_per_s = t.batch_tokens / step_s
             figures[f"{regime}.steps_timed"] = len(times)
             figures[f"{regime}.step_ms"] = step_s * 1000
+            if self.dist.device.type == "cpu":
+                figures[f"{regime}.cpu_step_ms"] = statistics.median(self.cpu_times[regime]) * 1000
             figures[f"{regime}.tokens_per_s"] = tokens_per_s
             figures[f"{regime}.achieved_tflops"] = fpt * tokens_per_s / 1e12 / world
             for name, f in (("mfu", fpt), ("mfu_causal", fpt_causal)):
@@ -147,4 +153,6 @@ def compare(first: RunConfig, second: RunConfig, available: dict[str, PluginInfo
                 x.timed_step(regime)
     fa, fb = a.figures(peak_tflops), b.figures(peak_tflops)
     ratios = {f"{regime}.step_time_ratio": fb[f"{regime}.step_ms"] / fa[f"{regime}.step_ms"] for regime in REGIMES}
+    if a.dist.device.type == "cpu":
+        ratios |= {f"{regime}.cpu_time_ratio": fb[f"{regime}.cpu_step_ms"] / fa[f"{regime}.cpu_step_ms"] for regime in REGIMES}
     return {"first": fa, "second": fb, "ratios": ratios}

@@ -142,7 +142,7 @@ def test_bench_compare_times_both_and_prints_ratios(tmp_path, pystdlib_root):
     recipe = tiny_recipe(tmp_path, pystdlib_root)
     proc = golf("bench", recipe, "--compare", "--set", "model.num_layers=4", "--steps", "2", "--warmup", "1")
     ratios = dict(line.split(" (second / first): ") for line in proc.stdout.splitlines() if "(second / first)" in line)
-    assert set(ratios) == {"full.step_time_ratio", "warmdown.step_time_ratio"}
+    assert set(ratios) == {f"{regime}.{kind}_time_ratio" for regime in ("full", "warmdown") for kind in ("step", "cpu")}
     assert all(float(r) > 0 for r in ratios.values())
     assert "--set model.num_layers=4" in proc.stdout
     bad = golf("bench", recipe, "--against", recipe, check=False)
