@@ -206,16 +206,21 @@ def eval_(
 @app.command()
 def bench(
     recipe: Annotated[Path, typer.Argument(help="recipe TOML file")],
-    steps: Annotated[int, typer.Option(help="timed optimizer steps")] = 5,
+    steps: Annotated[int, typer.Option(help="timed optimizer steps per regime (full lr scale, warmdown)")] = 5,
     warmup: Annotated[int, typer.Option(help="untimed steps first (compilation)")] = 2,
     peak_tflops: Annotated[Optional[float], typer.Option(help="peak dense TFLOP/s for MFU (default: detected GPU, else none)")] = None,
+    compare: Annotated[bool, typer.Option("--compare", help="time RECIPE as written against RECIPE (or --against) with the overrides, alternating steps")] = False,
+    against: Annotated[Optional[Path], typer.Option(help="with --compare: the second recipe")] = None,
     set_: SetOpt = None,
     with_: WithOpt = None,
     without: WithoutOpt = None,
     plugins_dir: DirsOpt = None,
 ):
-    """A few training steps on synthetic tokens: step time, tokens/s, FLOPs/token, MFU, peak memory."""
+    """Training steps on synthetic tokens: step time, tokens/s, FLOPs/token, MFU (PaLM and causal), peak memory.
+
+    With --compare, the --set/--with/--without overrides apply to the second recipe only."""
     from golf_tools.bench import bench as run_bench
+    from golf_tools.bench import compare as run_compare
 
     if steps < 1:
         raise ConfigError(f"--steps {steps}: must be >= 1")
@@ -223,15 +228,37 @@ def bench(
         raise ConfigError(f"--warmup {warmup}: must be >= 0")
     if peak_tflops is not None and peak_tflops <= 0:
         raise ConfigError(f"--peak-tflops {peak_tflops}: must be > 0")
-    available, config = _load(recipe, set_, with_, without, plugins_dir)
-    figures = run_bench(config, available, steps=steps, warmup=warmup, peak_tflops=peak_tflops)
-    table = Table(title=f"golf bench {recipe} ({figures['device']})")
+    if against and not compare:
+        raise GolfError("--against needs --compare")
+    if not compare:
+        available, config = _load(recipe, set_, with_, without, plugins_dir)
+        figures = run_bench(config, available, steps=steps, warmup=warmup, peak_tflops=peak_tflops)
+        _figure_table(f"golf bench {recipe} ({figures['device']})", {"value": figures})
+        return
+    available, first = _load(recipe, None, None, None, plugins_dir)
+    _, second = _load(against or recipe, set_, with_, without, plugins_dir)
+    changes = " ".join([*(f"--set {s}" for s in set_ or []), *(f"--with {w}" for w in with_ or []), *(f"--without {w}" for w in without or [])])
+    second_label = f"{against or recipe} {changes}".strip()
+    out = run_compare(first, second, available, steps=steps, warmup=warmup, peak_tflops=peak_tflops)
+    _figure_table(f"golf bench --compare ({out['first']['device']})", {str(recipe): out["first"], second_label: out["second"]})
+    typer.echo(f"first: {recipe}\nsecond: {second_label}")
+    for key, ratio in out["ratios"].items():
+        typer.echo(f"{key} (second / first): {ratio:.3f}")
+
+
+def _figure_table(title: str, columns: dict[str, dict]) -> None:
+    table = Table(title=title)
     table.add_column("figure")
-    table.add_column("value", justify="right")
-    for key, value in figures.items():
-        if isinstance(value, float):
-            value = f"{value:,.1f}" if abs(value) >= 100 else f"{value:.4g}"
-        table.add_row(key, str(value))
+    for name in columns:
+        table.add_column(name, justify="right")
+    for key in next(iter(columns.values())):
+        cells = []
+        for figures in columns.values():
+            value = figures.get(key, "")
+            if isinstance(value, float):
+                value = f"{value:,.1f}" if abs(value) >= 100 else f"{value:.4g}"
+            cells.append(str(value))
+        table.add_row(key, *cells)
     console.print(table)
 
 

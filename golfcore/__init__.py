@@ -26,7 +26,7 @@ from .params import declare, float_params, param_specs, spec_of
 from .plugins import Plugin
 
 # building blocks plugins reuse
-from .artifact import CLIP_PERCENTILE, Int8Quantizer, fp16_round, row_quantile, to_float16
+from .artifact import CLIP_PERCENTILE, Int8Quantizer, fp16_round, row_quantiles, to_float16
 from .data import BOS_ID
 from .model import Rotary, rms_norm
 
@@ -34,5 +34,5 @@ __all__ = [
     "BOS_ID", "CLIP_PERCENTILE", "Compressor", "ComplianceError", "ConfigError", "EvalAdapter", "EvalContext",
     "ForwardContext", "GolfError", "Int8Quantizer", "LayerInfo", "LayerSelection", "Plugin", "Quantizer", "Rotary",
     "RunConfig", "Section", "declare", "float_params", "fp16_round", "hookimpl", "option", "param_specs", "rms_norm",
-    "row_quantile", "spec_of", "to_float16",
+    "row_quantiles", "spec_of", "to_float16",
 ]

@@ -159,6 +159,9 @@ class OptimSection(Section):
     muon_momentum_warmup_steps: int = option(500, "steps of linear momentum warm-up")
     muon_backend_steps: int = option(5, "Newton-Schulz iterations")
     muon_weight_decay: float = option(0.0, "decoupled weight decay for Muon matrices: W *= 1 - lr*wd")
+    muon_ns_dtype: Literal["auto", "bfloat16", "float32"] = option(
+        "auto", "Newton-Schulz matmul dtype; auto = bfloat16 on CUDA (as the reference), float32 on CPU (bf16 matmuls are slow there)"
+    )
     adam_beta1: float = option(0.9, "Adam beta1")
     adam_beta2: float = option(0.95, "Adam beta2")
     adam_eps: float = option(1e-8, "Adam epsilon")
@@ -192,6 +195,9 @@ class TrainSection(Section):
     )
     max_loss_spike: float = option(
         0.0, "stop as diverged when a logged train loss exceeds this factor times the mean of the 10 logged before it (0 = off)"
+    )
+    activation_dtype: Literal["auto", "bfloat16", "float32"] = option(
+        "auto", "dtype of the embedding output and residual stream (weights stay fp32); auto = bfloat16 on CUDA, float32 on CPU"
     )
 
     def check(self) -> None:

@@ -184,6 +184,8 @@ class DistributedTokenLoader:
         span = local_tokens + 1
         chunk = self.stream.take(span * self.world_size)  # (world_size * span,)
         local = torch.from_numpy(chunk[self.rank * span : (self.rank + 1) * span].astype(np.int64))  # (span,)
+        if self.device.type == "cuda":  # pinned: the copy below runs while the GPU still works on the last batch
+            local = local.pin_memory()
         x = local[:-1].view(-1, seq_len)
         y = local[1:].view(-1, seq_len)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

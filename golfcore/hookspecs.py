@@ -135,8 +135,10 @@ def golf_sublayer_input_scale(config: RunConfig, layer: LayerInfo) -> float | No
 def golf_weight_transform(config: RunConfig, quantizer: Quantizer) -> nn.Module | None:
     """Called once at build time. Return a module `(w[out,in]) -> w'` applied to every block
     matrix the exporter quantizes, each time it is used (e.g. straight-through fake
-    quantization on `quantizer`'s grid). Its switches must be tensors (buffers), not Python
-    flags, so a compiled graph honours them. First result wins."""
+    quantization on `quantizer`'s grid). A switch is an instance attribute `compile_switch: bool`
+    that the forward branches on: torch.compile guards on it (one graph per state) and the
+    trainer's compile warm-up runs both states (`golfcore.train.compile_switches`). First
+    result wins."""
 
 
 @hookspec

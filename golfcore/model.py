@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import causal_attention
 from .config import ModelSection
 from .contract import ForwardContext, LayerInfo
 from .params import declare
@@ -117,9 +118,7 @@ class Block(nn.Module):
             v = transform(v, ctx)
         q = self.rotary(rms_norm(q)) * self.q_gain.to(q.dtype)[:, None]
         k = self.rotary(rms_norm(k))
-        y = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True
-        ).transpose(1, 2)  # [B,T,H,D]; default scale 1/sqrt(D)
+        y = causal_attention(q, k, v)  # [B,T,H,D]; scale 1/sqrt(D)
         for transform in self.output_transforms:
             y = transform(y, v, x, ctx)
         return F.linear(y.reshape(B, T, -1), W(w.o))
@@ -134,6 +133,8 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    activation_dtype = torch.float32  # of the embedding output and residual stream; the session sets [train] activation_dtype
+
     def __init__(
         self,
         cfg: ModelSection,
@@ -164,6 +165,7 @@ class GPT(nn.Module):
         x = rms_norm(x)
         for transform in self.embedding_transforms:
             x = transform(x, tokens)
+        x = x.to(self.activation_dtype)  # bf16 as the reference's residual stream; weights stay fp32
         x0 = x
         ctx = ForwardContext(tokens)
         skips: list[Tensor] = []

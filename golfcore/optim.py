@@ -5,12 +5,15 @@ Groups come from each parameter's declaration (`golfcore.params`), never from it
 `scalar_lr` (docs/techniques.md §0). Every param group records `base_lr` so the trainer's
 schedule is one multiplication (`apply_lr_scale`).
 
+Speed, as the challenge's Parallel Muon (docs/techniques.md §3.7): matrices of one shape are stacked and
+orthogonalised by one batched Newton–Schulz (4 shapes instead of 66 matrices in the #733
+model), in `[optim] muon_ns_dtype` (bf16 on CUDA), compiled when the run compiles.
+
 Distributed training: the trainer all-reduces gradients first, then clips (`clip_grad_norm`
-sees the global-batch norm, fixing D17), then steps. Muon then computes the update of every
-matrix redundantly on every process. The challenge's Parallel Muon (docs/techniques.md §3.7) shards
-Newton–Schulz across ranks with reduce-scatter/all-gather to save ~2 ms/step; golf trades
-that for an optimizer that needs no communication and gives bit-identical weights on
-every rank by construction.
+sees the global-batch norm, fixing D17), then steps. Every rank keeps the same momentum
+buffers (the gradients are identical), but each orthogonalises only its share of each
+shape's stack; the shares are all-gathered, so every rank applies the same updates and the
+weights stay identical on every rank.
 """
 
 from __future__ import annotations
@@ -30,14 +33,16 @@ after 5 steps singular values land in roughly [0.68, 1.2] instead of exactly 1, 
 singular values below ~0.3% of the Frobenius norm, which stay smaller."""
 
 
-def zeropower_newton_schulz(g: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
-    """Approximately U·Vᵀ for g = U·S·Vᵀ, on the last two dims of `g` ([..., m, n]).
+def zeropower_newton_schulz(g: Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype | None = None) -> Tensor:
+    """Approximately U·Vᵀ for g = U·S·Vᵀ, on the last two dims of `g` ([..., m, n]): a stack of
+    matrices is orthogonalised in one batched iteration.
 
-    bf16 on CUDA (speed; the iteration is self-correcting), float32 on CPU (bf16 matmuls
-    are slow there). Returns g's dtype. A zero `g` gives zeros (eps guards the division).
+    Computed in `dtype`; None = bf16 on CUDA (speed; the iteration is self-correcting),
+    float32 on CPU (bf16 matmuls are slow there). Returns g's dtype. A zero `g` gives zeros
+    (eps guards the division).
     """
     a, b, c = NS_COEFFS
-    x = g.bfloat16() if g.is_cuda else g.float()
+    x = g.to(dtype or (torch.bfloat16 if g.is_cuda else torch.float32))
     transposed = g.size(-2) > g.size(-1)
     if transposed:
         x = x.mT  # [..., n, m] with n < m: X·Xᵀ is the smaller Gram matrix
@@ -59,6 +64,11 @@ class Muon(torch.optim.Optimizer):
         W -= lr·√max(1, rows/cols)·NS(u)
     The √(rows/cols) factor keeps the per-element update size comparable between tall
     and wide matrices (NS(u) has unit singular values, so tall ones get smaller entries).
+
+    NS runs once per shape on the stack of that shape's matrices, in `ns_dtype`, compiled
+    with `compile`. With `world_size` > 1 (torch.distributed initialised, gradients already
+    all-reduced), rank r orthogonalises the r-th share of each stack and the shares are
+    all-gathered.
     """
 
     def __init__(
@@ -69,6 +79,10 @@ class Muon(torch.optim.Optimizer):
         nesterov: bool = True,
         backend_steps: int = 5,
         weight_decay: float = 0.0,
+        ns_dtype: torch.dtype | None = None,
+        compile: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, backend_steps=backend_steps, weight_decay=weight_decay)
         super().__init__(params, defaults)
@@ -76,6 +90,21 @@ class Muon(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.ndim != 2:
                     raise ValueError(f"Muon takes 2-D matrices; got a parameter of shape {tuple(p.shape)}")
+        self.ns_dtype = ns_dtype
+        self.rank, self.world_size = rank, world_size
+        self._newton_schulz = torch.compile(zeropower_newton_schulz, dynamic=False) if compile else zeropower_newton_schulz
+
+    def _orthogonalize(self, u: Tensor, steps: int) -> Tensor:
+        """NS of a stack u [n, rows, cols]; with several ranks each does ceil(n / world) of them."""
+        if self.world_size == 1:
+            return self._newton_schulz(u, steps, dtype=self.ns_dtype)
+        n = u.size(0)
+        share = -(-n // self.world_size)
+        padded = torch.cat((u, u.new_zeros(share * self.world_size - n, *u.shape[1:])))  # zeros orthogonalise to zeros
+        mine = self._newton_schulz(padded[self.rank * share : (self.rank + 1) * share], steps, dtype=self.ns_dtype)
+        shares = [torch.empty_like(mine) for _ in range(self.world_size)]
+        torch.distributed.all_gather(shares, mine.contiguous())
+        return torch.cat(shares)[:n]
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -85,28 +114,44 @@ class Muon(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(g)
-                buf = state["momentum_buffer"]
-                buf.mul_(momentum).add_(g)
-                u = g.add(buf, alpha=momentum) if group["nesterov"] else buf
-                x = zeropower_newton_schulz(u, steps=group["backend_steps"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            for p in params:
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
+            bufs = [self.state[p]["momentum_buffer"] for p in params]
+            torch._foreach_mul_(bufs, momentum)
+            torch._foreach_add_(bufs, grads)
+            updates = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
+            by_shape: dict[tuple, list[int]] = {}
+            for i, p in enumerate(params):
+                by_shape.setdefault(tuple(p.shape), []).append(i)
+            for (rows, cols), members in by_shape.items():
+                ortho = self._orthogonalize(torch.stack([updates[i] for i in members]), group["backend_steps"])  # [n, rows, cols]
                 if wd:
-                    p.mul_(1 - lr * wd)
-                p.add_(x.to(p.dtype), alpha=-lr * math.sqrt(max(1.0, p.size(0) / p.size(1))))
+                    torch._foreach_mul_([params[i] for i in members], 1 - lr * wd)
+                scale = -lr * math.sqrt(max(1.0, rows / cols))
+                for i, x in zip(members, ortho):
+                    params[i].add_(x.to(params[i].dtype), alpha=scale)
         return loss
 
 
-def build_optimizers(model: nn.Module, optim: OptimSection) -> list[torch.optim.Optimizer]:
+def ns_dtype_for(optim: OptimSection, device: torch.device) -> torch.dtype:
+    """`[optim] muon_ns_dtype` resolved: auto = bf16 on CUDA, fp32 elsewhere."""
+    if optim.muon_ns_dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, optim.muon_ns_dtype)
+
+
+def build_optimizers(model: nn.Module, optim: OptimSection, compile: bool = False, rank: int = 0,
+                     world_size: int = 1) -> list[torch.optim.Optimizer]:
     """Muon for "matrix" parameters, one AdamW with an "embed" and a "scalar" group.
 
     Empty groups are left out (a model with no matrices gets no Muon). Raises ValueError
-    for an undeclared parameter or a "matrix" parameter that is not 2-D.
+    for an undeclared parameter or a "matrix" parameter that is not 2-D. `compile`, `rank`
+    and `world_size` go to Muon (compiled Newton–Schulz, sharded across ranks).
     """
     params = dict(model.named_parameters())
     by_group: dict[str, list[nn.Parameter]] = {"matrix": [], "embed": [], "scalar": []}
@@ -125,6 +170,10 @@ def build_optimizers(model: nn.Module, optim: OptimSection) -> list[torch.optim.
                 momentum=muon_momentum_at(0, optim),
                 backend_steps=optim.muon_backend_steps,
                 weight_decay=optim.muon_weight_decay,
+                ns_dtype=ns_dtype_for(optim, by_group["matrix"][0].device),
+                compile=compile,
+                rank=rank,
+                world_size=world_size,
             )
         )
     adam_groups = [

@@ -36,7 +36,7 @@ from .assemble import build_model, check_config
 from .model import GPT, count_parameters
 from .params import param_specs
 from .plugins import Host, PluginInfo
-from .train import Dist, Trainer, autocast_for, setup_dist, should_compile
+from .train import Dist, Trainer, activation_dtype_for, autocast_for, setup_dist, should_compile
 
 ARTIFACT_NAME = "model.golf"
 RECIPE_NAME = "recipe.toml"
@@ -172,7 +172,9 @@ class Session:
         return corpus
 
     def build_model(self) -> GPT:
-        return build_model(self.config, self.host, self.quantizer).to(self.dist.device)
+        model = build_model(self.config, self.host, self.quantizer).to(self.dist.device)
+        model.activation_dtype = activation_dtype_for(self.config, self.dist.device)
+        return model
 
     def plugin_modules(self) -> list:
         return [self.available[name].module for name in self.config.plugins]
@@ -190,7 +192,7 @@ class Session:
         forward = torch.compile(model.logprobs, fullgraph=True) if should_compile(self.config, self.dist.device) else model.logprobs
 
         def fn(tokens: torch.Tensor) -> torch.Tensor:
-            with autocast_for(self.dist.device):
+            with autocast_for(self.dist.device, model.activation_dtype):
                 return forward(tokens.to(self.dist.device)).float()
 
         return fn
@@ -206,7 +208,7 @@ class Session:
             vocab_size=self.config.model.vocab_size, num_targets=val_tokens.numel() - 1,
             chunk_tokens=self.config.eval.chunk_tokens, seq_len=self.config.eval_seq_len,
             rank=self.dist.rank, world_size=self.dist.world_size, device=self.dist.device,
-            compile=should_compile(self.config, self.dist.device), autocast=lambda: autocast_for(self.dist.device),
+            compile=should_compile(self.config, self.dist.device), autocast=lambda: autocast_for(self.dist.device, model.activation_dtype),
         )
         for adapter in adapters:
             adapter.start(model, ctx)
@@ -351,6 +353,7 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
     trainer = Trainer(config, model, session.host, session.quantizer, loader, dist, validate, log.record,
                       progress=progress_factory("train", config.train.iterations),
                       checkpoints=checkpoints)
+    log.line("execution: " + " ".join(f"{k}:{v}" for k, v in trainer.execution.items()))
     resume = checkpoints.load(dist.device) if checkpoints and checkpoints.exists() else None
     if resuming and resume is None:
         log.line("resuming: no checkpoint, training from step 0")
@@ -396,6 +399,7 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
         "tokens": outcome.tokens,
         "stopped_by": outcome.stopped_by,
         "train_seconds": outcome.train_seconds,
+        "execution": outcome.execution,
         "eval_seconds": sum(s["eval_seconds"] for s in stages.values()),
         "model_params": count_parameters(model),
         "artifact": {"model_bytes": art.model_bytes, "code_bytes": art.code_bytes, "total_bytes": art.total_bytes,

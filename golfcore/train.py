@@ -8,6 +8,12 @@ flagged on the device every step and read with the logged loss, so a diverged ru
 one logging interval without a host sync per step. Checkpoints (`train.checkpoint_every`) hold
 the whole training state; SIGTERM/SIGINT stop every rank at the same step boundary (the stop
 flag travels with the all-reduced clock), write a checkpoint and exit with code 75.
+
+The host waits for the device only when it must: the loss is read on logging steps, the clock
+is measured (and agreed across ranks) every CLOCK_SYNC_EVERY steps, on logging and validation
+steps and on every step near the cap, and estimated from the agreed step time in between.
+Meanwhile the host prepares the next micro-batch (pinned memory, non-blocking copy) while the
+device still works on the previous one.
 """
 
 from __future__ import annotations
@@ -27,10 +33,14 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from .config import RunConfig
+from .attention import attention_kernel
 from .checkpoint import Checkpoints, load_model_state, model_state, rng_state, set_rng_state
 from .errors import ConfigError, DivergedError, TrainingInterrupted
-from .optim import apply_lr_scale, build_optimizers, clip_grad_norm, muon_momentum_at, set_muon_momentum
+from .optim import apply_lr_scale, build_optimizers, clip_grad_norm, muon_momentum_at, ns_dtype_for, set_muon_momentum
 from .plugins import Host
+
+CLOCK_SYNC_EVERY = 10
+"""Steps between exact clock readings (a device sync and, with several ranks, an all-reduce)."""
 
 
 @dataclass
@@ -67,11 +77,27 @@ def setup_dist(device_pref: str) -> Dist:
     return Dist(rank, world_size, local_rank, device)
 
 
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA (weights stay fp32, as the challenge's CastedLinear); fp32 on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def activation_dtype_for(config: RunConfig, device: torch.device) -> torch.dtype:
+    """`[train] activation_dtype` resolved: auto = bf16 on CUDA (as the reference), fp32 on CPU."""
+    choice = config.train.activation_dtype
+    if choice == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, choice)
+
+
+def autocast_for(device: torch.device, activation_dtype: torch.dtype = torch.float32):
+    """bf16 autocast on CUDA (weights stay fp32, as the challenge's CastedLinear); on CPU only
+    with bf16 activations (CPU bf16 matmuls are slow; fp32 is the CPU default)."""
+    if device.type == "cuda" or activation_dtype == torch.bfloat16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def compile_switches(model: nn.Module) -> list[nn.Module]:
+    """Modules holding a Python-level switch the forward branches on (`compile_switch: bool`,
+    e.g. late QAT's FakeQuantize). torch.compile guards on it and keeps one graph per state."""
+    found = {id(m): m for m in model.modules() if isinstance(getattr(m, "compile_switch", None), bool)}
+    return list(found.values())
 
 
 def lr_scale_at(config: RunConfig, step: int, elapsed_ms: float) -> float:
@@ -126,6 +152,7 @@ def micro_batches_per_rank(config: RunConfig, world_size: int) -> tuple[int, str
 
 
 SPIKE_WINDOW = 10  # logged losses a spike is measured against
+NO_BAD_STEP = 2**62  # first_bad_step while every step was finite (the all-reduce takes the MIN)
 
 
 class StopSignals:
@@ -159,7 +186,53 @@ class TrainOutcome:
     train_seconds: float
     stopped_by: str  # "iterations" or "wallclock"
     last_train_loss: float
+    execution: dict  # how the steps ran: compiled, activation dtype, attention kernel, Muon's NS
     resumed_from: int = 0  # the checkpoint's step, 0 for a run trained from the start
+
+
+class TrainClock:
+    """Training time that every rank agrees on, without a blocking exchange every step.
+
+    `measure` syncs the device and takes the slowest rank's time (so every rank computes the
+    same lr scale and stops at the same step); `estimate` extrapolates the last agreed
+    reading by the agreed mean step time, which is the same on every rank without talking."""
+
+    def __init__(self, dist: Dist):
+        self.dist = dist
+
+    def start(self, step: int = 0, elapsed_ms: float = 0.0) -> None:
+        """Start the clock at `step` with `elapsed_ms` already trained (a resumed run continues its clock)."""
+        self._sync()
+        self.started = time.perf_counter() - elapsed_ms / 1000
+        self.last_step, self.last_ms = step, elapsed_ms
+
+    def pause(self, seconds: float) -> None:
+        self.started += seconds
+
+    def _sync(self) -> None:
+        if self.dist.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def measure(self, step: int, stop_requested: bool = False) -> tuple[float, bool]:
+        """(training ms so far, whether to stop), the same on every rank: the slowest rank's time,
+        and a stop signal seen by any rank (it travels with the clock, so all ranks stop together)."""
+        self._sync()
+        elapsed, stop = (time.perf_counter() - self.started) * 1000, stop_requested
+        if self.dist.world_size > 1:
+            agreed = torch.tensor([elapsed, float(stop_requested)], dtype=torch.float64, device=self.dist.device)
+            torch_dist.all_reduce(agreed, op=torch_dist.ReduceOp.MAX)
+            elapsed, flag = agreed.tolist()
+            stop = flag > 0
+        self.last_step, self.last_ms = step, elapsed
+        return elapsed, stop
+
+    def estimate(self, step: int) -> float:
+        return self.last_ms + (step - self.last_step) * self.last_ms / max(self.last_step, 1)
+
+    def due(self, step: int, cap_ms: float) -> bool:
+        """Measure now? Every CLOCK_SYNC_EVERY steps, and every step once the cap is that close."""
+        near_cap = self.estimate(step + CLOCK_SYNC_EVERY) >= cap_ms
+        return near_cap or step - self.last_step >= CLOCK_SYNC_EVERY
 
 
 class Trainer:
@@ -179,36 +252,30 @@ class Trainer:
         self.on_log = on_log
         self.progress = progress
         self.checkpoints = checkpoints
-        self.optimizers = host.first("golf_optimizers", model=model, config=config) or build_optimizers(model, config.optim)
+        compile = should_compile(config, dist.device)
+        self.optimizers = host.first("golf_optimizers", model=model, config=config) or build_optimizers(
+            model, config.optim, compile=compile, rank=dist.rank, world_size=dist.world_size)
         self.penalties = host.collect("golf_loss_penalty", model=model, config=config, quantizer=quantizer)
-        compiled = torch.compile(model, fullgraph=True) if should_compile(config, dist.device) else model
+        self.activation_dtype = activation_dtype_for(config, dist.device)
+        self.execution = {
+            "compiled": compile,
+            "activation_dtype": str(self.activation_dtype).removeprefix("torch."),
+            "attention": attention_kernel(dist.device, torch.bfloat16 if dist.device.type == "cuda" else self.activation_dtype),
+            "muon_ns_dtype": str(ns_dtype_for(config.optim, dist.device)).removeprefix("torch."),
+            "muon_sharded_over": dist.world_size,
+        }
+        self.clock = TrainClock(dist)
+        compiled = torch.compile(model, fullgraph=True) if compile else model
         if dist.world_size > 1:
             device_ids = [dist.device.index] if dist.device.type == "cuda" else None
             compiled = nn.parallel.DistributedDataParallel(compiled, device_ids=device_ids, broadcast_buffers=False)
         self.forward = compiled
         self.loader = loader  # next_batch(global_tokens, seq_len, micro_batches_per_rank) -> (x, y); reset(); state()/restore() to checkpoint
-        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=dist.device)  # first non-finite step, -1 = none
+        self.first_bad_step = torch.full((), NO_BAD_STEP, dtype=torch.int64, device=dist.device)  # first non-finite step on this rank
         self.logged_losses: deque[float] = deque(maxlen=SPIKE_WINDOW)
 
-    def _sync(self) -> None:
-        if self.dist.device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def _clock(self, started: float, stop_requested: bool) -> tuple[float, bool]:
-        """(training ms so far, whether to stop), the same on every rank: the slowest rank's time,
-        so every rank computes the same lr scale and stops at the same step under the wallclock
-        cap, and a stop signal seen by any rank, so all ranks stop together and none hangs."""
-        self._sync()
-        elapsed = (time.perf_counter() - started) * 1000
-        if self.dist.world_size > 1:
-            agreed = torch.tensor([elapsed, float(stop_requested)], dtype=torch.float64, device=self.dist.device)
-            torch_dist.all_reduce(agreed, op=torch_dist.ReduceOp.MAX)
-            elapsed, stop = agreed.tolist()
-            return elapsed, stop > 0
-        return elapsed, stop_requested
-
-    def _step(self, step: int, lr_scale: float) -> torch.Tensor:
-        """One optimizer step; returns the mean loss over the global batch as a device scalar."""
+    def train_step(self, step: int, lr_scale: float) -> torch.Tensor:
+        """One optimizer step; returns this rank's mean micro-batch loss, still on the device."""
         t, ddp = self.config.train, self.dist.world_size > 1
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
@@ -217,7 +284,7 @@ class Trainer:
             x, y = self.loader.next_batch(t.batch_tokens, t.seq_len, self.accum)
             sync = nullcontext() if (not ddp or micro == self.accum - 1) else self.forward.no_sync()
             with sync:
-                with autocast_for(self.dist.device):
+                with autocast_for(self.dist.device, self.activation_dtype):
                     loss = self.forward(x, y)
                 objective = loss
                 for penalty in self.penalties:
@@ -229,19 +296,20 @@ class Trainer:
         grad_norm = clip_grad_norm(self.model, self.config.optim.grad_clip_norm)
         for opt in self.optimizers:
             opt.step()
-        mean_loss = total / self.accum
-        if ddp:
-            torch_dist.all_reduce(mean_loss, op=torch_dist.ReduceOp.AVG)
         # on the device, no sync: remember the first step whose loss or gradient norm is not finite
+        mean_loss = total / self.accum
         finite = torch.isfinite(mean_loss) & torch.isfinite(grad_norm)
-        self.first_bad_step = torch.where(~finite & (self.first_bad_step < 0), step + 1, self.first_bad_step)
+        self.first_bad_step = torch.where(~finite & (self.first_bad_step == NO_BAD_STEP), step + 1, self.first_bad_step)
         return mean_loss
 
     def _check_health(self, step: int, loss: float | None = None) -> None:
-        """Raise DivergedError if any step so far was non-finite, or `loss` (a logged loss) spiked.
-        Every rank sees the same all-reduced loss and norm, so every rank raises at the same step."""
-        bad = int(self.first_bad_step)
-        if bad >= 0:
+        """Raise DivergedError if any step so far was non-finite on any rank, or `loss` (a logged,
+        all-reduced loss) spiked. Called at the same steps on every rank, so all raise together."""
+        first_bad = self.first_bad_step.clone()
+        if self.dist.world_size > 1:
+            torch_dist.all_reduce(first_bad, op=torch_dist.ReduceOp.MIN)
+        bad = int(first_bad)
+        if bad != NO_BAD_STEP:
             raise DivergedError(f"training diverged at step {bad}: the train loss or gradient norm is not finite "
                                 f"(seen at step {step})", bad)
         factor = self.config.train.max_loss_spike
@@ -254,21 +322,36 @@ class Trainer:
                                     f"of the {SPIKE_WINDOW} logged before it (train.max_loss_spike = {factor:g})", step)
         self.logged_losses.append(loss)
 
-    def _warmup(self) -> None:
-        """Run warm-up steps (they trigger compilation), then restore model, optimizers and data."""
+    def _read_loss(self, loss: torch.Tensor) -> float:
+        """The mean loss over ranks as a float: a host sync (and an all-reduce), so only when logged."""
+        if self.dist.world_size > 1:
+            torch_dist.all_reduce(loss, op=torch_dist.ReduceOp.AVG)
+        return float(loss)
+
+    def warm_up(self) -> None:
+        """Run warm-up steps (they trigger compilation), then restore model, optimizers and data.
+
+        The last warm-up step runs with every compile switch flipped (late QAT on), so the graph
+        of each state is compiled here and switching mid-run recompiles nothing."""
         n = self.config.train.warmup_steps
         if n == 0:
             return
         model_state_before = copy.deepcopy(self.model.state_dict())
         optim_states = [copy.deepcopy(opt.state_dict()) for opt in self.optimizers]
+        switches = compile_switches(self.model)
         for step in range(n):
-            self._step(step, 1.0)
+            flip = n > 1 and step == n - 1
+            for m in switches if flip else ():
+                m.compile_switch = not m.compile_switch
+            self.train_step(step, 1.0)
             self.on_log({"event": "warmup", "step": step + 1, "of": n})
+        for m in switches if n > 1 else ():
+            m.compile_switch = not m.compile_switch
         self.model.load_state_dict(model_state_before)
         for opt, state in zip(self.optimizers, optim_states):
             opt.load_state_dict(state)
         self.loader.reset()
-        self.first_bad_step.fill_(-1)
+        self.first_bad_step.fill_(NO_BAD_STEP)
 
     def state_dict(self, step: int, elapsed_ms: float) -> dict:
         """Everything the loop needs to continue bit-identically after `step` steps."""
@@ -306,27 +389,35 @@ class Trainer:
         t = self.config.train
         every_steps, every_seconds = t.checkpoint_interval
         self.model.train()
-        self._warmup()
+        self.warm_up()
         cap_ms = t.max_wallclock_seconds * 1000 if t.max_wallclock_seconds > 0 else float("inf")
-        elapsed_ms, step, loss, loss_t, stopped_by = 0.0, 0, float("nan"), None, "iterations"
+        elapsed_ms, step, loss, stopped_by = 0.0, 0, None, "iterations"
         if resume is not None:
             step, elapsed_ms = self.load_state_dict(resume)
         resumed_from, last_checkpoint_ms = step, elapsed_ms
-        self._sync()
-        started = time.perf_counter() - elapsed_ms / 1000  # a resumed run's clock continues from its checkpoint
+        self.clock.start(step, elapsed_ms)
         with StopSignals() as signals:
             while step < t.iterations:
                 scale = lr_scale_at(self.config, step, elapsed_ms)
-                loss_t = self._step(step, scale)
+                loss = self.train_step(step, scale)
                 step += 1
                 self.host.call("golf_step_end", model=self.model, step=step, lr_scale=scale)
-                elapsed_ms, stop = self._clock(started, signals.received is not None)
+                logging = step % max(t.log_every, 1) == 0 or step == 1 or step == t.iterations
+                validating = bool(self.validate and t.val_every and step % t.val_every == 0 and step < t.iterations)
+                checkpointing = bool(every_steps and step % every_steps == 0 and step < t.iterations)
+                # alone, a signal is acted on at once; with several ranks, at the next agreed reading
+                signalled = signals.received is not None and self.dist.world_size == 1
+                stop = False
+                if logging or validating or checkpointing or signalled or every_seconds or self.clock.due(step, cap_ms):
+                    elapsed_ms, stop = self.clock.measure(step, signals.received is not None)
+                else:
+                    elapsed_ms = self.clock.estimate(step)
                 if self.progress:
                     self.progress(step, t.iterations)
-                if step % max(t.log_every, 1) == 0 or step == 1 or step == t.iterations:
-                    loss = float(loss_t)
-                    self._check_health(step, loss)
-                    self.on_log({"event": "train", "step": step, "of": t.iterations, "train_loss": loss,
+                if logging:
+                    logged = self._read_loss(loss.clone())
+                    self._check_health(step, logged)
+                    self.on_log({"event": "train", "step": step, "of": t.iterations, "train_loss": logged,
                                  "train_time_ms": elapsed_ms, "step_avg_ms": elapsed_ms / step, "lr_scale": scale})
                 if stop:
                     self._check_health(step)
@@ -338,21 +429,21 @@ class Trainer:
                 if elapsed_ms >= cap_ms:
                     stopped_by = "wallclock"
                     break
-                due = (every_steps and step % every_steps == 0) or (every_seconds and elapsed_ms - last_checkpoint_ms >= every_seconds * 1000)
-                if due and step < t.iterations:
+                if checkpointing or (every_seconds and step < t.iterations and elapsed_ms - last_checkpoint_ms >= every_seconds * 1000):
                     self._check_health(step)  # never checkpoint a diverged state
                     self._save(step, elapsed_ms)
                     last_checkpoint_ms = elapsed_ms
-                if self.validate and t.val_every and step % t.val_every == 0 and step < t.iterations:
+                if validating:
                     self._check_health(step)  # a NaN model would fail the eval's own checks with a less useful error
                     paused = time.perf_counter()
                     val_loss = self.validate(self.model)
                     self.model.train()
-                    started += time.perf_counter() - paused  # the clock does not run during validation
+                    self.clock.pause(time.perf_counter() - paused)  # the clock does not run during validation
                     self.on_log({"event": "val", "step": step, "of": t.iterations, "val_loss": val_loss,
                                  "train_time_ms": elapsed_ms, "step_avg_ms": elapsed_ms / step})
+        elapsed_ms, _ = self.clock.measure(step)
         self._check_health(step)  # a diverged model is never exported
-        loss = float(loss_t) if loss_t is not None else loss
+        last_loss = self._read_loss(loss) if loss is not None else float("nan")
         self.host.call("golf_train_end", model=self.model)
         tokens = step * t.batch_tokens
-        return TrainOutcome(step, tokens, elapsed_ms / 1000, stopped_by, loss, resumed_from)
+        return TrainOutcome(step, tokens, elapsed_ms / 1000, stopped_by, last_loss, dict(self.execution), resumed_from)

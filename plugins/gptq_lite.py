@@ -24,7 +24,6 @@ both are branch-free so they compile with torch.compile(fullgraph=True).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -63,17 +62,9 @@ class GptqLiteQuantizer(golf.Int8Quantizer):
         """(step [rows] fp32 holding fp16 values, differentiable w.r.t. w; chosen candidate index [rows]).
 
         `w` is [rows, cols]. The choice itself is discrete (no gradient); the step is the
-        chosen clip through the sort, like the core's quantile.
+        chosen clip through the top-k values, like the core's quantile.
         """
-        a = w.float().abs().sort(dim=-1).values  # [R, C]
-        n = a.size(-1)
-        clips = []
-        for p in self.percentiles:  # torch.quantile's linear interpolation, as golf.row_quantile
-            pos = p * (n - 1)
-            lo = math.floor(pos)
-            hi = min(lo + 1, n - 1)
-            clips.append(torch.lerp(a[:, lo], a[:, hi], pos - lo))
-        raw = torch.stack(clips) / self.max_level  # [P, R]
+        raw = golf.row_quantiles(w, self.percentiles) / self.max_level  # [P, R]; top-k, not a sort
         steps = raw + (golf.fp16_round(raw.detach()) - raw).detach()  # the stored fp16 steps; gradient of raw
         with torch.no_grad():
             s = steps.detach().unsqueeze(-1)  # [P, R, 1]

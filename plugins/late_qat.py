@@ -1,22 +1,30 @@
 """Late QAT: straight-through fake quantization once the lr scale falls below `threshold`
 (docs/techniques.md §3.9; PR #414 threshold 0.15, carried to #549/#733).
 
-Every block matrix w is used as  w + enabled * (fake_quantize(w) - w).detach(),  where
-fake_quantize is the run's own quantizer (int6 per row with gptq_lite, the core's int8
-otherwise): forward sees exactly the exported weights, backward passes the gradient to w
-unchanged. `enabled` is a non-persistent float buffer (0 or 1) switched between steps in
+Every block matrix w is used as  w + sg(fake_quantize(w) - w)  while QAT is on, and as  w
+itself while it is off, where fake_quantize is the run's own quantizer (int6 per row with
+gptq_lite, the core's int8 otherwise): forward sees exactly the exported weights, backward
+passes the gradient to w unchanged.
+
+The switch costs nothing while off. It is a Python bool, `FakeQuantize.compile_switch`, that
+the forward branches on: off returns w untouched (no quantizer work in the forward, eager or
+compiled), on computes the grid. torch.compile guards on the bool, so a compiled model holds
+one graph per state; the trainer's compile warm-up runs its last step with every such switch
+flipped (the trainer finds them by their `compile_switch` attribute), so both graphs exist before the timed run and
+switching QAT on mid-run recompiles nothing. The switch is flipped between steps in
 golf_step_end (latched on at the first step whose lr scale is below `threshold`; the next
-step trains quantized), so torch.compile treats it as an input and cannot fold it; checkpoints
-save it with the model's buffers, so a resumed run trains quantized from its first step. The price:
-the quantized weights are computed in every forward, also while off (forward only; no
-backward through them).
+step trains quantized), never inside the forward. The plugin's training state is that latch:
+a resumed run switches its model's QAT back on before its first step.
 
 Defects fixed:
 - D3: the reference fake-quantized only `CastedLinear`s (two tiny fp16 tensors) and never
   the bank matrices the exporter quantizes; here the core applies the transform to every
   block matrix, and the grid is the exporter's (the reference used a row-max clip with a
   1/31 floor, not its export's percentile search).
-- 2026-03-21 record: a Python class flag was constant-folded by torch.compile; a buffer is not.
+- 2026-03-21 record: a Python *class* flag was read once and constant-folded into the compiled
+  graph. Here the flag is an instance attribute of a module inside the compiled model, which
+  torch.compile guards on (tests/plugins/test_late_qat.py flips it under a compiled trainer
+  and checks the output follows, with no recompile after warm-up).
 - D3 (reset): the reference never switched QAT off, so TTT trained fake-quantized tensors.
   Each model build gets a new module that starts off, so the model loaded from the artifact
   (eval, TTT) is never fake-quantized.
@@ -27,7 +35,6 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 import golfcore as golf
@@ -43,26 +50,26 @@ class Config(golf.Section):
 
 
 class FakeQuantize(nn.Module):
-    """(w[out,in]) -> w + enabled * sg(quantizer.fake_quantize(w) - w), computed so that the forward
-    value is exactly fake_quantize(w) when on and exactly w when off: (w - sg(w)) is an exact 0
-    carrying the identity gradient, and lerp with weight 1 (or 0) returns its end (or start)
-    exactly, where w + (fq - w) can be off by an ulp."""
+    """(w[out,in]) -> w while off; (w - sg(w)) + quantizer.fake_quantize(sg(w)) while on, whose forward
+    value is exactly fake_quantize(w) ((w - sg(w)) is an exact 0 carrying the identity gradient)."""
 
     def __init__(self, quantizer):
         super().__init__()
         self.quantizer = quantizer
-        self.register_buffer("enabled", torch.zeros(()), persistent=False)
+        self.compile_switch = False  # True = QAT on; a Python bool torch.compile guards on (one graph per state)
 
     def forward(self, w: Tensor) -> Tensor:
+        if not self.compile_switch:
+            return w
         ws = w.detach()
-        return (w - ws) + torch.lerp(ws, self.quantizer.fake_quantize(ws), self.enabled.to(w.dtype))
+        return (w - ws) + self.quantizer.fake_quantize(ws)
 
 
 def set_enabled(model: nn.Module, on: bool) -> int:
     """Switch every late-QAT module of `model`; returns how many there are."""
     modules = {id(m): m for m in model.modules() if isinstance(m, FakeQuantize)}
     for m in modules.values():
-        m.enabled.fill_(1.0 if on else 0.0)
+        m.compile_switch = on
     return len(modules)
 
 
@@ -73,16 +80,30 @@ class LateQat(golf.Plugin):
 
     def __init__(self, config=None):
         super().__init__(config)
+        self.on = False  # latched once the lr scale fell below the threshold
         self._switched: weakref.WeakSet = weakref.WeakSet()  # models already switched on (no per-step module walk)
+        self._transforms: weakref.WeakSet = weakref.WeakSet()  # every FakeQuantize made so far, for a resume
 
     @golf.hookimpl
     def golf_weight_transform(self, config, quantizer):
         if quantizer is None:  # only tests build models without one
             quantizer = golf.Int8Quantizer(config.export.float_max_numel)
-        return FakeQuantize(quantizer)
+        transform = FakeQuantize(quantizer)
+        self._transforms.add(transform)
+        return transform
 
     @golf.hookimpl
     def golf_step_end(self, model, step, lr_scale):
         if lr_scale < self.config.threshold and model not in self._switched:
+            self.on = True
             set_enabled(model, True)
             self._switched.add(model)
+
+    def state_dict(self) -> dict:
+        return {"on": self.on}
+
+    def load_state_dict(self, state: dict) -> None:
+        # called after the training model is built, before any model for evaluation exists
+        self.on = bool(state["on"])
+        for transform in self._transforms:
+            transform.compile_switch = self.on

@@ -19,6 +19,7 @@ from golfcore.artifact import (
     fp16_round,
     pack,
     report,
+    row_quantiles,
     unpack,
 )
 from golfcore.errors import ConfigError, DataError, GolfError
@@ -258,3 +259,31 @@ def test_fp16_round_is_the_float16_cast():
     edges = torch.tensor([0.0, -0.0, 2**-24, 2**-25, 3 * 2**-25, 2**-14, 1.5 * 2**-15, 1 + 2**-11, 1 + 3 * 2**-11, 65504.0, -65504.0])
     for values in (x.clamp(-65504, 65504), edges):
         assert torch.equal(fp16_round(values), values.to(torch.float16).float())
+
+
+def _sorted_quantile(w, q):
+    """The full-sort quantile row_quantiles replaced (linear interpolation between sorted neighbours)."""
+    a = w.float().abs().sort(dim=-1).values
+    pos = q * (a.size(-1) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, a.size(-1) - 1)
+    return torch.lerp(a[..., lo], a[..., hi], pos - lo)
+
+
+@pytest.mark.parametrize("shape", [(7, 512), (3, 5, 100), (4, 1), (2, 3)])
+def test_row_quantiles_top_k_equals_the_full_sort(shape):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(shape, generator=g)
+    w[..., -1] = w[..., 0]  # a tie in every row
+    qs = [0.5, 0.999, 0.9999, CLIP_PERCENTILE / 100, 1.0]
+    got = row_quantiles(w, qs)
+    assert got.shape == (len(qs), *shape[:-1])
+    for i, q in enumerate(qs):
+        assert torch.equal(got[i], _sorted_quantile(w, q)), q
+    # without ties the gradient reaches the same elements as through the sort (with ties, which
+    # of two equal elements is selected is the kernel's choice, for sort as for topk)
+    untied = torch.randn(shape, generator=g)
+    wa, wb = untied.clone().requires_grad_(True), untied.clone().requires_grad_(True)
+    row_quantiles(wa, [0.999]).sum().backward()
+    _sorted_quantile(wb, 0.999).sum().backward()
+    assert torch.equal(wa.grad, wb.grad)

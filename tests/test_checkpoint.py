@@ -116,7 +116,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, shard):
         SignalAt.at = 0
     state = store.load(torch.device("cpu"))
     assert state["step"] == 6 and state["plugins"]["swa"]["count"] > 0
-    assert state["model"][next(k for k in state["model"] if k.endswith("enabled"))].item() == 1.0  # QAT was on
+    assert state["plugins"]["late_qat"] == {"on": True}  # QAT was on, and a resumed run starts with it on
 
     resumed, host, trainer = make(stateful_config(), shard, *classes, checkpoints=store)
     outcome = trainer.run(store.load(torch.device("cpu")))
@@ -140,7 +140,7 @@ def test_plugin_state_round_trips(tmp_path, shard):
     swa, swa2 = host.plugins["swa"], host2.plugins["swa"]
     assert swa2.count == swa.count > 0 and swa2.snapshot_steps == swa.snapshot_steps
     assert all(torch.equal(a, b) for a, b in zip(swa.total, swa2.total))
-    assert all(m.enabled.item() == 1.0 for m in trainer2.model.modules() if isinstance(m, FakeQuantize))
+    assert all(m.compile_switch for m in trainer2.model.modules() if isinstance(m, FakeQuantize))
 
 
 def test_checkpoint_damage_and_mismatch_are_refused_by_name(tmp_path, shard):

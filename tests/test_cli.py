@@ -211,5 +211,18 @@ def test_user_error_in_one_process_is_reported_once_with_its_exit_code(tmp_path,
 def test_bench_prints_figures(tmp_path, pystdlib_root):
     recipe = tiny_recipe(tmp_path, pystdlib_root)
     proc = golf("bench", recipe, "--steps", "2", "--warmup", "1", "--peak-tflops", "1.0")
-    for figure in ("step_ms", "tokens_per_s", "model_tflops_per_token", "mfu", "peak_rss_gib"):
+    for figure in ("full.step_ms", "warmdown.step_ms", "tokens_per_s", "model_tflops_per_token_causal", "full.mfu_causal",
+                   "peak_rss_gib", "attention", "sdpa", "activation_dtype"):
         assert figure in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_compare_times_both_and_prints_ratios(tmp_path, pystdlib_root):
+    recipe = tiny_recipe(tmp_path, pystdlib_root)
+    proc = golf("bench", recipe, "--compare", "--set", "model.num_layers=4", "--steps", "2", "--warmup", "1")
+    ratios = dict(line.split(" (second / first): ") for line in proc.stdout.splitlines() if "(second / first)" in line)
+    assert set(ratios) == {f"{regime}.{kind}_time_ratio" for regime in ("full", "warmdown") for kind in ("step", "cpu")}
+    assert all(float(r) > 0 for r in ratios.values())
+    assert "--set model.num_layers=4" in proc.stdout
+    bad = golf("bench", recipe, "--against", recipe, check=False)
+    assert bad.returncode != 0 and "error: --against needs --compare" in bad.stderr

@@ -89,3 +89,30 @@ def test_seed_makes_builds_identical():
     b = build_model(config, host_with(config), None)
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(p, q), n
+
+
+def test_bf16_activations_keep_the_residual_stream_bf16_with_fp32_weights():
+    from golf_plugins.bigram_hash import BigramHashPlugin
+    from golf_plugins.gated_attention import GatedAttention
+    from golf_plugins.smear_gate import SmearGatePlugin
+    from golf_plugins.value_residual import ValueResidual
+    from golf_plugins.xsa import Xsa
+
+    config = tiny_config()
+    model = build_model(config, host_with(config, BigramHashPlugin, SmearGatePlugin, Xsa, ValueResidual, GatedAttention), None)
+    residual = []
+    for block in model.blocks:
+        block.register_forward_hook(lambda module, args, out: residual.append(out.dtype))
+    tokens = torch.randint(0, 64, (2, 16))
+    model.activation_dtype = torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(tokens, tokens)
+    loss.backward()
+    assert residual == [torch.bfloat16] * len(model.blocks)
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters() if p.grad is not None)
+    residual.clear()
+    model.activation_dtype = torch.float32
+    with torch.no_grad():
+        fp32_loss = model(tokens, tokens)
+    assert residual == [torch.float32] * len(model.blocks)
+    assert abs(loss.item() - fp32_loss.item()) < 0.05  # the same function, at bf16 precision

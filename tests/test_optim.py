@@ -1,7 +1,10 @@
 import math
+import os
+import socket
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from torch import nn
 
 from golfcore.config import OptimSection
@@ -226,3 +229,83 @@ def test_clip_grad_norm_uses_global_norm():
 
 def test_clip_grad_norm_without_grads():
     assert clip_grad_norm(_Tiny(), 1.0).item() == 0.0
+
+
+def _matrices(seed: int = 0) -> list[torch.Tensor]:
+    """Three shapes, with 3, 1 and 2 matrices: uneven shares on 2 ranks, one rank idle for a shape."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(16, 8)] * 3 + [(8, 24)] + [(12, 12)] * 2
+    return [torch.randn(shape, generator=g) for shape in shapes]
+
+
+def _muon_steps(muon_kwargs: dict, steps: int = 3) -> list[torch.Tensor]:
+    params = [nn.Parameter(w) for w in _matrices(0)]
+    opt = Muon(params, lr=0.05, momentum=0.9, weight_decay=0.1, **muon_kwargs)
+    for step in range(steps):
+        for p, g in zip(params, _matrices(step + 1)):
+            p.grad = g
+        opt.step()
+    return [p.detach().clone() for p in params]
+
+
+def test_batched_newton_schulz_equals_one_matrix_at_a_time():
+    stack = torch.stack(_matrices()[:3])  # [3, 16, 8]
+    batched = zeropower_newton_schulz(stack)
+    for i in range(3):
+        assert torch.allclose(batched[i], zeropower_newton_schulz(stack[i]), atol=1e-6)
+
+
+def test_muon_step_equals_the_per_matrix_formula():
+    """The by-shape batched step gives the per-matrix update (momentum, nesterov, decay, NS, √(rows/cols))."""
+    got = _muon_steps({})
+    params = _matrices(0)
+    bufs = [torch.zeros_like(w) for w in params]
+    for step in range(3):
+        for i, g in enumerate(_matrices(step + 1)):
+            bufs[i] = 0.9 * bufs[i] + g
+            u = g + 0.9 * bufs[i]
+            rows, cols = params[i].shape
+            params[i] = params[i] * (1 - 0.05 * 0.1) - 0.05 * math.sqrt(max(1, rows / cols)) * zeropower_newton_schulz(u)
+    for a, b in zip(got, params):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_ns_dtype_is_the_muon_option():
+    bf16 = _muon_steps({"ns_dtype": torch.bfloat16}, steps=1)
+    fp32 = _muon_steps({"ns_dtype": torch.float32}, steps=1)
+    assert all(w.dtype == torch.float32 for w in bf16)
+    diffs = [float((a - b).abs().max()) for a, b in zip(bf16, fp32)]
+    assert 0 < max(diffs) < 0.01  # bf16 rounding shows, but only at its precision (lr 0.05 x ~1e-1)
+    muon, _ = build_optimizers(_Tiny(), OptimSection(muon_ns_dtype="bfloat16"))
+    assert muon.ns_dtype == torch.bfloat16
+    muon, _ = build_optimizers(_Tiny(), OptimSection())
+    assert muon.ns_dtype == torch.float32  # auto on CPU
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sharded_rank(rank, world_size, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        weights = _muon_steps({"rank": rank, "world_size": world_size, "ns_dtype": torch.float32})
+        torch.save(weights, out / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_sharded_newton_schulz_on_two_gloo_processes_equals_one_process(tmp_path):
+    """Each rank orthogonalises its share of every shape's stack and all-gathers the rest: both ranks
+    end with the single-process weights (to 1e-6: each NS runs on a differently sized stack)."""
+    mp.spawn(_sharded_rank, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+    single = _muon_steps({"ns_dtype": torch.float32})
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for i, w in enumerate(single):
+        assert torch.equal(ranks[0][i], ranks[1][i])  # identical on every rank
+        assert torch.allclose(ranks[0][i], w, atol=1e-6), i

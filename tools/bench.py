@@ -1,14 +1,25 @@
-"""`golf bench`: a few real training steps of a recipe's model on synthetic tokens.
+"""`golf bench`: real training steps of a recipe's model on synthetic tokens, in the two regimes
+a run spends its time in, and side by side against another recipe or plugin set.
 
-Figures: step time, tokens/s, model FLOPs per token, MFU against a peak, peak memory.
-FLOPs follow the PaLM convention for training: 6 x (matmul parameters a token passes
-through, counting repeated layers once per use, plus the output head) + 12 x layers x
-H x D x T for attention scores and values (no causal discount).
+Regimes: "full" (lr scale 1: late QAT off, CROWN-Q off) and "warmdown" (lr scale 0.1, every
+compile switch on: late QAT and CROWN-Q both run). Each is timed separately after the
+trainer's own compile warm-up; step time is the median of the timed steps (robust to a busy
+machine). On CPU the process's CPU time per step is reported too: on a shared machine the
+wall time mostly measures the other processes, the CPU time the step's own work (run with
+OMP_NUM_THREADS=1 so idle threads spinning are not counted).
+
+FLOPs per token, training (forward + backward = 3x forward):
+  PaLM convention: 6 x (matmul parameters a token passes through, repeated layers counted per
+  use, plus the output head) + 12 x virtual layers x H x D x T (attention scores and values,
+  every position attending to all T);
+  causal-adjusted: the same with the attention term halved (a causal token attends to T/2
+  positions on average), which is what a causal kernel computes.
 """
 
 from __future__ import annotations
 
 import resource
+import statistics
 import time
 
 import torch
@@ -16,10 +27,12 @@ import torch
 from golfcore.config import RunConfig
 from golfcore.plugins import PluginInfo
 from golfcore.run import Session
-from golfcore.train import Trainer, should_compile
+from golfcore.train import Trainer, compile_switches, should_compile
 
 # bf16 dense peak TFLOP/s by device-name fragment (vendor datasheets).
 PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
+
+REGIMES = {"full": 1.0, "warmdown": 0.1}  # lr scale of each timed regime
 
 
 class SyntheticLoader:
@@ -35,16 +48,19 @@ class SyntheticLoader:
     def next_batch(self, global_tokens: int, seq_len: int, micro_batches_per_rank: int):
         rows = global_tokens // (micro_batches_per_rank * self.world_size * seq_len)
         tokens = torch.randint(0, self.vocab_size, (rows, seq_len + 1), generator=self.generator)
-        tokens = tokens.to(self.device)
+        if self.device.type == "cuda":
+            tokens = tokens.pin_memory()
+        tokens = tokens.to(self.device, non_blocking=True)
         return tokens[:, :-1], tokens[:, 1:]
 
 
-def flops_per_token(model, config: RunConfig) -> float:
+def flops_per_token(model, config: RunConfig, causal: bool = False) -> float:
+    """Training FLOPs per token (module docstring); `causal` halves the attention term."""
     m = config.model
     per_layer = {name: p.numel() for name, p in model.layers[0].named_parameters()}
     matmul = sum(per_layer.values()) * len(model.v2p) + m.vocab_size * m.model_dim
     attention = 12 * len(model.v2p) * m.num_heads * m.head_dim * config.train.seq_len
-    return 6.0 * matmul + attention
+    return 6.0 * matmul + (attention / 2 if causal else attention)
 
 
 def detect_peak_tflops(device: torch.device) -> float | None:
@@ -54,42 +70,89 @@ def detect_peak_tflops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
+class Bench:
+    """One recipe's model and trainer, warmed up, stepped on demand in a given regime."""
+
+    def __init__(self, config: RunConfig, available: dict[str, PluginInfo], warmup: int):
+        self.session = Session(config, available, build_data=False)
+        self.config, self.dist = config, self.session.dist
+        config.train.warmup_steps = warmup
+        config.train.max_wallclock_seconds = 0
+        config.train.val_every = 0
+        self.model = self.session.build_model()
+        loader = SyntheticLoader(config.model.vocab_size, self.dist.device, config.run.seed + self.dist.rank, self.dist.world_size)
+        self.trainer = Trainer(config, self.model, self.session.host, self.session.quantizer, loader, self.dist, None, lambda r: None)
+        self.model.train()
+        self.trainer.warm_up()
+        self.times: dict[str, list[float]] = {regime: [] for regime in REGIMES}
+        self.cpu_times: dict[str, list[float]] = {regime: [] for regime in REGIMES}  # this process's CPU seconds
+
+    def timed_step(self, regime: str) -> None:
+        for m in compile_switches(self.model):
+            m.compile_switch = regime == "warmdown"
+        sync = torch.cuda.synchronize if self.dist.device.type == "cuda" else (lambda: None)
+        sync()
+        started, cpu_started = time.perf_counter(), time.process_time()
+        self.trainer.train_step(len(self.times[regime]), REGIMES[regime])
+        sync()
+        self.times[regime].append(time.perf_counter() - started)
+        self.cpu_times[regime].append(time.process_time() - cpu_started)
+
+    def figures(self, peak_tflops: float | None) -> dict:
+        t, world = self.config.train, self.dist.world_size
+        fpt, fpt_causal = flops_per_token(self.model, self.config), flops_per_token(self.model, self.config, causal=True)
+        peak = peak_tflops or detect_peak_tflops(self.dist.device)
+        figures = {
+            "device": str(self.dist.device) + (f" ({torch.cuda.get_device_name(self.dist.device)})" if self.dist.device.type == "cuda" else ""),
+            "compiled": should_compile(self.config, self.dist.device),
+            **self.trainer.execution,
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "batch_tokens": t.batch_tokens,
+            "model_tflops_per_token": fpt / 1e12,
+            "model_tflops_per_token_causal": fpt_causal / 1e12,
+        }
+        for regime, times in self.times.items():
+            step_s = statistics.median(times)
+            tokens_per_s = t.batch_tokens / step_s
+            figures[f"{regime}.steps_timed"] = len(times)
+            figures[f"{regime}.step_ms"] = step_s * 1000
+            if self.dist.device.type == "cpu":
+                figures[f"{regime}.cpu_step_ms"] = statistics.median(self.cpu_times[regime]) * 1000
+            figures[f"{regime}.tokens_per_s"] = tokens_per_s
+            figures[f"{regime}.achieved_tflops"] = fpt * tokens_per_s / 1e12 / world
+            for name, f in (("mfu", fpt), ("mfu_causal", fpt_causal)):
+                figures[f"{regime}.{name}"] = f * tokens_per_s / world / (peak * 1e12) if peak else "n/a (give --peak-tflops)"
+        if self.dist.device.type == "cuda":
+            figures["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.dist.device) / 2**30
+        else:
+            figures["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        return figures
+
+
 def bench(config: RunConfig, available: dict[str, PluginInfo], steps: int = 5, warmup: int = 2,
           peak_tflops: float | None = None) -> dict:
-    session = Session(config, available, build_data=False)
-    dist = session.dist
-    config.train.warmup_steps = warmup
-    config.train.iterations = steps
-    config.train.max_wallclock_seconds = 0
-    config.train.val_every = 0
-    model = session.build_model()
-    loader = SyntheticLoader(config.model.vocab_size, dist.device, config.run.seed + dist.rank, dist.world_size)
-    records: list[dict] = []
-    trainer = Trainer(config, model, session.host, session.quantizer, loader, dist, None, records.append)
-    if dist.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dist.device)
-    started = time.perf_counter()
-    outcome = trainer.run()
-    wall = time.perf_counter() - started
-    step_s = outcome.train_seconds / outcome.steps
-    tokens_per_s = config.train.batch_tokens / step_s
-    fpt = flops_per_token(model, config)
-    peak = peak_tflops or detect_peak_tflops(dist.device)
-    figures = {
-        "device": str(dist.device) + (f" ({torch.cuda.get_device_name(dist.device)})" if dist.device.type == "cuda" else ""),
-        "compiled": should_compile(config, dist.device),
-        "params": sum(p.numel() for p in model.parameters()),
-        "batch_tokens": config.train.batch_tokens,
-        "steps_timed": outcome.steps,
-        "step_ms": step_s * 1000,
-        "tokens_per_s": tokens_per_s,
-        "model_tflops_per_token": fpt / 1e12,
-        "achieved_tflops": fpt * tokens_per_s / 1e12 / dist.world_size,
-        "mfu": (fpt * tokens_per_s / dist.world_size / (peak * 1e12)) if peak else "n/a (give --peak-tflops)",
-        "wall_s_incl_warmup": wall,
-    }
-    if dist.device.type == "cuda":
-        figures["peak_memory_gib"] = torch.cuda.max_memory_allocated(dist.device) / 2**30
-    else:
-        figures["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return figures
+    """Figures for `steps` timed steps in each regime (full lr scale, then warmdown)."""
+    b = Bench(config, available, warmup)
+    if b.dist.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(b.dist.device)
+    for regime in REGIMES:
+        for _ in range(steps):
+            b.timed_step(regime)
+    return b.figures(peak_tflops)
+
+
+def compare(first: RunConfig, second: RunConfig, available: dict[str, PluginInfo], steps: int = 5, warmup: int = 2,
+            peak_tflops: float | None = None) -> dict:
+    """Two recipes (or plugin sets) stepped alternately in one process, each regime separately, the
+    order swapped every round so neither always runs on a warmer cache; returns both figure sets and
+    second/first step-time ratios."""
+    a, b = Bench(first, available, warmup), Bench(second, available, warmup)
+    for regime in REGIMES:
+        for i in range(steps):
+            for x in ((a, b) if i % 2 == 0 else (b, a)):
+                x.timed_step(regime)
+    fa, fb = a.figures(peak_tflops), b.figures(peak_tflops)
+    ratios = {f"{regime}.step_time_ratio": fb[f"{regime}.step_ms"] / fa[f"{regime}.step_ms"] for regime in REGIMES}
+    if a.dist.device.type == "cpu":
+        ratios |= {f"{regime}.cpu_time_ratio": fb[f"{regime}.cpu_step_ms"] / fa[f"{regime}.cpu_step_ms"] for regime in REGIMES}
+    return {"first": fa, "second": fb, "ratios": ratios}

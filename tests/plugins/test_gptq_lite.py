@@ -192,3 +192,24 @@ def test_no_parameters_added():
     config = tiny_config()
     model = build_model(config, host_with(config, GptqLite), None)
     assert set(param_specs(model)) == set(param_specs(plain))
+
+
+def test_search_with_top_k_equals_the_full_sort_search():
+    """The clip search reads only each row's largest values (topk); steps and choices are those of
+    the full-sort search it replaced, bit for bit."""
+    q = GptqLiteQuantizer(float_max_numel=0)
+    w = outlier_matrix(rows=24, cols=640)
+    a = w.abs().sort(dim=-1).values
+    n = a.size(-1)
+    clips = []
+    for p in q.percentiles:
+        pos = p * (n - 1)
+        lo = int(pos)
+        clips.append(torch.lerp(a[:, lo], a[:, min(lo + 1, n - 1)], pos - lo))
+    raw = torch.stack(clips) / q.max_level
+    steps = raw.half().float()
+    err = (q._levels(w, steps.unsqueeze(-1)) * steps.unsqueeze(-1) - w).square().sum(-1)
+    choice = err.argmin(0)
+    step, got_choice = q._search(w)
+    assert torch.equal(got_choice, choice)
+    assert torch.equal(step, steps.gather(0, choice[None])[0])

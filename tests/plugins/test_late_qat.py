@@ -1,8 +1,10 @@
-"""Late QAT: switched by lr scale through a buffer, exact forward on the exporter's grid with
-straight-through gradients, every quantized matrix reached (D3), off in fresh models, and a
-compiled graph that honours the switch."""
+"""Late QAT: switched by lr scale through a Python switch, free while off (no quantizer work, the
+plain model's output), exact forward on the exporter's grid with straight-through gradients, every
+quantized matrix reached (D3), off in fresh models, and a compiled trainer that honours the switch
+with both graphs compiled during warm-up."""
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -34,7 +36,7 @@ class Watch(golf.Plugin):
     @golf.hookimpl
     def golf_step_end(self, model, step, lr_scale):
         (m,) = qat_modules(model).values()
-        self.seen.append((step, lr_scale, float(m.enabled)))
+        self.seen.append((step, lr_scale, float(m.compile_switch)))
 
 
 def int6_config():
@@ -50,7 +52,7 @@ def test_off_before_the_threshold_on_after():
     host = host_with(config, GptqLite, (LateQat, QatConfig(threshold=0.35)), Watch)
     quantizer = host.first("golf_quantizer", config=config)
     model = build_model(config, host, quantizer)
-    assert all(float(m.enabled) == 0 for m in qat_modules(model).values())
+    assert all(not m.compile_switch for m in qat_modules(model).values())
     train_briefly(config, host, model, quantizer)
     assert [(s, on) for s, _, on in Watch.seen] == [(s, float(s >= 8)) for s in range(1, 11)]
     assert all(on == float(scale < 0.35) for _, scale, on in Watch.seen)
@@ -58,8 +60,8 @@ def test_off_before_the_threshold_on_after():
     fresh = build_model(config, host, quantizer)
     (m_fresh,) = qat_modules(fresh).values()
     (m_trained,) = qat_modules(model).values()
-    assert m_fresh is not m_trained and float(m_fresh.enabled) == 0 and float(m_trained.enabled) == 1
-    assert "enabled" not in "".join(fresh.state_dict())  # non-persistent: never in the artifact
+    assert m_fresh is not m_trained and not m_fresh.compile_switch and m_trained.compile_switch
+    assert set(fresh.state_dict()) == set(model.state_dict())  # the switch is never in the artifact
 
 
 def test_uses_the_runs_quantizer():
@@ -89,7 +91,7 @@ def test_forward_is_exactly_the_quantized_weight_and_gradient_passes_straight_th
     target = torch.randn(7, 48, generator=g)
 
     assert torch.equal(m(w), w)  # off: the weight itself
-    m.enabled.fill_(1.0)
+    m.compile_switch = True
     wq = quantizer.fake_quantize(w)
     assert not torch.equal(wq, w)
     assert torch.equal(m(w), wq)  # on: exactly what the artifact will hold
@@ -122,40 +124,77 @@ def test_reaches_every_matrix_the_exporter_quantizes():
     assert not torch.allclose(model.logits(tokens), exported.logits(tokens))
 
 
+class CountingQuantizer(GptqLiteQuantizer):
+    calls = 0
+
+    def fake_quantize(self, weight):
+        CountingQuantizer.calls += 1
+        return super().fake_quantize(weight)
+
+
+def test_off_is_free_and_identical_to_the_model_without_the_plugin():
+    """While off, the forward and backward never touch the quantizer and give bit for bit what
+    the same model without late QAT gives; switched on, every block matrix is fake-quantized."""
+    config = int6_config()
+    quantizer = CountingQuantizer(config.export.float_max_numel)
+    plain = build_model(config, host_with(int6_config()), quantizer)
+    model = build_model(config, host_with(config, LateQat), quantizer)
+    tokens, targets = torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (2, 16))
+    CountingQuantizer.calls = 0
+    loss = model(tokens, targets)
+    loss.backward()
+    assert CountingQuantizer.calls == 0
+    plain_loss = plain(tokens, targets)
+    plain_loss.backward()
+    assert torch.equal(loss, plain_loss)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(model.parameters(), plain.parameters()))
+    set_enabled(model, True)
+    model(tokens, targets)
+    assert CountingQuantizer.calls == 6 * len(model.blocks)  # q, k, v, o, up, down of every block
+
+
+class GraphCount(golf.Plugin):
+    """Records how many graphs torch.compile has built after each step, and the switch."""
+
+    name = "graph_count"
+    seen: list = []
+
+    @golf.hookimpl
+    def golf_step_end(self, model, step, lr_scale):
+        (m,) = qat_modules(model).values()
+        self.seen.append((torch._dynamo.utils.counters["stats"]["unique_graphs"], m.compile_switch))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("exporter", ["gptq_lite", "core_int8"])
-def test_compiled_graph_honours_the_switch(exporter):
-    """The 2026-03-21 record's bug: a Python flag was constant-folded. The buffer is a graph input:
-    flipping it after compilation changes the compiled output, matches eager, and needs no recompile.
-    Both the int6 plugin quantizer and the core's int8 one must compile with fullgraph=True."""
+def test_compiled_trainer_compiles_both_states_in_warm_up_and_never_again(monkeypatch):
+    """The switch is a Python bool torch.compile guards on: the warm-up's last step compiles the QAT-on
+    graph, so switching on mid-run builds no graph; the compiled output follows the switch like eager
+    (the 2026-03-21 record's constant-folded flag would not), and the grid is bit-exact under inductor."""
+    GraphCount.seen = []
     config = int6_config()
     config.model.num_layers = 2  # compile time grows with depth
-    host = host_with(config, GptqLite, LateQat) if exporter == "gptq_lite" else host_with(config, LateQat)
-    quantizer = host.first("golf_quantizer", config=config) or Int8Quantizer(config.export.float_max_numel)
-    model = build_model(config, host, quantizer)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    tokens = torch.randint(0, 64, (2, 16))
-    compiled = torch.compile(model.logits, fullgraph=True)  # inductor on CPU
+    config.train.compile, config.train.warmup_steps = "on", 2
+    config.train.iterations, config.train.warmdown_iters = 4, 4  # lr scale 1, .75, .5, .25
     torch._dynamo.reset()
+    inductor_compile = torch.compile
+    # the trainer's graphs are Dynamo's (guards, one per switch state) whatever the backend; the
+    # eager backend skips inductor's C++ builds, which take minutes on 2 CPU cores
+    monkeypatch.setattr(torch, "compile", functools.partial(inductor_compile, backend="eager"))
+    host = host_for(config, {GptqLite: None, LateQat: QatConfig(threshold=0.6), GraphCount: None})
+    quantizer = host.first("golf_quantizer", config=config)
+    model = build_model(config, host, quantizer)
+    train_briefly(config, host, model, quantizer)
+    graphs = [g for g, _ in GraphCount.seen]
+    assert [on for _, on in GraphCount.seen] == [False, False, True, True]
+    assert graphs[0] >= 2 and len(set(graphs)) == 1  # both states compiled before step 1; none after
+    compiled = inductor_compile(model.logits, fullgraph=True)
+    tokens = torch.randint(0, 64, (2, 16))
     with torch.no_grad():
-        off_eager = model.logits(tokens)
-        off_compiled = compiled(tokens)
-        set_enabled(model, True)
-        on_eager = model.logits(tokens)
-        with torch._dynamo.config.patch(error_on_recompile=True):
-            on_compiled = compiled(tokens)
-            set_enabled(model, False)
-            again_off = compiled(tokens)
-    assert not torch.allclose(off_eager, on_eager, atol=1e-4)
-    assert torch.allclose(off_compiled, off_eager, atol=1e-5)
-    assert torch.allclose(on_compiled, on_eager, atol=1e-5)
-    assert torch.allclose(again_off, off_eager, atol=1e-5)
-    # the grid itself is bit-exact under inductor (fp16 steps are rounded without a dtype cast,
-    # which inductor would elide), so compiled QAT trains on exactly the exported weights
+        for on in (True, False):
+            set_enabled(model, on)
+            assert torch.allclose(compiled(tokens), model.logits(tokens), atol=1e-5)
     w = model.layers[1].up.detach()
-    assert torch.equal(torch.compile(quantizer.fake_quantize, fullgraph=True)(w), quantizer.fake_quantize(w))
+    assert torch.equal(inductor_compile(quantizer.fake_quantize, fullgraph=True)(w), quantizer.fake_quantize(w))
 
 
 def test_trains_through_the_trainer_with_int6_qat():
