@@ -22,7 +22,7 @@ from .hookspecs import hookimpl
 from .config import RunConfig, Section, option
 from .errors import ComplianceError, ConfigError, GolfError
 from .layers import LayerSelection
-from .params import declare, float_params, param_specs, spec_of
+from .params import WeightAverage, declare, float_params, param_specs, spec_of
 from .plugins import Plugin
 
 # building blocks plugins reuse
@@ -34,5 +34,5 @@ __all__ = [
     "BOS_ID", "CLIP_PERCENTILE", "Compressor", "ComplianceError", "ConfigError", "EvalAdapter", "EvalContext",
     "ForwardContext", "GolfError", "Int8Quantizer", "LayerInfo", "LayerSelection", "Plugin", "Quantizer", "Rotary",
     "RunConfig", "Section", "declare", "float_params", "fp16_round", "hookimpl", "option", "param_specs", "rms_norm",
-    "row_quantiles", "spec_of", "to_float16",
+    "row_quantiles", "spec_of", "to_float16", "WeightAverage",
 ]

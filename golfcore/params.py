@@ -58,3 +58,34 @@ def float_params(model: nn.Module) -> list[torch.Tensor]:
     """The floating-point parameters, each once (a parameter used in two places is one tensor):
     what weight averages (EMA, SWA) track."""
     return [p for p in model.parameters() if p.is_floating_point()]
+
+
+class WeightAverage:
+    """An fp32 running combination of a model's floating-point parameters, aligned with
+    `float_params(model)`: the state of weight averages such as EMA and SWA.
+
+    `update(model, keep, add)` sets avg <- keep * avg + add * w (the first call copies w);
+    `write_to(model, scale)` loads scale * avg into the parameters (in their own dtype)."""
+
+    def __init__(self):
+        self.tensors: list[torch.Tensor] | None = None
+
+    def update(self, model: nn.Module, keep: float = 1.0, add: float = 1.0) -> None:
+        params = [p.detach() for p in float_params(model)]
+        if self.tensors is None:
+            self.tensors = [p.float().clone() for p in params]
+            return
+        current = [p if p.dtype == torch.float32 else p.float() for p in params]
+        if keep != 1.0:
+            torch._foreach_mul_(self.tensors, keep)
+        torch._foreach_add_(self.tensors, current, alpha=add)
+
+    def write_to(self, model: nn.Module, scale: float = 1.0, blend_current: float = 0.0) -> None:
+        """params <- (1 - blend_current) * scale * avg + blend_current * params."""
+        params = float_params(model)
+        with torch.no_grad():
+            values = torch._foreach_mul(self.tensors, scale * (1.0 - blend_current))
+            if blend_current:
+                torch._foreach_add_(values, [p.float() for p in params], alpha=blend_current)
+            torch._foreach_copy_(params, [v.to(p.dtype) for v, p in zip(values, params)])
+

@@ -37,29 +37,21 @@ class Ema(golf.Plugin):
 
     def __init__(self, config=None):
         super().__init__(config)
-        self.shadow: list[torch.Tensor] | None = None  # fp32 EMA, aligned with golf.float_params(model)
+        self.average = golf.WeightAverage()  # the EMA, fp32
 
     @golf.hookimpl
     def golf_step_end(self, model, step, lr_scale):
-        params = [p.detach() for p in golf.float_params(model)]
-        if self.shadow is None:
-            self.shadow = [p.float().clone() for p in params]
-        else:
-            current = [p if p.dtype == torch.float32 else p.float() for p in params]
-            torch._foreach_mul_(self.shadow, self.config.decay)
-            torch._foreach_add_(self.shadow, current, alpha=1.0 - self.config.decay)
+        self.average.update(model, keep=self.config.decay, add=1.0 - self.config.decay)
 
     def state_dict(self):
-        return {"shadow": self.shadow}
+        return {"shadow": self.average.tensors}
 
     def load_state_dict(self, state):
-        self.shadow = state.get("shadow")
+        self.average.tensors = state.get("shadow")
 
     @golf.hookimpl
     def golf_train_end(self, model):
-        if self.shadow is None:
+        if self.average.tensors is None:
             warnings.warn("[plugins.ema] no optimizer step was taken: the weights are left as they are", stacklevel=2)
             return
-        params = golf.float_params(model)
-        with torch.no_grad():
-            torch._foreach_copy_(params, [s.to(p.dtype) for s, p in zip(self.shadow, params)])
+        self.average.write_to(model)

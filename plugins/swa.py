@@ -48,7 +48,7 @@ class Swa(golf.Plugin):
 
     def __init__(self, config=None):
         super().__init__(config)
-        self.total: list[torch.Tensor] | None = None  # fp32 sum of snapshots, aligned with golf.float_params(model)
+        self.total = golf.WeightAverage()  # the fp32 sum of snapshots
         self.count = 0
         self.snapshot_steps: list[int] = []
 
@@ -56,35 +56,25 @@ class Swa(golf.Plugin):
     def golf_step_end(self, model, step, lr_scale):
         if lr_scale >= self.config.start_scale or step % self.config.every:
             return
-        params = [p.detach() for p in golf.float_params(model)]
-        if self.total is None:
-            self.total = [p.float().clone() for p in params]
-        else:
-            torch._foreach_add_(self.total, [p if p.dtype == torch.float32 else p.float() for p in params])
+        self.total.update(model)
         self.count += 1
         self.snapshot_steps.append(step)
 
     def state_dict(self):
-        return {"total": self.total, "count": self.count, "snapshot_steps": self.snapshot_steps}
+        return {"total": self.total.tensors, "count": self.count, "snapshot_steps": self.snapshot_steps}
 
     def load_state_dict(self, state):
-        self.total = state.get("total")
+        self.total.tensors = state.get("total")
         self.count = state.get("count", 0)
         self.snapshot_steps = list(state.get("snapshot_steps", []))
 
     @golf.hookimpl(trylast=True)
     def golf_train_end(self, model):
-        if self.total is None:
+        if self.total.tensors is None:
             warnings.warn(
                 f"[plugins.swa] no snapshot was taken (none of the run's steps was a multiple of every={self.config.every} "
                 f"with lr scale < start_scale={self.config.start_scale}): SWA is not applied",
                 stacklevel=2,
             )
             return
-        params = golf.float_params(model)
-        with torch.no_grad():
-            mean = torch._foreach_div(self.total, float(self.count))
-            if self.config.combine == "average":
-                torch._foreach_add_(mean, [p.float() for p in params])
-                torch._foreach_mul_(mean, 0.5)
-            torch._foreach_copy_(params, [m.to(p.dtype) for m, p in zip(mean, params)])
+        self.total.write_to(model, scale=1.0 / self.count, blend_current=0.5 if self.config.combine == "average" else 0.0)

@@ -37,14 +37,14 @@ def test_model_holds_the_ema_of_the_recorded_weights():
         assert torch.equal(got, want)
     assert any(not torch.equal(got, last) for got, last in zip(final, Snapshots.taken[-1][2]))
     ema = host.plugins["ema"]
-    assert all(s.dtype == torch.float32 and s.device == p.device for s, p in zip(ema.shadow, final))
+    assert all(s.dtype == torch.float32 and s.device == p.device for s, p in zip(ema.average.tensors, final))
 
 
 def test_ema_runs_in_fp32_for_low_precision_parameters():
     ema = Ema(EmaConfig(decay=0.5))
     model = torch.nn.Linear(4, 4).to(torch.bfloat16)
     ema.golf_step_end(model, 1, 1.0)
-    assert all(s.dtype == torch.float32 for s in ema.shadow)
+    assert all(s.dtype == torch.float32 for s in ema.average.tensors)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
