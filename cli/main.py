@@ -15,8 +15,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from golfcore.errors import GolfError
+from golfcore.errors import ComplianceError, GolfError
 
+from .audit_cmd import register as register_audit
 from .data_cmd import app as data_app
 
 app = typer.Typer(help="golf: plugin-based ablations for parameter-golf small-GPT training.", no_args_is_help=True,
@@ -108,6 +109,13 @@ def run(
                                      progress_factory=_progress_factory(progress))
     if main:
         _summary(result)
+        _refuse_illegal(result)
+
+
+def _refuse_illegal(result: dict) -> None:
+    """A score that failed a legality check exits 3 with one line naming the check and culprit."""
+    if not result["legal"]:
+        raise ComplianceError(f"not a legal score: {'; '.join(result['violations'])}")
 
 
 def _summary(result: dict) -> None:
@@ -117,7 +125,11 @@ def _summary(result: dict) -> None:
     table.add_column("val_loss (nats)", justify="right")
     table.add_column("eval s", justify="right")
     for stage, s in result["stages"].items():
-        table.add_row(stage, f"{s['val_bpb']:.4f}", f"{s['val_loss']:.4f}", f"{s['eval_seconds']:.1f}")
+        if s["val_bpb"] is None:
+            table.add_row(stage, "[red]INVALID[/red]", "-", f"{s['eval_seconds']:.1f}")
+        else:
+            bpb = f"{s['val_bpb']:.4f}" + ("" if s["legal"] else " [red]INVALID[/red]")
+            table.add_row(stage, bpb, f"{s['val_loss']:.4f}", f"{s['eval_seconds']:.1f}")
     console.print(table)
     art = result["artifact"]
     console.print(
@@ -147,8 +159,10 @@ def eval_(
 
     available = discover(plugins_dir or [])
     with _progress() as progress:
-        rescore(run_dir, available, echo=lambda s: progress.console.print(s, markup=False, soft_wrap=True),
-                progress_factory=_progress_factory(progress), sets=set_ or [], with_=with_ or [], without=without or [])
+        result = rescore(run_dir, available, echo=lambda s: progress.console.print(s, markup=False, soft_wrap=True),
+                         progress_factory=_progress_factory(progress), sets=set_ or [], with_=with_ or [],
+                         without=without or [])
+    _refuse_illegal(result)
 
 
 @app.command()
@@ -209,6 +223,9 @@ def bench(
             value = f"{value:,.1f}" if abs(value) >= 100 else f"{value:.4g}"
         table.add_row(key, str(value))
     console.print(table)
+
+
+register_audit(app, user_errors)
 
 
 def main() -> None:

@@ -41,6 +41,9 @@ class Plugin:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Config: ClassVar[type[Section]] = NoConfig
+    document_aware = False
+    """True (or a property reading the config) when the plugin claims that nothing it computes
+    after a BOS depends on the previous document; `golf audit` probes the claim."""
 
     def __init__(self, config: Section | None = None):
         self.config = config if config is not None else self.Config()
