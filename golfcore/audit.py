@@ -296,12 +296,12 @@ def compliance_record(config: RunConfig, stages: dict, probes: dict, artifact, t
     c4 = {"status": PASS, "scored": [s["targets"] for s in scored], "expected": stages_expected(stages)}
     for stage in errors:
         if stage["condition"] == "C4":
-            c4 = _fail(c4, stage["error"], stage["culprit"] or "the eval loop")
+            c4 = _fail(c4, stage["error"], _adapter(stage["culprit"]) or "the eval loop")
         else:
-            c2 = _fail(c2, stage["error"], stage["culprit"] or "the model")
+            c2 = _fail(c2, stage["error"], _adapter(stage["culprit"]) or "the model")
     probe_error = probes.get("probe_error")
     if probe_error is not None and c2["status"] == PASS:
-        c2 = _fail(c2, f"probe: {probe_error}", probe_error.culprit or "the model")
+        c2 = _fail(c2, f"probe: {probe_error}", _adapter(probe_error.culprit) or "the model")
     final = list(stages.values())[-1]
     budget = {"status": PASS if artifact.within_budget else FAIL, "bytes": artifact.total_bytes, "budget": artifact.budget_bytes}
     if not artifact.within_budget:
@@ -320,6 +320,10 @@ def compliance_record(config: RunConfig, stages: dict, probes: dict, artifact, t
                       "stage": list(stages)[-1]},
         "hardware": hw,
     }
+
+
+def _adapter(name: str | None) -> str | None:
+    return None if name is None else f"eval adapter {name!r}"
 
 
 def stages_expected(stages: dict) -> int | None:
@@ -439,7 +443,7 @@ def deep_audit(path: ScoringPath, val_tokens: Tensor, seed: int, result: dict | 
     try:
         rows = [audit_c2(path, tokens)]
     except ComplianceError as e:
-        return [_row("C2 normalized", FAIL, str(e), e.culprit or "the model")]
+        return [_row("C2 normalized", FAIL, str(e), _adapter(e.culprit) or "the model")]
     rows += [audit_c1(path, tokens, seed), *audit_c3(path, tokens), audit_documents(path, tokens, seed),
              *audit_budgets(result)]
     return rows
