@@ -377,9 +377,11 @@ def audit_c2(path: ScoringPath, tokens: Tensor, samples: int = 512) -> dict:
 
 
 def audit_c3(path: ScoringPath, tokens: Tensor) -> list[dict]:
-    """Batching invariance at several batch sizes, for the configured chunk size and a smaller one."""
+    """Batching invariance at several batch sizes, for the configured chunk size and (with adapters,
+    which chunk) a smaller one that cuts the prefix into at least three chunks."""
     batch_sizes = sorted({1, 2, 3, path.batch_seqs})
-    chunk_sizes = [path.chunk_tokens] + ([path.chunk_tokens // 2] if path.adapter_names and path.chunk_tokens > 1 else [])
+    smaller = max(1, min(path.chunk_tokens // 2, (tokens.numel() - 1) // 3))
+    chunk_sizes = [path.chunk_tokens] + ([smaller] if path.adapter_names and smaller < path.chunk_tokens else [])
     out = []
     tol = tolerance(path.device).c3
     for chunk in chunk_sizes:
@@ -395,34 +397,38 @@ def audit_c3(path: ScoringPath, tokens: Tensor) -> list[dict]:
     return out
 
 
-def audit_documents(path: ScoringPath, tokens: Tensor, seed: int) -> dict:
+def audit_documents(path: ScoringPath, val_tokens: Tensor, seed: int) -> dict:
     """Plugins claiming document awareness: with every block silenced (the model position-wise but
     for its embedding plugins) and only document-aware adapters, rewriting the previous document
     changes no score from the BOS to the end of its document (or of its chunk, since an adapter
-    may legitimately learn from observed documents)."""
+    may legitimately learn from observed documents). The first suitable BOS of the split is used,
+    past the first chunk when an adapter chunks (so a mixer is past its warm-up)."""
     check = "document boundaries"
     if not path.document_aware:
         return _row(check, NOT_CHECKED, "no enabled plugin claims document awareness")
-    n = tokens.numel() - 1
+    total = val_tokens.numel() - 1
     chunked = any(name in path.document_aware for name in path.adapter_names)
-    bos = [int(i) for i in (tokens[:n] == BOS_ID).nonzero().flatten()]
-    for b in reversed(bos):
-        previous = max([i for i in bos if i < b], default=-1)
-        lo = max(previous + 1, (b // path.chunk_tokens) * path.chunk_tokens + 1 if chunked else 1)
-        if lo >= b:
-            continue
-        nxt = min([i for i in bos if i > b], default=n)
-        hi = min(nxt, (b // path.chunk_tokens + 1) * path.chunk_tokens if chunked else n, n)
-        variant = Variant(document_probe=True)
-        a = _rows(path, tokens, variant)
-        c = _rows(path, _perturbed(tokens, lo, b, path.vocab_size, seed), variant)
-        worst = path.reduce_max(_max_abs(a[b:hi], c[b:hi]))
-        tol = tolerance(path.device).c1
-        figures = (f"previous document's tokens {lo}..{b - 1} rewritten: worst change at positions {b}..{hi - 1} "
-                   f"{worst:.3g} (tolerance {tol:g}); claimed by {', '.join(path.document_aware)}")
-        return _row(check, PASS if worst <= tol else FAIL, figures,
-                    "" if worst <= tol else f"one of {', '.join(path.document_aware)}")
-    return _row(check, NOT_CHECKED, "no BOS with a previous document inside the probed prefix")
+    chunk = path.chunk_tokens if chunked else total + 1
+    bos = [int(i) for i in (val_tokens[:total] == BOS_ID).nonzero().flatten()]
+    spans = []  # (first perturbed token, BOS position, end of the compared positions)
+    for previous, b in zip([-1, *bos], bos):
+        lo = max(previous + 1, (b // chunk) * chunk + 1 if chunked else 1)
+        nxt = next((i for i in bos if i > b), total)
+        if lo < b:
+            spans.append((lo, b, min(nxt, (b // chunk + 1) * chunk, b + 2 * path.seq_len, total)))
+    if not spans:
+        return _row(check, NOT_CHECKED, "no BOS follows a previous document in the validation split")
+    lo, b, hi = next((s for s in spans if s[1] >= path.chunk_tokens), spans[0]) if chunked else spans[0]
+    tokens = val_tokens[: hi + 1]
+    variant = Variant(document_probe=True)
+    a = _rows(path, tokens, variant)
+    c = _rows(path, _perturbed(tokens, lo, b, path.vocab_size, seed), variant)
+    worst = path.reduce_max(_max_abs(a[b:hi], c[b:hi]))
+    tol = tolerance(path.device).c1
+    figures = (f"previous document's tokens {lo}..{b - 1} rewritten: worst change at positions {b}..{hi - 1} "
+               f"{worst:.3g} (tolerance {tol:g}); claimed by {', '.join(path.document_aware)}")
+    return _row(check, PASS if worst <= tol else FAIL, figures,
+                "" if worst <= tol else f"one of {', '.join(path.document_aware)}")
 
 
 def audit_budgets(result: dict | None) -> list[dict]:
@@ -449,6 +455,6 @@ def deep_audit(path: ScoringPath, val_tokens: Tensor, seed: int, result: dict | 
         rows = [audit_c2(path, tokens)]
     except ComplianceError as e:
         return [_row("C2 normalized", FAIL, str(e), _adapter(e.culprit) or "the model")]
-    rows += [audit_c1(path, tokens, seed), *audit_c3(path, tokens), audit_documents(path, tokens, seed),
+    rows += [audit_c1(path, tokens, seed), *audit_c3(path, tokens), audit_documents(path, val_tokens, seed),
              *audit_budgets(result)]
     return rows

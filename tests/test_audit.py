@@ -32,15 +32,21 @@ class ToyPath:
     seq_len, stride, batch_seqs, chunk_tokens, vocab_size = 16, 8, 4, 40, V
     device, source = torch.device("cpu"), "toy"
 
-    def __init__(self, adapter_classes=(), peek=False):
+    def __init__(self, adapter_classes=(), peek=False, previous=None):
         self.adapter_classes = adapter_classes
         self.adapter_names = [cls().name for cls in adapter_classes]
         g = torch.Generator().manual_seed(0)
         self.table, self.ahead = torch.randn(V, V, generator=g), torch.randn(V, V, generator=g) * peek
+        self.behind = torch.randn(V, V, generator=g) * (previous is not None)  # a bigram term on x_{t-1}
+        self.mask_bos = previous == "masked at BOS"
+        self.document_aware = ["toy"] if previous else []
 
     def model(self, tokens):  # [B,T] -> [B,T,V]
         nxt = torch.nn.functional.pad(tokens[:, 1:], (0, 1))
-        return torch.log_softmax(self.table[tokens] + self.ahead[nxt], -1)
+        prev = self.behind[torch.nn.functional.pad(tokens[:, :-1], (1, 0))]
+        if self.mask_bos:
+            prev = torch.where((tokens == golf.BOS_ID)[..., None], 0.0, prev)
+        return torch.log_softmax(self.table[tokens] + self.ahead[nxt] + prev, -1)
 
     def score(self, tokens, variant, record):
         adapters = [cls() for cls in self.adapter_classes][: variant.adapters]
@@ -85,6 +91,14 @@ def test_planted_adapters_fail_and_are_named(module, cls, check):
 def test_a_model_reading_the_next_token_is_blamed_on_the_model():
     probes = audit.run_probes(ToyPath(peek=True), STREAM, seed=0)
     assert probes["c1_causal"]["status"] == "fail" and probes["c1_causal"]["culprit"] == "the model (plugins: none)"
+
+
+@pytest.mark.parametrize("previous, status", [("masked at BOS", "pass"), ("crossing documents", "fail")])
+def test_document_boundary_probe_holds_a_plugin_to_its_claim(previous, status):
+    stream = STREAM.clone()
+    stream[[0, 90, 200]] = golf.BOS_ID  # three documents
+    row = audit.audit_documents(ToyPath(previous=previous), stream, seed=0)
+    assert row["status"] == status and "tokens 1..89 rewritten" in row["figures"]
 
 
 def test_evaluate_records_every_scored_distribution_once_after_the_adapters():
