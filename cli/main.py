@@ -15,8 +15,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperGroup
 
-from golfcore.errors import ConfigError, GolfError
+from golfcore.errors import ComplianceError, ConfigError, GolfError
 
+from .audit_cmd import register as register_audit
 from .data_cmd import app as data_app
 from .launch import launch, leave_error_for_launcher
 from .plugins_cmd import app as plugins_app
@@ -156,6 +157,13 @@ def run(
                                      run_dir=run_dir, resume_dir=resume)
     if main:
         _summary(result)
+        _refuse_illegal(result)
+
+
+def _refuse_illegal(result: dict) -> None:
+    """A score that failed a legality check exits 3 with one line naming the check and culprit."""
+    if not result["legal"]:
+        raise ComplianceError(f"not a legal score: {'; '.join(result['violations'])}")
 
 
 def _summary(result: dict) -> None:
@@ -165,7 +173,11 @@ def _summary(result: dict) -> None:
     table.add_column("val_loss (nats)", justify="right")
     table.add_column("eval s", justify="right")
     for stage, s in result["stages"].items():
-        table.add_row(stage, f"{s['val_bpb']:.4f}", f"{s['val_loss']:.4f}", f"{s['eval_seconds']:.1f}")
+        if s["val_bpb"] is None:
+            table.add_row(stage, "[red]INVALID[/red]", "-", f"{s['eval_seconds']:.1f}")
+        else:
+            bpb = f"{s['val_bpb']:.4f}" + ("" if s["legal"] else " [red]INVALID[/red]")
+            table.add_row(stage, bpb, f"{s['val_loss']:.4f}", f"{s['eval_seconds']:.1f}")
     console.print(table)
     art = result["artifact"]
     console.print(
@@ -198,9 +210,10 @@ def eval_(
     if (run_dir / RECIPE_NAME).is_file():  # without it, rescore says what a run directory needs
         _ensure_data(load_recipe(run_dir / RECIPE_NAME, available, set_ or [], with_ or [], without or []))
     with _progress() as progress:
-        rescore(run_dir, available, echo=lambda s: progress.console.print(s, markup=False, soft_wrap=True),
-                progress_factory=_progress_factory(progress), sets=set_ or [], with_=with_ or [], without=without or [],
-                out_dir=out)
+        result = rescore(run_dir, available, echo=lambda s: progress.console.print(s, markup=False, soft_wrap=True),
+                         progress_factory=_progress_factory(progress), sets=set_ or [], with_=with_ or [], without=without or [],
+                         out_dir=out)
+    _refuse_illegal(result)
 
 
 @app.command()
@@ -281,6 +294,8 @@ def new_plugin(
 from .ablate_cmd import ablate  # noqa: E402  (below: it reuses this module's option types)
 
 app.command()(ablate)
+
+register_audit(app)
 
 
 def main() -> None:

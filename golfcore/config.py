@@ -236,10 +236,13 @@ class EvalSection(Section):
     batch_seqs: int = option(32, "windows per forward pass")
     chunk_tokens: int = option(32768, "targets per score-then-observe chunk for eval adapters")
     adapter_prefixes: bool = option(True, "score every prefix of the eval adapters (each one's gain visible); false: only the full list")
+    time_cap_seconds: float = option(0.0, "fail the run when the final stage's evaluation takes longer (0 = only the challenge's 600 s, checked on 8xH100)")
 
     def check(self) -> None:
         if self.seq_len < 0 or self.stride < 0 or self.batch_seqs < 1 or self.chunk_tokens < 1:
             raise self.invalid("stride", "seq_len/stride must be >= 0, batch_seqs/chunk_tokens >= 1")
+        if self.time_cap_seconds < 0:
+            raise self.invalid("time_cap_seconds", "must be >= 0")
         if self.seq_len and self.stride > self.seq_len:
             raise self.invalid("stride", f"{self.stride} exceeds seq_len {self.seq_len}")
 

@@ -1,5 +1,7 @@
 """User-facing errors: the CLI prints them as one line and exits non-zero, no traceback."""
 
+from __future__ import annotations
+
 
 class GolfError(Exception):
     """A mistake in user input (recipe, data, CLI). Its message is one line naming the culprit."""
@@ -18,7 +20,17 @@ class DataError(GolfError):
 
 
 class ComplianceError(GolfError):
-    """A legality check failed (e.g. an eval adapter returned an unnormalized distribution)."""
+    """A legality check failed, so the score is not a legal one (exit code 3): an eval adapter
+    returned an unnormalized distribution, a probe saw the future leak into a score, the
+    artifact is over budget. `condition` names the check (e.g. "C1"), `culprit` the plugin or
+    adapter responsible when it could be isolated (docs/compliance.md)."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, condition: str | None = None, culprit: str | None = None):
+        super().__init__(message)
+        self.condition = condition
+        self.culprit = culprit
 
 
 class PluginError(GolfError):
@@ -31,11 +43,11 @@ class CheckpointError(GolfError):
 
 
 class DivergedError(GolfError):
-    """Training stopped because the loss or gradient norm went non-finite (or spiked); exit code 3.
+    """Training stopped because the loss or gradient norm went non-finite (or spiked); exit code 4.
 
     `step` is the first step seen diverging."""
 
-    exit_code = 3
+    exit_code = 4
 
     def __init__(self, message: str, step: int):
         super().__init__(message)

@@ -184,6 +184,7 @@ def evaluate(
     rank: int = 0,
     world_size: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    record: Callable[[Tensor, Tensor], None] | None = None,
 ) -> EvalResult:
     """Score every target of ``val_tokens`` once and return val_loss/val_bpb with its checks.
 
@@ -194,6 +195,8 @@ def evaluate(
     first scored target; each chunk is scored (rank r taking a contiguous slice of its
     windows), then every adapter, on every rank, observes the chunk's targets. Sums are
     all-reduced when world_size > 1. ``progress(done, total)`` counts this rank's targets.
+    ``record(positions [N], logprobs [N,V])``, when given, receives every scored distribution
+    as scored, after all adapters (the legality probes compare them, golfcore.audit).
     """
     t0 = time.perf_counter()
     if val_tokens.dim() != 1 or val_tokens.is_floating_point() or val_tokens.numel() < 2:
@@ -234,10 +237,12 @@ def evaluate(
                     if out.shape != lp.shape:
                         raise ComplianceError(
                             f"eval adapter {adapter.name!r} returned shape {tuple(out.shape)}, "
-                            f"expected {tuple(lp.shape)} (C2)"
+                            f"expected {tuple(lp.shape)} (C2)", condition="C2", culprit=adapter.name
                         )
                     lp = out.float()
                     max_dev[s] = torch.maximum(max_dev[s], torch.logsumexp(lp, -1).abs().max())
+                if record is not None:
+                    record(pos, lp)
                 targets = val[pos + 1]  # [N]
                 sums[0] -= lp.gather(1, targets[:, None]).double().sum()
                 sums[1] += luts.count_bytes(val[pos], targets).sum()
@@ -254,7 +259,8 @@ def evaluate(
             if not dev <= NORMALIZATION_TOL:  # also catches NaN
                 raise ComplianceError(
                     f"eval: {name!r} returned unnormalized log-probabilities: "
-                    f"max |logsumexp| = {dev:.3g} > {NORMALIZATION_TOL} (C2)"
+                    f"max |logsumexp| = {dev:.3g} > {NORMALIZATION_TOL} (C2)",
+                    condition="C2", culprit=None if name == "logprob_fn" else name,
                 )
         if adapters:
             # [M] this chunk's targets; a copy, so no adapter can rewrite the stream it is scored on
@@ -266,7 +272,7 @@ def evaluate(
         torch.distributed.all_reduce(sums)
     nll, nbytes, scored, batches = sums.tolist()
     if int(scored) != num_targets:
-        raise ComplianceError(f"eval: scored {int(scored)} targets, expected {num_targets} (C4)")
+        raise ComplianceError(f"eval: scored {int(scored)} targets, expected {num_targets} (C4)", condition="C4")
     if nbytes == 0:
         raise DataError(f"eval: the {num_targets} validation targets decode to 0 bytes (all boundary tokens?)")
     return EvalResult(

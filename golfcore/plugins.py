@@ -52,6 +52,10 @@ class Plugin:
 
     EVAL_HOOKS: ClassVar[frozenset[str]] = frozenset({"golf_eval_adapter", "golf_before_eval", "golf_check_config"})
 
+    document_aware = False
+    """True (or a property reading the config) when the plugin claims that nothing it computes
+    after a BOS depends on the previous document; `golf audit` probes the claim."""
+
     def __init__(self, config: Section | None = None):
         self.config = config if config is not None else self.Config()
 

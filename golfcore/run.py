@@ -3,11 +3,14 @@
 Every val_bpb this module reports is measured on the model loaded from the artifact bytes
 (quantize -> compress -> decompress -> load), on the data named in the result, with the
 compliance record beside it. The run directory is written as `<name>-<timestamp>.incomplete`
-and renamed only when result.json is complete, so a crashed run never looks finished.
+and renamed only when result.json is complete, so a crashed run never looks finished; a run
+whose score failed a legality check is renamed `<name>-<timestamp>.invalid` instead, its
+result.json saying why (docs/compliance.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import importlib.metadata
@@ -15,6 +18,7 @@ import json
 import platform
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +33,7 @@ from .contract import EvalContext
 from .checkpoint import DIR_NAME as CHECKPOINT_DIR
 from .checkpoint import Checkpoints, code_hash
 from .data import Corpus, DistributedTokenLoader, load_val_tokens, resolve_corpus
-from .errors import ConfigError, DataError, DivergedError, GolfError, TrainingInterrupted
+from .errors import ComplianceError, ConfigError, DataError, DivergedError, GolfError, TrainingInterrupted
 from .files import write_json
 from .eval import ByteLUTs, EvalResult, build_byte_luts, evaluate, unigram_entropy_bpb
 from .assemble import build_model, check_config
@@ -40,6 +44,10 @@ from .train import Dist, Trainer, activation_dtype_for, autocast_for, setup_dist
 
 ARTIFACT_NAME = "model.golf"
 RECIPE_NAME = "recipe.toml"
+INVALID_SUFFIX = ".invalid"  # a finished run whose score is not a legal one
+BUILD_HOOKS = ("golf_layer_schedule", "golf_weight_transform", "golf_sublayer_input_scale", "golf_rotary",
+               "golf_mlp_activation", "golf_value_transform", "golf_attention_output_transform",
+               "golf_embedding_addition", "golf_embedding_transform", "golf_model_built")
 
 
 class RunLog:
@@ -93,7 +101,7 @@ def _new_run_dir(config: RunConfig, requested: Path | None = None) -> Path:
     base = f"{config.run.name}-{stamp}"
     for i in range(1000):
         name = base if i == 0 else f"{base}-{i + 1}"
-        if not (parent / name).exists() and not (parent / f"{name}.incomplete").exists():
+        if not any((parent / f"{name}{suffix}").exists() for suffix in ("", ".incomplete", INVALID_SUFFIX)):
             partial = parent / f"{name}.incomplete"
             partial.mkdir()
             return partial
@@ -155,6 +163,7 @@ class Session:
         self.quantizer = self.host.first("golf_quantizer", config=config) or Int8Quantizer(config.export.float_max_numel)
         self.compressor = self.host.first("golf_compressor", config=config) or ZstdCompressor(config.export.zstd_level)
         self.corpus: Corpus | None = None
+        self._luts: ByteLUTs | None = None
         if build_data:
             self.corpus = self._corpus()
             self.tokenizer = _load_tokenizer(self.corpus)
@@ -176,13 +185,16 @@ class Session:
         model.activation_dtype = activation_dtype_for(self.config, self.dist.device)
         return model
 
+    def unpack(self, blob: bytes) -> dict[str, torch.Tensor]:
+        return unpack(blob, {self.quantizer.name: self.quantizer}, {self.compressor.name: self.compressor})
+
     def plugin_modules(self) -> list:
         return [self.available[name].module for name in self.config.plugins]
 
-    def load_artifact(self, blob: bytes) -> GPT:
-        """A fresh model whose weights come only from the artifact bytes."""
+    def load_artifact(self, blob: bytes, state: dict | None = None) -> GPT:
+        """A fresh model whose weights come only from the artifact bytes (`state`: already unpacked)."""
         model = self.build_model()
-        state = unpack(blob, {self.quantizer.name: self.quantizer}, {self.compressor.name: self.compressor})
+        state = state or self.unpack(blob)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise GolfError(f"artifact does not match the recipe's model: missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -198,15 +210,20 @@ class Session:
         return fn
 
     def luts(self) -> ByteLUTs:
-        return build_byte_luts(self.tokenizer, self.config.model.vocab_size).to(self.dist.device)
+        if self._luts is None:
+            self._luts = build_byte_luts(self.tokenizer, self.config.model.vocab_size).to(self.dist.device)
+        return self._luts
 
     def score(self, model: nn.Module, val_tokens: torch.Tensor, adapters: list = (), stride: int | None = None,
-              progress: Callable[[int, int], None] | None = None) -> EvalResult:
+              progress: Callable[[int, int], None] | None = None, batch_seqs: int | None = None,
+              chunk_tokens: int | None = None, record: Callable | None = None) -> EvalResult:
+        """Score `val_tokens` as the run does; the probes override batch_seqs / chunk_tokens and record."""
         luts = self.luts()
         model.eval()
+        chunk_tokens = chunk_tokens or self.config.eval.chunk_tokens
         ctx = EvalContext(
             vocab_size=self.config.model.vocab_size, num_targets=val_tokens.numel() - 1,
-            chunk_tokens=self.config.eval.chunk_tokens, seq_len=self.config.eval_seq_len,
+            chunk_tokens=chunk_tokens, seq_len=self.config.eval_seq_len,
             rank=self.dist.rank, world_size=self.dist.world_size, device=self.dist.device,
             compile=should_compile(self.config, self.dist.device), autocast=lambda: autocast_for(self.dist.device, model.activation_dtype),
         )
@@ -215,8 +232,8 @@ class Session:
         return evaluate(
             self.logprob_fn(model), val_tokens.to(self.dist.device), luts,
             seq_len=self.config.eval_seq_len, stride=stride or self.config.eval_stride,
-            batch_seqs=self.config.eval.batch_seqs, adapters=list(adapters), chunk_tokens=self.config.eval.chunk_tokens,
-            rank=self.dist.rank, world_size=self.dist.world_size, progress=progress,
+            batch_seqs=batch_seqs or self.config.eval.batch_seqs, adapters=list(adapters), chunk_tokens=chunk_tokens,
+            rank=self.dist.rank, world_size=self.dist.world_size, progress=progress, record=record,
         )
 
     def score_stages(self, blob: bytes, val_tokens: torch.Tensor, log: RunLog,
@@ -224,7 +241,9 @@ class Session:
         """Score the artifact plainly, then with each prefix of the eval adapters (roundtrip,
         roundtrip+a1, roundtrip+a1+a2, ...; only the full list when eval.adapter_prefixes is
         off). Every stage loads its own model from the artifact bytes, since adapters such as
-        TTT change the weights they are given."""
+        TTT change the weights they are given. A stage that breaks a checked condition (C2, C4)
+        is kept with `"legal": false` and its error; the stages after it, which add to it, are
+        not scored."""
         names = [a.name for a in self.host.collect("golf_eval_adapter", config=self.config)]
         counts = range(1, len(names) + 1) if self.config.eval.adapter_prefixes else [len(names)] * bool(names)
         targets = val_tokens.numel() - 1
@@ -234,10 +253,17 @@ class Session:
             model = self.load_artifact(blob)
             self.host.call("golf_before_eval", model=model, config=self.config)
             adapters = self.host.collect("golf_eval_adapter", config=self.config)[:count]
-            result = self.score(model, val_tokens, adapters, progress=progress_factory(stage, targets))
+            t0 = time.perf_counter()
+            try:
+                result = self.score(model, val_tokens, adapters, progress=progress_factory(stage, targets))
+            except ComplianceError as e:
+                stages[stage] = {"val_bpb": None, "val_loss": None, "eval_seconds": time.perf_counter() - t0,
+                                 "legal": False, "error": str(e), "condition": e.condition, "culprit": e.culprit}
+                log.line(f"final stage:{stage} NOT SCORED: {e}")
+                break
             stages[stage] = {
                 "val_bpb": result.val_bpb, "val_loss": result.val_loss, "eval_seconds": result.seconds,
-                "targets": result.targets, "bytes": result.bytes, "checks": result.checks,
+                "targets": result.targets, "bytes": result.bytes, "checks": result.checks, "legal": True,
             }
             log.line(
                 f"final stage:{stage} val_loss:{result.val_loss:.6f} val_bpb:{result.val_bpb:.6f} "
@@ -247,6 +273,97 @@ class Session:
 
     def data_label(self, targets: int) -> str:
         return f"{self.corpus.name}/val[{targets} targets]"
+
+    def compliance(self, blob: bytes, val_tokens: torch.Tensor, stages: dict, art, log: RunLog,
+                   train_seconds: float | None = None, train_steps: int = 0) -> dict:
+        """Probe the scoring path, build the compliance record, mark the stages' legality and log it."""
+        probes = audit.run_probes(ScoringPath(self, blob), val_tokens, self.config.run.seed)
+        record = audit.compliance_record(self.config, stages, probes, art, train_seconds, train_steps,
+                                         audit.hardware(self.dist.device, self.dist.world_size))
+        legal = not audit.violations(record)
+        for stage in stages.values():
+            stage["legal"] = stage["legal"] and legal
+        probe_seconds = sum(probes[k].get("seconds", 0.0) for k in ("c1_causal", "c3_score_before_update"))
+        log.line(f"compliance: {audit.summary(record)} probes:{probe_seconds * 1000:.0f}ms")
+        for problem in audit.violations(record):
+            log.line(f"NOT A LEGAL SCORE: {problem}")
+        return record
+
+
+def _implementers(host: Host, hooks: tuple[str, ...]) -> list[str]:
+    """The enabled plugins (recipe order) implementing any of `hooks`."""
+    names = {impl.plugin_name for hook in hooks for impl in getattr(host.pm.hook, hook).get_hookimpls()}
+    return [name for name in host.plugins if name in names][::-1]
+
+
+class ScoringPath:
+    """A run's scoring path as golfcore.audit re-runs it: a model loaded from the artifact bytes
+    (or, without an artifact, freshly built), golf_before_eval, fresh eval adapters started with
+    the run's EvalContext, and Session.score's windows, chunks and batches."""
+
+    def __init__(self, session: Session, blob: bytes | None):
+        config, host = session.config, session.host
+        self.session, self.blob = session, blob
+        self.state = session.unpack(blob) if blob is not None else None  # unpacked once for every probe
+        self.adapter_names = [a.name for a in host.collect("golf_eval_adapter", config=config)]
+        self.model_plugins = _implementers(host, BUILD_HOOKS)
+        self.before_eval_plugins = _implementers(host, ("golf_before_eval",))
+        self.document_aware = [name for name, plugin in host.plugins.items() if plugin.document_aware][::-1]
+        self.seq_len, self.stride = config.eval_seq_len, config.eval_stride
+        self.batch_seqs, self.chunk_tokens = config.eval.batch_seqs, config.eval.chunk_tokens
+        self.vocab_size = config.model.vocab_size
+        self.device = session.dist.device
+        self.source = "artifact" if blob is not None else "random-init"
+
+    def model(self, variant: audit.Variant) -> nn.Module:
+        if self.blob is not None and not variant.random_init:
+            return self.session.load_artifact(self.blob, self.state)
+        session = self.session
+        if variant.drop_plugin is not None:
+            config = dataclasses.replace(session.config, plugins={
+                name: cfg for name, cfg in session.config.plugins.items() if name != variant.drop_plugin})
+            session = Session(config, session.available, session.dist, build_data=False)
+        return random_init(session.build_model(), session.config.run.seed)
+
+    def score(self, tokens: torch.Tensor, variant: audit.Variant, record) -> None:
+        config, host = self.session.config, self.session.host
+        model = self.model(variant)
+        if variant.before_eval:
+            host.call("golf_before_eval", model=model, config=config)
+        adapters = host.collect("golf_eval_adapter", config=config)[: variant.adapters]
+        if variant.document_probe:
+            silence_blocks(model)
+            owners = {type(plugin).__module__: name for name, plugin in host.plugins.items()}
+            adapters = [a for a in adapters if owners.get(type(a).__module__) in self.document_aware]
+        self.session.score(model, tokens, adapters, batch_seqs=variant.batch_seqs,
+                           chunk_tokens=variant.chunk_tokens, record=record)
+
+    def reduce_max(self, value: float) -> float:
+        if self.session.dist.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return float(t)
+
+
+def random_init(model: nn.Module, seed: int) -> nn.Module:
+    """Give every all-zero float parameter (output projections, hash tables) small random values,
+    so each path from the input to the logits carries signal a probe can see."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point() and not p.any():
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
+    return model
+
+
+def silence_blocks(model: nn.Module) -> None:
+    """Zero every block's attention and MLP output scales: the model becomes position-wise apart
+    from its embedding plugins (the document-boundary probe, golfcore.audit)."""
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn_scale.zero_()
+            block.mlp_scale.zero_()
 
 
 def run(config: RunConfig, available: dict[str, PluginInfo], recipe_text: str,
@@ -303,7 +420,7 @@ def _resumable_dir(run_dir: Path) -> Path:
 
 def _finish(run_dir: Path, result: dict) -> Path:
     """Write result.json and drop the `.incomplete` suffix: the run is over, whatever its status."""
-    final_dir = run_dir.with_name(run_dir.name.removesuffix(".incomplete"))
+    final_dir = run_dir.with_name(run_dir.name.removesuffix(".incomplete") + ("" if result["legal"] else INVALID_SUFFIX))
     result["run_dir"] = str(final_dir)
     write_json(run_dir / "result.json", result)
     run_dir.rename(final_dir)
@@ -379,14 +496,14 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
     roundtrip_flat = session.score(session.load_artifact(blob), val_tokens, stride=config.eval_seq_len)
     stages = session.score_stages(blob, val_tokens, log, progress_factory)
     final_stage = list(stages)[-1]
-    compliance = audit.compliance_record(
-        session.logprob_fn(session.load_artifact(blob)), val_tokens, config, stages, art, outcome.train_seconds
-    )
-    log.line(f"compliance: {audit.summary(compliance)}")
+    compliance = session.compliance(blob, val_tokens, stages, art, log, outcome.train_seconds, outcome.steps)
+    problems = audit.violations(compliance)
     return {
         "name": config.run.name,
         "status": "finished",
-        "val_bpb": stages[final_stage]["val_bpb"],
+        "val_bpb": None if problems else stages[final_stage]["val_bpb"],  # never an illegal number as the headline
+        "legal": not problems,
+        "violations": problems,
         "final_stage": final_stage,
         "stages": stages,
         "pre_export_val_loss": pre_export.val_loss,
@@ -443,17 +560,24 @@ def rescore(run_dir: Path, available: dict[str, PluginInfo], echo: Callable[[str
     log = RunLog(partial, echo if session.dist.is_main else (lambda _: None))
     try:
         stages = session.score_stages(blob, val_tokens, log, progress_factory or (lambda s, t: None))
+        art = report(blob, code_files_for(session.plugin_modules(), run_dir / RECIPE_NAME), config.export.budget_bytes)
+        compliance = session.compliance(blob, val_tokens, stages, art, log)
     finally:
         log.close()
+    problems = audit.violations(compliance)
     if partial is None:
-        return {"run_dir": str(run_dir), "stages": stages, "data": {"corpus": session.corpus.name, "targets": val_tokens.numel() - 1}}
+        return {"run_dir": str(run_dir), "stages": stages, "legal": not problems, "violations": problems,
+                "compliance": compliance, "data": {"corpus": session.corpus.name, "targets": val_tokens.numel() - 1}}
     recipe_file = partial / RECIPE_NAME
     recipe_file.write_text(dump_toml(config), encoding="utf-8")
     (partial / ARTIFACT_NAME).write_bytes(blob)
     final_stage = list(stages)[-1]
     result = {
         "name": config.run.name,
-        "val_bpb": stages[final_stage]["val_bpb"],
+        "val_bpb": None if problems else stages[final_stage]["val_bpb"],
+        "legal": not problems,
+        "violations": problems,
+        "compliance": compliance,
         "final_stage": final_stage,
         "stages": stages,
         "data": {"corpus": session.corpus.name, "split": "val", "targets": val_tokens.numel() - 1,
@@ -472,3 +596,28 @@ def rescore(run_dir: Path, available: dict[str, PluginInfo], echo: Callable[[str
     }
     _finish(partial, result)
     return result
+
+
+def audit_target(target: Path, available: dict[str, PluginInfo], sets: list[str] = (), with_: list[str] = (),
+                 without: list[str] = ()) -> tuple[list[dict], str]:
+    """`golf audit`: the deeper probes on a finished run (its artifact, recipe and result.json) or
+    on a recipe (a freshly built model, random init: nothing is trained). Returns the table rows
+    and a one-line description of what was audited."""
+    from .recipe import load_recipe
+
+    target = Path(target)
+    if target.is_dir():
+        if not (target / ARTIFACT_NAME).is_file() or not (target / RECIPE_NAME).is_file():
+            raise GolfError(f"{target}: not a finished run directory (needs {ARTIFACT_NAME} and {RECIPE_NAME})")
+        config = load_recipe(target / RECIPE_NAME, available, sets, with_, without)
+        blob = (target / ARTIFACT_NAME).read_bytes()
+        result_file = target / "result.json"
+        result = json.loads(result_file.read_text(encoding="utf-8")) if result_file.is_file() else None
+    else:
+        config = load_recipe(target, available, sets, with_, without)
+        blob, result = None, None
+    session = Session(config, available)
+    val_tokens = load_val_tokens(session.corpus, config.data.max_val_tokens).to(session.dist.device)
+    path = ScoringPath(session, blob)
+    rows = audit.deep_audit(path, val_tokens, config.run.seed, result)
+    return rows, f"{target} ({audit.describe(path)}; {session.data_label(val_tokens.numel() - 1)})"

@@ -88,6 +88,10 @@ class BigramHashPlugin(golf.Plugin):
     description = "hashed (previous, current) token embedding added before the embedding norm (PR #549 stack)"
     Config = Config
 
+    @property
+    def document_aware(self) -> bool:
+        return not self.config.cross_documents
+
     @golf.hookimpl
     def golf_embedding_addition(self, config):
         c = self.config

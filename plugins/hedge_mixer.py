@@ -12,7 +12,10 @@ already observed (scored) and looked up from each scored position's history
               h = ((x_{t-1} * 36313) XOR (x_t * 27191)) mod trigram_buckets
 
 A context that involves the stream start (history -1) has its own row: bigram row V,
-trigram bucket `trigram_buckets`. The adapter never sees val[0] (the first input is no
+trigram bucket `trigram_buckets`. A trigram context whose current token is BOS (a document
+start) takes the stream-start bucket too, so no context reaches into the previous document
+(the plugin is `document_aware`, which `golf audit` probes; `cross_documents = true` restores
+the reference's hashing across the boundary). The adapter never sees val[0] (the first input is no
 target), so in the tables the first target's context is "stream start" and the second's
 trigram context is too; every later context is the real one.
 
@@ -87,6 +90,7 @@ class Config(golf.Section):
     trigram_alpha: float = golf.option(0.01, "add-alpha smoothing of the hashed-trigram expert")
     entropy_feature: bool = golf.option(False, "neural log-weight + beta * H_t (entropy of the neural distribution), beta learned")
     entropy_lr: float = golf.option(0.01, "online gradient step of beta (with entropy_feature)")
+    cross_documents: bool = golf.option(False, "let a trigram context span a BOS, as the reference did (id 1 then is an ordinary token)")
 
     def check(self) -> None:
         if not self.eta >= 0:
@@ -145,7 +149,10 @@ class HedgeMixer:
 
     def _bucket(self, prev: Tensor, cur: Tensor) -> Tensor:
         h = ((prev * HASH_A) ^ (cur * HASH_B)) % self.cfg.trigram_buckets
-        return torch.where((prev < 0) | (cur < 0), self.cfg.trigram_buckets, h)
+        start = (prev < 0) | (cur < 0)
+        if not self.cfg.cross_documents:  # a document start is a fresh context, like the stream start
+            start = start | (cur == golf.BOS_ID)
+        return torch.where(start, self.cfg.trigram_buckets, h)
 
     def _bigram_row(self, cur: Tensor) -> Tensor:
         return torch.where(cur < 0, self.V, cur)
@@ -271,6 +278,10 @@ class HedgeMixerPlugin(golf.Plugin):
     name = "hedge_mixer"
     description = "online Hedge mixture of the model with unigram/bigram/hashed-trigram experts (PR #688; D1, D8-D11 fixed)"
     Config = Config
+
+    @property
+    def document_aware(self) -> bool:
+        return not self.config.cross_documents
 
     @golf.hookimpl
     def golf_eval_adapter(self, config):

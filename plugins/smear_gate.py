@@ -57,6 +57,10 @@ class SmearGatePlugin(golf.Plugin):
     description = "blend each embedding with the previous position's through a learned per-channel gate (PR #549 stack)"
     Config = Config
 
+    @property
+    def document_aware(self) -> bool:
+        return self.config.mask_bos
+
     @golf.hookimpl
     def golf_embedding_transform(self, config):
         return SmearGate(config.model.model_dim, self.config.gate_init, self.config.mask_bos)

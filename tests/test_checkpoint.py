@@ -177,7 +177,7 @@ def test_planted_nan_stops_within_one_logging_interval(shard):
             Trainer(config, model, host, None, loader, CPU, None, records.append).run()
     finally:
         NanAt.at = 0
-    assert e.value.step == 7 and e.value.exit_code == 3
+    assert e.value.step == 7 and e.value.exit_code == 4
     assert [r["step"] for r in records if r["event"] == "train"] == [1, 5]  # nothing logged once diverged
 
 
@@ -316,7 +316,7 @@ class Nan(golf.Plugin):
     recipe = tiny_recipe(tmp_path, pystdlib_root, "[plugins.nan]\n")
     proc = subprocess.run([sys.executable, "-m", "golf_cli", "run", recipe, "--plugins-dir", plugins], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 3
+    assert proc.returncode == 4
     assert "error: training diverged at step 3: the train loss or gradient norm is not finite (seen at step 3)" in proc.stderr and "Traceback" not in proc.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     result = json.loads((run_dir / "result.json").read_text())

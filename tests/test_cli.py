@@ -136,7 +136,10 @@ def test_run_then_eval_reproduces_the_score(tmp_path, pystdlib_root):
     assert result["data"]["targets"] == 4096 and result["data"]["fingerprint"]["corpus"] == "pystdlib"
     assert result["artifact"]["total_bytes"] == result["artifact"]["model_bytes"] + result["artifact"]["code_bytes"]
     assert result["artifact"]["model_bytes"] == (run_dir / "model.golf").stat().st_size
-    assert all(item["passed"] for item in result["compliance"].values())
+    assert result["legal"] and result["violations"] == []
+    for name in ("c1_causal", "c2_normalized", "c3_score_before_update", "c4_each_target_once", "artifact_budget"):
+        assert result["compliance"][name]["status"] == "pass", name
+    assert result["compliance"]["train_time"]["status"] == "not checked"  # a CPU is not the challenge's 8xH100
     log = (run_dir / "log.txt").read_text()
     assert "step:2/6 train_loss:" in log and "step:3/6 val_loss:" in log
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) >= 4

@@ -63,8 +63,8 @@ def test_model_compiles_fullgraph_and_matches_eager(recipe):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["pr549-quick.toml", "v4-quick.toml"])
-def test_quick_stack_runs_end_to_end_and_passes_compliance(recipe, tmp_path, pystdlib_root):
+@pytest.mark.parametrize("recipe", ["quickstart.toml", "pr549-quick.toml", "v4-quick.toml"])
+def test_quick_recipe_runs_end_to_end_and_passes_every_probe(recipe, tmp_path, pystdlib_root):
     from tests.test_cli import golf
 
     golf("run", RECIPES / recipe, "--set", "train.iterations=4", "--set", "train.val_every=0",
@@ -72,11 +72,18 @@ def test_quick_stack_runs_end_to_end_and_passes_compliance(recipe, tmp_path, pys
          "--set", f'run.out_dir="{tmp_path}"', "--set", "eval.chunk_tokens=512")
     (run_dir,) = tmp_path.iterdir()
     result = json.loads((run_dir / "result.json").read_text())
-    expected = ["roundtrip"] if recipe.startswith("pr549") else ["roundtrip", "roundtrip+ttt", "roundtrip+ttt+hedge_mixer"]
+    expected = ["roundtrip", "roundtrip+ttt", "roundtrip+ttt+hedge_mixer"] if recipe.startswith("v4") else ["roundtrip"]
     assert list(result["stages"]) == expected
+    assert result["legal"] and run_dir.name.startswith(result["name"]) and not run_dir.name.endswith(".invalid")
     for name in ("c1_causal", "c2_normalized", "c3_score_before_update", "c4_each_target_once", "artifact_budget"):
-        assert result["compliance"][name]["passed"], name
-    assert result["artifact"]["quantizer"] == "gptq_lite" and result["artifact"]["compressor"] == "lzma"
+        assert result["compliance"][name]["status"] == "pass", name
+    c1 = result["compliance"]["c1_causal"]
+    assert c1["path"] == " -> ".join(["artifact model", "golf_before_eval", *expected[-1].split("+")[1:]])
+    if len(expected) > 1:  # the probe crossed a chunk boundary (chunk_tokens=512 here)
+        assert 511 in c1["cut_points"] and c1["prefix_targets"] > 512
+    assert c1["reach"] > 0  # perturbing after each cut point visibly changed the later scores
+    if recipe != "quickstart.toml":
+        assert result["artifact"]["quantizer"] == "gptq_lite" and result["artifact"]["compressor"] == "lzma"
 
 
 @pytest.mark.slow

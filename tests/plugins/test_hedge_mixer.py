@@ -64,7 +64,7 @@ def run(fn, val, adapter, *, seq_len=16, stride=4, batch_seqs=3, chunk_tokens=50
 
 
 def naive_counts(targets, v=V, buckets=B):
-    """The tables recounted by a Python loop over the observed stream (stream start = -1 contexts)."""
+    """The tables recounted by a Python loop over the observed stream (stream start = -1 contexts; a BOS starts a trigram context afresh)."""
     uni = torch.zeros(v, dtype=torch.int64)
     bi = torch.zeros(v + 1, v, dtype=torch.int64)
     tri = torch.zeros(buckets + 1, v, dtype=torch.int64)
@@ -72,7 +72,7 @@ def naive_counts(targets, v=V, buckets=B):
     for y in targets:
         uni[y] += 1
         bi[v if cur < 0 else cur, y] += 1
-        h = buckets if prev < 0 or cur < 0 else ((prev * 36313) ^ (cur * 27191)) % buckets
+        h = buckets if prev < 0 or cur < 0 or cur == golf.BOS_ID else ((prev * 36313) ^ (cur * 27191)) % buckets
         tri[h, y] += 1
         prev, cur = cur, y
     return uni, bi, tri
@@ -129,7 +129,7 @@ def test_hedge_update_matches_hand_computation():
         """p_k(y) at position j from the targets observed so far (a Python recount)."""
         uni, bi, tri = naive_counts(observed)
         prev, cur = hist(j)
-        h = B if prev < 0 else ((prev * 36313) ^ (cur * 27191)) % B
+        h = B if prev < 0 or cur == golf.BOS_ID else ((prev * 36313) ^ (cur * 27191)) % B
         return [
             math.exp(float(neural[j, y])),
             (float(uni[y]) + 0.1) / (len(observed) + 0.1 * V),
@@ -272,7 +272,8 @@ def test_mixture_beats_a_weak_model_on_a_markov_stream_and_learns_the_right_weig
     val = markov2_stream(4001)
     fn = unigram_model()
     plain = evaluate(fn, val, LUTS, seq_len=16, stride=16)
-    m = HedgeMixer(cfg(warmup_tokens=200, trigram_buckets=4096))
+    # a synthetic chain where id 1 is an ordinary state, not a document start
+    m = HedgeMixer(cfg(warmup_tokens=200, trigram_buckets=4096, cross_documents=True))
     res, _ = run(fn, val, m, stride=16, chunk_tokens=200)
     assert res.val_bpb < plain.val_bpb - 0.5
     pi = m.weights()
