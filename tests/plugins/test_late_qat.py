@@ -180,7 +180,7 @@ def test_compiled_trainer_compiles_both_states_in_warm_up_and_never_again(monkey
     # the trainer's graphs are Dynamo's (guards, one per switch state) whatever the backend; the
     # eager backend skips inductor's C++ builds, which take minutes on 2 CPU cores
     monkeypatch.setattr(torch, "compile", functools.partial(inductor_compile, backend="eager"))
-    host = host_for(config, {GptqLite: None, LateQat: QatConfig(threshold=0.6), GraphCount: None})
+    host = host_with(config, GptqLite, (LateQat, QatConfig(threshold=0.6)), GraphCount)
     quantizer = host.first("golf_quantizer", config=config)
     model = build_model(config, host, quantizer)
     train_briefly(config, host, model, quantizer)
