@@ -16,6 +16,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from golfcore.errors import ComplianceError, ConfigError, GolfError
+from golfcore.result import RunResult
 
 from .audit_cmd import register as register_audit
 from .data_cmd import app as data_app
@@ -160,35 +161,35 @@ def run(
         _refuse_illegal(result)
 
 
-def _refuse_illegal(result: dict) -> None:
+def _refuse_illegal(result: RunResult) -> None:
     """A score that failed a legality check exits 3 with one line naming the check and culprit."""
-    if not result["legal"]:
-        raise ComplianceError(f"not a legal score: {'; '.join(result['violations'])}")
+    if not result.legal:
+        raise ComplianceError(f"not a legal score: {'; '.join(result.violations)}")
 
 
-def _summary(result: dict) -> None:
-    table = Table(title=f"{result['name']} - {result['data']['corpus']}/val, {result['data']['targets']} targets")
+def _summary(result: RunResult) -> None:
+    table = Table(title=f"{result.name} - {result.data['corpus']}/val, {result.data['targets']} targets")
     table.add_column("stage")
     table.add_column("val_bpb", justify="right")
     table.add_column("val_loss (nats)", justify="right")
     table.add_column("eval s", justify="right")
-    for stage, s in result["stages"].items():
+    for stage, s in result.stages.items():
         if s["val_bpb"] is None:
             table.add_row(stage, "[red]INVALID[/red]", "-", f"{s['eval_seconds']:.1f}")
         else:
             bpb = f"{s['val_bpb']:.4f}" + ("" if s["legal"] else " [red]INVALID[/red]")
             table.add_row(stage, bpb, f"{s['val_loss']:.4f}", f"{s['eval_seconds']:.1f}")
     console.print(table)
-    art = result["artifact"]
+    art = result.artifact
     console.print(
-        f"steps {result['steps']}  train {result['train_seconds']:.1f}s  params {result['model_params']:,}  "
+        f"steps {result.steps}  train {result.train_seconds:.1f}s  params {result.model_params:,}  "
         f"artifact {art['total_bytes']:,} B (model {art['model_bytes']:,} + code {art['code_bytes']:,}; "
         f"budget {art['budget_bytes']:,}: {'OK' if art['within_budget'] else 'OVER'})"
     )
     from golfcore.audit import summary
 
-    console.print(f"compliance {summary(result['compliance'])}")
-    console.print(f"run directory: {result['run_dir']}")
+    console.print(f"compliance {summary(result.compliance)}")
+    console.print(f"run directory: {result.run_dir}")
 
 
 @app.command("eval")

@@ -40,6 +40,7 @@ from .assemble import build_model, check_config
 from .model import GPT, count_parameters
 from .params import param_specs
 from .plugins import Host, PluginInfo
+from .result import RunResult
 from .train import Dist, Trainer, activation_dtype_for, autocast_for, setup_dist, should_compile
 
 ARTIFACT_NAME = "model.golf"
@@ -368,7 +369,7 @@ def silence_blocks(model: nn.Module) -> None:
 
 def run(config: RunConfig, available: dict[str, PluginInfo], recipe_text: str,
         echo: Callable[[str], None] = print, progress_factory=None, trace_hooks: bool = False,
-        run_dir: Path | None = None, resume_dir: Path | None = None) -> tuple[Path | None, dict]:
+        run_dir: Path | None = None, resume_dir: Path | None = None) -> tuple[Path | None, RunResult]:
     """Train, export, round-trip and score one recipe; returns (run directory, result) on rank 0.
 
     The run lands in `run_dir` when given, else in a new `<out_dir>/<name>-<timestamp>`. With
@@ -392,9 +393,9 @@ def run(config: RunConfig, available: dict[str, PluginInfo], recipe_text: str,
     except DivergedError as e:
         if dist.is_main:
             log.line(f"diverged: {e}")
-            final_dir = _finish(run_dir, {"name": config.run.name, "status": "diverged", "error": str(e), "diverged_at_step": e.step,
-                                          "seed": config.run.seed, "world_size": dist.world_size, "versions": versions(),
-                                          "git_revision": _git_revision(), "config": config.to_dict()})
+            record = RunResult(config.run.name, "diverged", config.run.seed, dist.world_size, str(dist.device), versions(),
+                               _git_revision(), config.to_dict(), error=str(e), diverged_at_step=e.step)
+            final_dir = _finish(run_dir, record)
             e.args = (f"{e} (run directory: {final_dir})",)
         dist.barrier()  # rank 0 has written the record before any rank exits
         raise
@@ -412,17 +413,26 @@ def run(config: RunConfig, available: dict[str, PluginInfo], recipe_text: str,
     return final_dir, result
 
 
+def _plugin_records(config: RunConfig, available: dict[str, PluginInfo]) -> dict[str, dict]:
+    """Each enabled plugin's resolved config, source and version, as the result records them."""
+    configs = config.to_dict()["plugins"]
+    return {name: {"config": configs[name], "source": available[name].source, "version": available[name].version}
+            for name in config.plugins}
+
+
 def _resumable_dir(run_dir: Path) -> Path:
     if not run_dir.name.endswith(".incomplete") or not (run_dir / RECIPE_NAME).is_file():
         raise GolfError(f"{run_dir}: not an interrupted run directory (needs the .incomplete suffix and {RECIPE_NAME})")
     return run_dir
 
 
-def _finish(run_dir: Path, result: dict) -> Path:
-    """Write result.json and drop the `.incomplete` suffix: the run is over, whatever its status."""
-    final_dir = run_dir.with_name(run_dir.name.removesuffix(".incomplete") + ("" if result["legal"] else INVALID_SUFFIX))
-    result["run_dir"] = str(final_dir)
-    write_json(run_dir / "result.json", result)
+def _finish(run_dir: Path, result: RunResult) -> Path:
+    """Write result.json and drop the `.incomplete` suffix: the run is over, whatever its status;
+    a score that failed a legality check is kept under `.invalid`."""
+    invalid = result.status != "diverged" and not result.legal
+    final_dir = run_dir.with_name(run_dir.name.removesuffix(".incomplete") + (INVALID_SUFFIX if invalid else ""))
+    result.run_dir = str(final_dir)
+    result.write(run_dir / "result.json")
     run_dir.rename(final_dir)
     return final_dir
 
@@ -451,7 +461,7 @@ def _code_file_label(path: Path, run_dir: Path | None) -> str:
     return str(path)
 
 
-def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factory, resuming: bool = False) -> dict:
+def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factory, resuming: bool = False) -> RunResult:
     """The body of `run`; `progress_factory(stage, total)` gives a (done, total) callback per phase."""
     config, dist, corpus = session.config, session.dist, session.corpus
     model = session.build_model()
@@ -498,47 +508,46 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
     final_stage = list(stages)[-1]
     compliance = session.compliance(blob, val_tokens, stages, art, log, outcome.train_seconds, outcome.steps)
     problems = audit.violations(compliance)
-    return {
-        "name": config.run.name,
-        "status": "finished",
-        "val_bpb": None if problems else stages[final_stage]["val_bpb"],  # never an illegal number as the headline
-        "legal": not problems,
-        "violations": problems,
-        "final_stage": final_stage,
-        "stages": stages,
-        "pre_export_val_loss": pre_export.val_loss,
-        "quantization_damage_nats": roundtrip_flat.val_loss - pre_export.val_loss,
-        "damage_windows": f"non-overlapping, seq_len {config.eval_seq_len}",
-        "data": {"corpus": corpus.name, "split": "val", "targets": targets, "fingerprint": corpus.fingerprint,
-                 "unigram_entropy_bpb": unigram_entropy_bpb(val_tokens.to(dist.device), session.luts())},
-        "steps": outcome.steps,
-        "resumed_from_step": outcome.resumed_from,
-        "tokens": outcome.tokens,
-        "stopped_by": outcome.stopped_by,
-        "train_seconds": outcome.train_seconds,
-        "execution": outcome.execution,
-        "eval_seconds": sum(s["eval_seconds"] for s in stages.values()),
-        "model_params": count_parameters(model),
-        "artifact": {"model_bytes": art.model_bytes, "code_bytes": art.code_bytes, "total_bytes": art.total_bytes,
-                     "budget_bytes": art.budget_bytes, "within_budget": art.within_budget,
-                     "code_files": [_code_file_label(Path(f), run_dir) for f in art.code_files],
-                     "quantizer": session.quantizer.name, "compressor": session.compressor.name},
-        "plugins": {name: {"config": config.to_dict()["plugins"][name], "source": session.available[name].source,
-                           "version": session.available[name].version} for name in config.plugins},
-        "seed": config.run.seed,
-        "world_size": dist.world_size,
-        "device": str(dist.device),
-        "versions": versions(),
-        "git_revision": _git_revision(),
-        "code_sha256": code_sha256(art.code_files),
-        "compliance": compliance,
-        "config": config.to_dict(),
-    }
+    return RunResult(
+        name=config.run.name,
+        status="finished",
+        val_bpb=None if problems else stages[final_stage]["val_bpb"],  # never an illegal number as the headline
+        legal=not problems,
+        violations=problems,
+        final_stage=final_stage,
+        stages=stages,
+        pre_export_val_loss=pre_export.val_loss,
+        quantization_damage_nats=roundtrip_flat.val_loss - pre_export.val_loss,
+        damage_windows=f"non-overlapping, seq_len {config.eval_seq_len}",
+        data={"corpus": corpus.name, "split": "val", "targets": targets, "fingerprint": corpus.fingerprint,
+              "unigram_entropy_bpb": unigram_entropy_bpb(val_tokens.to(dist.device), session.luts())},
+        steps=outcome.steps,
+        resumed_from_step=outcome.resumed_from,
+        tokens=outcome.tokens,
+        stopped_by=outcome.stopped_by,
+        train_seconds=outcome.train_seconds,
+        execution=outcome.execution,
+        eval_seconds=sum(s["eval_seconds"] for s in stages.values()),
+        model_params=count_parameters(model),
+        artifact={"model_bytes": art.model_bytes, "code_bytes": art.code_bytes, "total_bytes": art.total_bytes,
+                  "budget_bytes": art.budget_bytes, "within_budget": art.within_budget,
+                  "code_files": [_code_file_label(Path(f), run_dir) for f in art.code_files],
+                  "quantizer": session.quantizer.name, "compressor": session.compressor.name},
+        plugins=_plugin_records(config, session.available),
+        seed=config.run.seed,
+        world_size=dist.world_size,
+        device=str(dist.device),
+        versions=versions(),
+        git_revision=_git_revision(),
+        code_sha256=code_sha256(art.code_files),
+        compliance=compliance,
+        config=config.to_dict(),
+    )
 
 
 def rescore(run_dir: Path, available: dict[str, PluginInfo], echo: Callable[[str], None] = print,
             progress_factory=None, sets: list[str] = (), with_: list[str] = (), without: list[str] = (),
-            out_dir: Path | None = None) -> dict:
+            out_dir: Path | None = None) -> RunResult:
     """Re-score a finished run's artifact with its resolved recipe (no training).
 
     Overrides may change what evaluation does (eval adapters, [eval] settings); one that
@@ -565,36 +574,34 @@ def rescore(run_dir: Path, available: dict[str, PluginInfo], echo: Callable[[str
     finally:
         log.close()
     problems = audit.violations(compliance)
-    if partial is None:
-        return {"run_dir": str(run_dir), "stages": stages, "legal": not problems, "violations": problems,
-                "compliance": compliance, "data": {"corpus": session.corpus.name, "targets": val_tokens.numel() - 1}}
-    recipe_file = partial / RECIPE_NAME
-    recipe_file.write_text(dump_toml(config), encoding="utf-8")
-    (partial / ARTIFACT_NAME).write_bytes(blob)
     final_stage = list(stages)[-1]
-    result = {
-        "name": config.run.name,
-        "val_bpb": None if problems else stages[final_stage]["val_bpb"],
-        "legal": not problems,
-        "violations": problems,
-        "compliance": compliance,
-        "final_stage": final_stage,
-        "stages": stages,
-        "data": {"corpus": session.corpus.name, "split": "val", "targets": val_tokens.numel() - 1,
-                 "fingerprint": session.corpus.fingerprint},
-        "eval_seconds": sum(s["eval_seconds"] for s in stages.values()),
-        "plugins": {name: {"config": config.to_dict()["plugins"][name], "source": available[name].source,
-                           "version": available[name].version} for name in config.plugins},
-        "seed": config.run.seed,
-        "world_size": session.dist.world_size,
-        "device": str(session.dist.device),
-        "versions": versions(),
-        "git_revision": _git_revision(),
-        "code_sha256": code_sha256(code_files_for(session.plugin_modules(), recipe_file)),
-        "rescored_from": {"run_dir": str(run_dir), "artifact_sha256": hashlib.sha256(blob).hexdigest()},
-        "config": config.to_dict(),
-    }
-    _finish(partial, result)
+    result = RunResult(
+        name=config.run.name,
+        status="rescored",
+        seed=config.run.seed,
+        world_size=session.dist.world_size,
+        device=str(session.dist.device),
+        versions=versions(),
+        git_revision=_git_revision(),
+        config=config.to_dict(),
+        val_bpb=None if problems else stages[final_stage]["val_bpb"],
+        legal=not problems,
+        violations=problems,
+        compliance=compliance,
+        final_stage=final_stage,
+        stages=stages,
+        data={"corpus": session.corpus.name, "split": "val", "targets": val_tokens.numel() - 1,
+              "fingerprint": session.corpus.fingerprint},
+        eval_seconds=sum(s["eval_seconds"] for s in stages.values()),
+        plugins=_plugin_records(config, available),
+        rescored_from={"run_dir": str(run_dir), "artifact_sha256": hashlib.sha256(blob).hexdigest()},
+    )
+    if partial is not None:
+        recipe_file = partial / RECIPE_NAME
+        recipe_file.write_text(dump_toml(config), encoding="utf-8")
+        (partial / ARTIFACT_NAME).write_bytes(blob)
+        result.code_sha256 = code_sha256(code_files_for(session.plugin_modules(), recipe_file))
+        _finish(partial, result)
     return result
 
 

@@ -320,7 +320,7 @@ class Nan(golf.Plugin):
     assert "error: training diverged at step 3: the train loss or gradient norm is not finite (seen at step 3)" in proc.stderr and "Traceback" not in proc.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     result = json.loads((run_dir / "result.json").read_text())
-    assert result["status"] == "diverged" and result["diverged_at_step"] == 3 and "val_bpb" not in result
+    assert result["status"] == "diverged" and result["diverged_at_step"] == 3 and result["val_bpb"] is None
     assert "diverged: training diverged at step 3" in (run_dir / "log.txt").read_text()
     assert (run_dir / "metrics.jsonl").read_text().count('"event": "train"') == 2  # steps 1 and 2; step 4 saw the NaN of step 3
     assert not (run_dir / "model.golf").exists()

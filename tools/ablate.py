@@ -259,7 +259,7 @@ def reusable(spec: RunSpec) -> bool:
             and result.get("seed") == spec.seed and result.get("code_sha256") == spec.code_hash)
     if same and spec.reference is not None:
         artifact = (spec.reference.directory / ARTIFACT_NAME).read_bytes()
-        same = result.get("rescored_from", {}).get("artifact_sha256") == hashlib.sha256(artifact).hexdigest()
+        same = (result.get("rescored_from") or {}).get("artifact_sha256") == hashlib.sha256(artifact).hexdigest()
     return same
 
 
