@@ -5,7 +5,7 @@
     b"GOLF" | u8 format version | u8 n | compressor name (n ASCII bytes) | compressed container
 
 The compressor's name sits in front in plain bytes because it must be known before the
-payload can be decompressed. The container is a safetensors blob: raw tensor bytes plus a
+payload can be decompressed. Format 2 adds per-entry byte layouts (see `pack`). The container is a safetensors blob: raw tensor bytes plus a
 JSON header, so loading it never executes code (no pickle, unlike the reference's
 `torch.save`). Its metadata key "golf" records the format version, the quantizer and
 compressor names, and per state key: original dtype and shape, the stored tensor names and
@@ -40,7 +40,7 @@ from .errors import ConfigError, DataError
 from .params import ParamSpec
 
 MAGIC = b"GOLF"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CLIP_PERCENTILE = 99.99984
 """The baseline's per-row clip: |w| above this percentile of its row is clipped (§0)."""
 
@@ -81,15 +81,18 @@ class Int8Quantizer:
     - non-float tensors: stored as is;
     - export "quantize"/"embedding" with numel > float_max_numel: int8 per row (last dim),
       clip at the 99.99984th percentile of |w| in the row, step = clip/127 stored as fp16.
-      No step floor: the reference's max(clip/127, 1/127) wastes levels on rows with
-      clip < 1 (D15). A row with clip == 0 (or a step below fp16's range) stores zeros.
+      No step floor by default: the reference's max(clip/127, 1/127) wastes levels on rows
+      with clip < 1 (D15); `scale_floor=True` restores it, for comparison. A row with
+      clip == 0 (or a step below fp16's range) stores zeros.
     - everything else: fp32 if declared "float32", otherwise fp16.
     """
 
     name = "int8"
+    max_level = 127  # largest stored |level| of the integer grid (artifact projections read it)
 
-    def __init__(self, float_max_numel: int = 65536):
+    def __init__(self, float_max_numel: int = 65536, scale_floor: bool = False):
         self.float_max_numel = float_max_numel
+        self.scale_floor = scale_floor
 
     def _int8_rows(self, w: Tensor) -> tuple[Tensor, Tensor]:
         """q [..., cols] (float, integer values) and step [...] (fp32 holding the fp16 value that
@@ -97,7 +100,8 @@ class Int8Quantizer:
         fake_quantize runs it inside compiled graphs."""
         w32 = w.detach().float()
         clip = row_quantile(w32, CLIP_PERCENTILE / 100).unsqueeze(-1)  # [..., 1]
-        step = fp16_round(clip.squeeze(-1) / 127)  # [...]
+        raw = clip.squeeze(-1) / 127  # [...]
+        step = fp16_round(raw.clamp_min(1 / 127) if self.scale_floor else raw)
         s = step.unsqueeze(-1)
         q = torch.round(torch.clamp(w32, -clip, clip) / torch.where(s > 0, s, 1.0)).clamp(-127, 127)
         return q, step
@@ -155,13 +159,84 @@ def _storage_key(t: Tensor) -> tuple | None:
     return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
 
 
-def pack(state: dict[str, Tensor], specs: dict[str, ParamSpec], quantizer: Quantizer, compressor: Compressor) -> bytes:
+# ----------------------------------------------------------------------------- byte layouts
+
+LAYOUT_MIN_BYTES = 4096
+"""Smaller stored tensors keep the plain layout: a layout record in the header costs ~80 bytes."""
+
+
+def _layout_candidates(t: Tensor) -> list[dict]:
+    """The lossless layouts tried for a stored tensor: its elements in row order (as is) or, for
+    a matrix, in column order; their bytes as they are, split into byte planes (multi-byte
+    dtypes: all first bytes, then all second bytes, ...), or shifted to start at 0 (int8)."""
+    orders = ["rows", "cols"] if t.ndim >= 2 else ["rows"]
+    forms = ["plain", "planes"] if t.element_size() > 1 else ["plain", "shift"] if t.dtype == torch.int8 else ["plain"]
+    return [{"order": order, "bytes": form} for order in orders for form in forms]
+
+
+def _encode_layout(t: Tensor, layout: dict) -> Tensor:
+    x = t.reshape(-1, t.size(-1)).t() if layout["order"] == "cols" else t  # cols: [last dim, rest]
+    x = x.contiguous()
+    if layout["bytes"] == "planes":
+        return x.view(torch.uint8).reshape(-1, x.element_size()).t().contiguous().reshape(-1)  # uint8 [size*numel]
+    if layout["bytes"] == "shift":
+        return (x.to(torch.int16) - layout["shift"]).to(torch.uint8)
+    return x
+
+
+def _decode_layout(stored: Tensor, layout: dict) -> Tensor:
+    """The inverse of `_encode_layout`, from the dtype and shape the layout record keeps."""
+    dtype, shape = _dtype(layout["dtype"]), list(layout["shape"])
+    rows = math.prod(shape[:-1])
+    encoded_shape = [shape[-1], rows] if layout["order"] == "cols" else shape
+    if layout["bytes"] == "planes":
+        size = torch.empty((), dtype=dtype).element_size()
+        x = stored.reshape(size, -1).t().contiguous().view(dtype)
+    elif layout["bytes"] == "shift":
+        x = (stored.to(torch.int16) + int(layout["shift"])).to(torch.int8)
+    else:
+        x = stored
+    x = x.reshape(encoded_shape)
+    return x.t().reshape(shape) if layout["order"] == "cols" else x
+
+
+def _raw_bytes(t: Tensor) -> bytes:
+    return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _smallest_layout(t: Tensor, compressor: Compressor) -> tuple[Tensor, dict | None]:
+    """(tensor to store, layout record or None for the plain layout): the candidate whose bytes,
+    compressed alone by `compressor`, are fewest. Which wins depends on the compressor (column
+    order helps lzma on int6 rows and costs zstd several percent), so it is measured, not assumed."""
+    if t.numel() * t.element_size() < LAYOUT_MIN_BYTES:
+        return t, None
+    best = None
+    for layout in _layout_candidates(t):
+        if layout["bytes"] == "shift":
+            layout["shift"] = int(t.min())
+        encoded = _encode_layout(t, layout)
+        size = len(compressor.compress(_raw_bytes(encoded)))
+        if best is None or size < best[0]:
+            best = (size, encoded, layout)
+    _, encoded, layout = best
+    if layout == {"order": "rows", "bytes": "plain"}:
+        return t, None
+    return encoded, {**layout, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+
+
+def pack(state: dict[str, Tensor], specs: dict[str, ParamSpec], quantizer: Quantizer, compressor: Compressor,
+         smallest_layout: bool = True) -> bytes:
     """state_dict -> artifact bytes.
 
     Keys with a declared spec go through `quantizer` with their export kind. Keys without
     one (persistent buffers) are stored exactly as they are. Keys sharing one tensor (tied
     embeddings: `named_parameters` declares only one of the names) are stored once, under
     the declared key, and the others recorded as aliases.
+
+    With `smallest_layout`, each stored tensor (int6 levels, int8 levels, fp16 steps, float
+    tensors) is written in whichever of its lossless byte layouts `compressor` shrinks most
+    when compressing it alone (`_layout_candidates`), recorded in the entry's "layouts". The
+    values loaded back are the same in every layout: only the byte count changes.
     """
     # Tied weights: one storage under several keys; store it under the first declared key.
     holders: dict[tuple, list[str]] = {}
@@ -187,7 +262,14 @@ def pack(state: dict[str, Tensor], specs: dict[str, ParamSpec], quantizer: Quant
         for k in stored:
             if not k.startswith(name) or k in tensors:
                 raise ValueError(f"quantizer {quantizer.name!r}: stored name {k!r} for {name!r} must start with it and be unique")
-        tensors.update({k: v.detach().to("cpu", copy=True).contiguous() for k, v in stored.items()})
+        stored = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in stored.items()}
+        layouts = {}
+        if smallest_layout:
+            for k, v in stored.items():
+                stored[k], layout = _smallest_layout(v, compressor)
+                if layout:
+                    layouts[k] = layout
+        tensors.update(stored)
         entries[name] = {
             "kind": kind,
             "dtype": str(tensor.dtype).removeprefix("torch."),
@@ -195,6 +277,8 @@ def pack(state: dict[str, Tensor], specs: dict[str, ParamSpec], quantizer: Quant
             "stored": list(stored),
             "info": info,
         }
+        if layouts:
+            entries[name]["layouts"] = layouts
     header = {"format": FORMAT_VERSION, "quantizer": quantizer.name, "compressor": compressor.name, "tensors": entries}
     container = safetensors.torch.save(tensors, metadata={"golf": json.dumps(header)})
     cname = compressor.name.encode("ascii")
@@ -274,7 +358,8 @@ def unpack(blob: bytes, quantizers: dict[str, Quantizer], compressors: dict[str,
             if entry["kind"] == "alias":
                 aliases[name] = entry["of"]
                 continue
-            stored = {k: tensors[k] for k in entry["stored"]}
+            layouts = entry.get("layouts", {})
+            stored = {k: _decode_layout(tensors[k], layouts[k]) if k in layouts else tensors[k] for k in entry["stored"]}
             if entry["kind"] == "raw":
                 (t,) = stored.values()
             elif entry["kind"] == "quantized":

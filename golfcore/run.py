@@ -276,7 +276,7 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
     log.line(f"stopped_by:{outcome.stopped_by} steps:{outcome.steps} train_time:{outcome.train_seconds * 1000:.0f}ms")
 
     pre_export = session.score(model, val_tokens, stride=config.eval_seq_len)
-    blob = pack(model.state_dict(), param_specs(model), session.quantizer, session.compressor)
+    blob = pack(model.state_dict(), param_specs(model), session.quantizer, session.compressor, config.export.smallest_layout)
     recipe_file = run_dir / RECIPE_NAME if run_dir else Path(config.source)
     art = report(blob, code_files_for(session.plugin_modules(), recipe_file), config.export.budget_bytes)
     if run_dir:

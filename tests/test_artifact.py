@@ -12,6 +12,7 @@ from torch import nn
 import golfcore
 from golfcore.artifact import (
     CLIP_PERCENTILE,
+    FORMAT_VERSION,
     Int8Quantizer,
     ZstdCompressor,
     code_bytes,
@@ -80,8 +81,8 @@ def test_round_trip_keys_shapes_dtypes_and_errors():
 
 def test_container_layout_and_no_pickle():
     state, specs = _state()
-    blob = pack(state, specs, Int8Quantizer(), ZstdCompressor())
-    assert blob[:4] == b"GOLF" and blob[4] == 1 and blob[6 : 6 + blob[5]] == b"zstd"
+    blob = pack(state, specs, Int8Quantizer(), ZstdCompressor(), smallest_layout=False)
+    assert blob[:4] == b"GOLF" and blob[4] == 2 and blob[6 : 6 + blob[5]] == b"zstd"
     container = _container(blob)
     stored = safetensors.torch.load(container)  # plain safetensors: loads without executing code
     assert stored["emb.q"].dtype == torch.int8 and stored["emb.scale"].dtype == torch.float16
@@ -90,7 +91,7 @@ def test_container_layout_and_no_pickle():
     assert stored["big_fp16"].dtype == torch.float16 and stored["steps"].dtype == torch.int64
     (n,) = struct.unpack("<Q", container[:8])
     header = json.loads(json.loads(container[8 : 8 + n])["__metadata__"]["golf"])
-    assert header["quantizer"] == "int8" and header["compressor"] == "zstd" and header["format"] == 1
+    assert header["quantizer"] == "int8" and header["compressor"] == "zstd" and header["format"] == 2
     assert header["tensors"]["w"] == {"kind": "quantized", "dtype": "bfloat16", "shape": [512, 256], "stored": ["w.q", "w.scale"], "info": {"scheme": "int8_row"}}
     assert b"\x80\x04" not in container[: 8 + n] and b"torch._utils" not in container  # no pickle protocol marker
 
@@ -187,7 +188,7 @@ def test_corrupt_blob_raises_data_error(damage):
 
 
 def test_bad_container_inside_valid_compression_is_corrupt():
-    bad = b"GOLF" + bytes([1, 4]) + b"zstd" + ZstdCompressor().compress(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
+    bad = b"GOLF" + bytes([FORMAT_VERSION, 4]) + b"zstd" + ZstdCompressor().compress(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
     with pytest.raises(DataError, match="corrupt"):
         unpack(bad, Q, C)
 
@@ -258,3 +259,55 @@ def test_fp16_round_is_the_float16_cast():
     edges = torch.tensor([0.0, -0.0, 2**-24, 2**-25, 3 * 2**-25, 2**-14, 1.5 * 2**-15, 1 + 2**-11, 1 + 3 * 2**-11, 65504.0, -65504.0])
     for values in (x.clamp(-65504, 65504), edges):
         assert torch.equal(fp16_round(values), values.to(torch.float16).float())
+
+
+class Lzma6:
+    """lzma at the PR #549 stack's preset, as a compressor (the core has only zstd)."""
+
+    name = "lzma6"
+
+    def compress(self, data):
+        import lzma
+        return lzma.compress(data, preset=6)
+
+    def decompress(self, data):
+        import lzma
+        return lzma.decompress(data)
+
+
+@pytest.mark.parametrize("compressor", [ZstdCompressor(), Lzma6()], ids=["zstd", "lzma"])
+def test_smallest_layout_is_lossless_and_never_larger(compressor):
+    """Every stored tensor comes back bit-identical whichever layout wins, and the chosen layout of
+    each is the smallest of its candidates, so the artifact shrinks (float tensors in byte planes)."""
+    state, specs = _state()
+    state["levels"] = torch.randint(-31, 32, (256, 96), dtype=torch.int8)  # an int6-like stored tensor
+    state["half"] = (torch.randn(128, 128) * 0.02).half()
+    plain = pack(state, specs, Int8Quantizer(), compressor, smallest_layout=False)
+    chosen = pack(state, specs, Int8Quantizer(), compressor)
+    assert len(chosen) < len(plain)
+    codecs = {compressor.name: compressor}
+    a, b = unpack(plain, Q, codecs), unpack(chosen, Q, codecs)
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+    from golfcore.artifact import _container_header
+
+    header = _container_header(compressor.decompress(chosen[6 + chosen[5] :]))
+    layouts = {k: v for e in header["tensors"].values() for k, v in e.get("layouts", {}).items()}
+    assert layouts, "no tensor changed layout"
+    assert all(v["bytes"] in ("plain", "planes", "shift") and v["order"] in ("rows", "cols") for v in layouts.values())
+
+
+def test_each_layout_round_trips_every_dtype():
+    from golfcore.artifact import _decode_layout, _encode_layout, _layout_candidates
+
+    tensors = [torch.randn(33, 40), torch.randn(3, 5, 64).half(), torch.randn(70, 9).to(torch.bfloat16),
+               torch.randint(-31, 32, (17, 65), dtype=torch.int8), torch.randint(-128, 128, (300,), dtype=torch.int8),
+               torch.arange(600, dtype=torch.int64).reshape(20, 30)]
+    for t in tensors:
+        for layout in _layout_candidates(t):
+            if layout["bytes"] == "shift":
+                layout["shift"] = int(t.min())
+            record = {**layout, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+            back = _decode_layout(_encode_layout(t, layout).clone(), record)
+            assert back.dtype == t.dtype and torch.equal(back, t), (t.dtype, tuple(t.shape), layout)
