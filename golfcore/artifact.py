@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from torch import Tensor
 
 from .contract import Compressor, Quantizer
 from .errors import ConfigError, DataError
-from .params import ParamSpec
+from .params import ParamSpec, spec_of
 
 MAGIC = b"GOLF"
 FORMAT_VERSION = 2
@@ -407,6 +408,49 @@ def code_bytes(paths: Iterable[Path]) -> int:
 
 
 @dataclass
+class GroupBytes:
+    """What one group of tensors takes in the artifact."""
+
+    group: str  # state keys with their layer indices as "*", e.g. "layers.*.up"
+    params: int  # elements of the group's tensors before export
+    schemes: list[str]  # the quantizer's schemes for them (int_row, int8_row, float16, ...)
+    stored_bytes: int  # bytes in the container, before compression
+    compressed_bytes: int  # those bytes compressed alone by the artifact's compressor
+
+
+def tensor_group(name: str) -> str:
+    return re.sub(r"\.\d+(?=\.|$)", ".*", name)
+
+
+def group_bytes(blob: bytes, compressor: Compressor) -> list[GroupBytes]:
+    """Bytes per tensor group of an artifact packed with `compressor`, largest first.
+
+    Method: each group's stored bytes (in their stored layout) are compressed on their own. The
+    groups' sum differs from the model bytes by the container header and by what the compressor
+    finds across groups in one stream (a few per cent for lzma/zstd on weights)."""
+    container = compressor.decompress(blob[6 + blob[5] :])
+    entries = _container_header(container)["tensors"]
+    tensors = safetensors.torch.load(container)
+    raw: dict[str, list[bytes]] = {}
+    groups: dict[str, GroupBytes] = {}
+    for name, entry in entries.items():
+        if entry["kind"] == "alias":
+            continue
+        key = tensor_group(name)
+        g = groups.setdefault(key, GroupBytes(key, 0, [], 0, 0))
+        g.params += math.prod(entry["shape"])
+        scheme = entry["info"].get("scheme", entry["kind"])
+        if scheme not in g.schemes:
+            g.schemes.append(scheme)
+        for k in entry["stored"]:
+            raw.setdefault(key, []).append(_raw_bytes(tensors[k]) if tensors[k].numel() else b"")
+    for key, g in groups.items():
+        data = b"".join(raw.get(key, []))
+        g.stored_bytes, g.compressed_bytes = len(data), len(compressor.compress(data))
+    return sorted(groups.values(), key=lambda g: -g.compressed_bytes)
+
+
+@dataclass
 class ArtifactReport:
     model_bytes: int
     code_bytes: int
@@ -414,9 +458,10 @@ class ArtifactReport:
     budget_bytes: int
     within_budget: bool
     code_files: list[str]
+    groups: list[GroupBytes]
 
 
-def report(model_blob: bytes, code_files: list[Path], budget: int) -> ArtifactReport:
+def report(model_blob: bytes, code_files: list[Path], budget: int, groups: list[GroupBytes] = ()) -> ArtifactReport:
     """Model + code bytes against the budget (the challenge's limit is inclusive: total <= budget)."""
     code = code_bytes(code_files)
     total = len(model_blob) + code
@@ -427,4 +472,66 @@ def report(model_blob: bytes, code_files: list[Path], budget: int) -> ArtifactRe
         budget_bytes=budget,
         within_budget=total <= budget,
         code_files=[str(p) for p in code_files],
+        groups=list(groups),
     )
+
+
+# ----------------------------------------------------------------------------- projection before training
+
+DEFAULT_COMPRESSION_RATIO = 0.77
+"""Compressed model bytes per precision byte when no earlier run of the recipe measured it. The records'
+logs over `precision_bytes` of the recipes that reproduce them: PR #549 15,887,928 / 20,701,552 =
+0.767 (recipes/pr549.toml), PR #733 15,727,472 / 20,893,616 = 0.753 (recipes/v4.toml); the
+larger, rounded up, so the warning errs early. Int8 exports compress less (the challenge
+baseline: about 0.92), which is what the ratio measured by an earlier run corrects."""
+
+
+def precision_bytes(model: torch.nn.Module, quantizer: Quantizer, float_max_numel: int) -> int:
+    """Parameter count × export precision, in bytes: the declared export kinds as the core's rules
+    store them (integer rows at the quantizer's level width plus an fp16 step per row, float16,
+    float32). A quantizer without `max_level` counts as int8."""
+    level_bits = math.ceil(math.log2(2 * getattr(quantizer, "max_level", 127) + 1))
+    bits = 0
+    for p in model.parameters():
+        export, n = spec_of(p).export, p.numel()
+        rows = n // p.shape[-1] if p.ndim else 1
+        if export in ("quantize", "embedding") and n > float_max_numel:
+            bits += n * (level_bits if export == "quantize" else 8) + 16 * rows
+        else:
+            bits += n * (32 if export == "float32" else 16)
+    return math.ceil(bits / 8)
+
+
+@dataclass
+class ArtifactProjection:
+    precision_bytes: int
+    compression_ratio: float
+    ratio_source: str  # the run directory that measured it, or "default"
+    total_bytes: int  # precision bytes × ratio + code bytes
+    budget_bytes: int
+
+    @property
+    def fits(self) -> bool:
+        return self.total_bytes <= self.budget_bytes
+
+
+def last_compression_ratio(out_dir: Path, name: str) -> tuple[float, str] | None:
+    """(ratio, run directory) of the newest finished run called `name` under `out_dir` that recorded one."""
+    pattern = re.compile(re.escape(name) + r"-\d{8}-\d{6}(-\d+)?")
+    runs = sorted((p for p in Path(out_dir).glob(f"{name}-*") if pattern.fullmatch(p.name)), reverse=True)
+    for run in runs:
+        try:
+            ratio = json.loads((run / "result.json").read_text(encoding="utf-8"))["artifact"]["compression_ratio"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(ratio, (int, float)) and ratio > 0:
+            return float(ratio), str(run)
+    return None
+
+
+def project(model: torch.nn.Module, quantizer: Quantizer, float_max_numel: int, code: int, budget: int,
+            out_dir: Path, name: str) -> ArtifactProjection:
+    """The artifact a run of this model would produce, before training it."""
+    raw = precision_bytes(model, quantizer, float_max_numel)
+    ratio, source = last_compression_ratio(out_dir, name) or (DEFAULT_COMPRESSION_RATIO, "default")
+    return ArtifactProjection(raw, ratio, source, math.ceil(raw * ratio) + code, budget)
