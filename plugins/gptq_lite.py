@@ -19,6 +19,11 @@ Defects fixed against the reference:
 - D18: tensors declared "float32" (control tensors) stay fp32; the core's rules apply to
   everything except "quantize" matrices ("embedding" tables: per-row int8 as in the core).
 
+Encoding: where two byte encodings of the same values are possible (levels in row or column
+order, as int8 or shifted to 0..62; steps as they are or in byte planes) the artifact stores
+whichever the run's compressor makes smaller, per tensor (golfcore.artifact.pack,
+`export.smallest_layout`); the grid above is never traded for bytes.
+
 `row_step` and `fake_quantize` run the same computation as the export (same candidates,
 same fp16 rounding, same per-row choice), so late QAT and CROWN-Q see the exporter's grid;
 both are branch-free so they compile with torch.compile(fullgraph=True).
