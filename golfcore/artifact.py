@@ -164,6 +164,9 @@ def _storage_key(t: Tensor) -> tuple | None:
 
 LAYOUT_MIN_BYTES = 4096
 """Smaller stored tensors keep the plain layout: a layout record in the header costs ~80 bytes."""
+LAYOUT_SAMPLE_BYTES = 1 << 18
+"""Layouts are compared on the tensor's first rows up to this many bytes (all of a smaller tensor),
+so choosing costs about one extra compression of 256 KiB per tensor, not four of the tensor."""
 
 
 def _layout_candidates(t: Tensor) -> list[dict]:
@@ -207,22 +210,24 @@ def _raw_bytes(t: Tensor) -> bytes:
 
 def _smallest_layout(t: Tensor, compressor: Compressor) -> tuple[Tensor, dict | None]:
     """(tensor to store, layout record or None for the plain layout): the candidate whose bytes,
-    compressed alone by `compressor`, are fewest. Which wins depends on the compressor (column
+    compressed alone by `compressor`, are fewest (on the first LAYOUT_SAMPLE_BYTES of rows). Which wins depends on the compressor (column
     order helps lzma on int6 rows and costs zstd several percent), so it is measured, not assumed."""
     if t.numel() * t.element_size() < LAYOUT_MIN_BYTES:
         return t, None
+    rows = t.reshape(-1, t.size(-1)) if t.ndim >= 2 else t
+    row_bytes = rows[0].numel() * t.element_size() if t.ndim >= 2 else t.element_size()
+    sample = rows[: max(1, LAYOUT_SAMPLE_BYTES // row_bytes)]
     best = None
     for layout in _layout_candidates(t):
         if layout["bytes"] == "shift":
             layout["shift"] = int(t.min())
-        encoded = _encode_layout(t, layout)
-        size = len(compressor.compress(_raw_bytes(encoded)))
+        size = len(compressor.compress(_raw_bytes(_encode_layout(sample, layout))))
         if best is None or size < best[0]:
-            best = (size, encoded, layout)
-    _, encoded, layout = best
+            best = (size, layout)
+    layout = best[1]
     if layout == {"order": "rows", "bytes": "plain"}:
         return t, None
-    return encoded, {**layout, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+    return _encode_layout(t, layout), {**layout, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
 
 
 def pack(state: dict[str, Tensor], specs: dict[str, ParamSpec], quantizer: Quantizer, compressor: Compressor,
