@@ -5,7 +5,7 @@
     b"GOLF" | u8 format version | u8 n | compressor name (n ASCII bytes) | compressed container
 
 The compressor's name sits in front in plain bytes because it must be known before the
-payload can be decompressed. The container is a safetensors blob: raw tensor bytes plus a
+payload can be decompressed. Format 2 adds per-entry byte layouts (see `pack`). The container is a safetensors blob: raw tensor bytes plus a
 JSON header, so loading it never executes code (no pickle, unlike the reference's
 `torch.save`). Its metadata key "golf" records the format version, the quantizer and
 compressor names, and per state key: original dtype and shape, the stored tensor names and
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,10 +38,10 @@ from torch import Tensor
 
 from .contract import Compressor, Quantizer
 from .errors import ConfigError, DataError
-from .params import ParamSpec
+from .params import ParamSpec, spec_of
 
 MAGIC = b"GOLF"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CLIP_PERCENTILE = 99.99984
 """The baseline's per-row clip: |w| above this percentile of its row is clipped (docs/techniques.md §0)."""
 
@@ -93,15 +94,18 @@ class Int8Quantizer:
     - non-float tensors: stored as is;
     - export "quantize"/"embedding" with numel > float_max_numel: int8 per row (last dim),
       clip at the 99.99984th percentile of |w| in the row, step = clip/127 stored as fp16.
-      No step floor: the reference's max(clip/127, 1/127) wastes levels on rows with
-      clip < 1 (D15). A row with clip == 0 (or a step below fp16's range) stores zeros.
+      No step floor by default: the reference's max(clip/127, 1/127) wastes levels on rows
+      with clip < 1 (D15); `scale_floor=True` restores it, for comparison. A row with
+      clip == 0 (or a step below fp16's range) stores zeros.
     - everything else: fp32 if declared "float32", otherwise fp16.
     """
 
     name = "int8"
+    max_level = 127  # largest stored |level| of the integer grid (artifact projections read it)
 
-    def __init__(self, float_max_numel: int = 65536):
+    def __init__(self, float_max_numel: int = 65536, scale_floor: bool = False):
         self.float_max_numel = float_max_numel
+        self.scale_floor = scale_floor
 
     def _int8_rows(self, w: Tensor) -> tuple[Tensor, Tensor]:
         """q [..., cols] (float, integer values) and step [...] (fp32 holding the fp16 value that
@@ -109,7 +113,8 @@ class Int8Quantizer:
         fake_quantize runs it inside compiled graphs."""
         w32 = w.detach().float()
         clip = row_quantiles(w32, [CLIP_PERCENTILE / 100])[0].unsqueeze(-1)  # [..., 1]
-        step = fp16_round(clip.squeeze(-1) / 127)  # [...]
+        raw = clip.squeeze(-1) / 127  # [...]
+        step = fp16_round(raw.clamp_min(1 / 127) if self.scale_floor else raw)
         s = step.unsqueeze(-1)
         q = torch.round(torch.clamp(w32, -clip, clip) / torch.where(s > 0, s, 1.0)).clamp(-127, 127)
         return q, step
@@ -167,13 +172,89 @@ def _storage_key(t: Tensor) -> tuple | None:
     return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
 
 
-def pack(state: dict[str, Tensor], specs: dict[str, ParamSpec], quantizer: Quantizer, compressor: Compressor) -> bytes:
+# ----------------------------------------------------------------------------- byte layouts
+
+LAYOUT_MIN_BYTES = 4096
+"""Smaller stored tensors keep the plain layout: a layout record in the header costs ~80 bytes."""
+LAYOUT_SAMPLE_BYTES = 1 << 18
+"""Layouts are compared on the tensor's first rows up to this many bytes (all of a smaller tensor),
+so choosing costs about one extra compression of 256 KiB per tensor, not four of the tensor."""
+
+
+def _layout_candidates(t: Tensor) -> list[dict]:
+    """The lossless layouts tried for a stored tensor: its elements in row order (as is) or, for
+    a matrix, in column order; their bytes as they are, split into byte planes (multi-byte
+    dtypes: all first bytes, then all second bytes, ...), or shifted to start at 0 (int8)."""
+    orders = ["rows", "cols"] if t.ndim >= 2 else ["rows"]
+    forms = ["plain", "planes"] if t.element_size() > 1 else ["plain", "shift"] if t.dtype == torch.int8 else ["plain"]
+    return [{"order": order, "bytes": form} for order in orders for form in forms]
+
+
+def _encode_layout(t: Tensor, layout: dict) -> Tensor:
+    x = t.reshape(-1, t.size(-1)).t() if layout["order"] == "cols" else t  # cols: [last dim, rest]
+    x = x.contiguous()
+    if layout["bytes"] == "planes":
+        return x.view(torch.uint8).reshape(-1, x.element_size()).t().contiguous().reshape(-1)  # uint8 [size*numel]
+    if layout["bytes"] == "shift":
+        return (x.to(torch.int16) - layout["shift"]).to(torch.uint8)
+    return x
+
+
+def _decode_layout(stored: Tensor, layout: dict) -> Tensor:
+    """The inverse of `_encode_layout`, from the dtype and shape the layout record keeps."""
+    dtype, shape = _dtype(layout["dtype"]), list(layout["shape"])
+    rows = math.prod(shape[:-1])
+    encoded_shape = [shape[-1], rows] if layout["order"] == "cols" else shape
+    if layout["bytes"] == "planes":
+        size = torch.empty((), dtype=dtype).element_size()
+        x = stored.reshape(size, -1).t().contiguous().view(dtype)
+    elif layout["bytes"] == "shift":
+        x = (stored.to(torch.int16) + int(layout["shift"])).to(torch.int8)
+    else:
+        x = stored
+    x = x.reshape(encoded_shape)
+    return x.t().reshape(shape) if layout["order"] == "cols" else x
+
+
+def _raw_bytes(t: Tensor) -> bytes:
+    return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _smallest_layout(t: Tensor, compressor: Compressor) -> tuple[Tensor, dict | None]:
+    """(tensor to store, layout record or None for the plain layout): the candidate whose bytes,
+    compressed alone by `compressor`, are fewest (on the first LAYOUT_SAMPLE_BYTES of rows). Which wins depends on the compressor (column
+    order helps lzma on int6 rows and costs zstd several percent), so it is measured, not assumed."""
+    if t.numel() * t.element_size() < LAYOUT_MIN_BYTES:
+        return t, None
+    rows = t.reshape(-1, t.size(-1)) if t.ndim >= 2 else t
+    row_bytes = rows[0].numel() * t.element_size() if t.ndim >= 2 else t.element_size()
+    sample = rows[: max(1, LAYOUT_SAMPLE_BYTES // row_bytes)]
+    best = None
+    for layout in _layout_candidates(t):
+        if layout["bytes"] == "shift":
+            layout["shift"] = int(t.min())
+        size = len(compressor.compress(_raw_bytes(_encode_layout(sample, layout))))
+        if best is None or size < best[0]:
+            best = (size, layout)
+    layout = best[1]
+    if layout == {"order": "rows", "bytes": "plain"}:
+        return t, None
+    return _encode_layout(t, layout), {**layout, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+
+
+def pack(state: dict[str, Tensor], specs: dict[str, ParamSpec], quantizer: Quantizer, compressor: Compressor,
+         smallest_layout: bool = True) -> bytes:
     """state_dict -> artifact bytes.
 
     Keys with a declared spec go through `quantizer` with their export kind. Keys without
     one (persistent buffers) are stored exactly as they are. Keys sharing one tensor (tied
     embeddings: `named_parameters` declares only one of the names) are stored once, under
     the declared key, and the others recorded as aliases.
+
+    With `smallest_layout`, each stored tensor (int6 levels, int8 levels, fp16 steps, float
+    tensors) is written in whichever of its lossless byte layouts `compressor` shrinks most
+    when compressing it alone (`_layout_candidates`), recorded in the entry's "layouts". The
+    values loaded back are the same in every layout: only the byte count changes.
     """
     # Tied weights: one storage under several keys; store it under the first declared key.
     holders: dict[tuple, list[str]] = {}
@@ -199,7 +280,14 @@ def pack(state: dict[str, Tensor], specs: dict[str, ParamSpec], quantizer: Quant
         for k in stored:
             if not k.startswith(name) or k in tensors:
                 raise ValueError(f"quantizer {quantizer.name!r}: stored name {k!r} for {name!r} must start with it and be unique")
-        tensors.update({k: v.detach().to("cpu", copy=True).contiguous() for k, v in stored.items()})
+        stored = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in stored.items()}
+        layouts = {}
+        if smallest_layout:
+            for k, v in stored.items():
+                stored[k], layout = _smallest_layout(v, compressor)
+                if layout:
+                    layouts[k] = layout
+        tensors.update(stored)
         entries[name] = {
             "kind": kind,
             "dtype": str(tensor.dtype).removeprefix("torch."),
@@ -207,6 +295,8 @@ def pack(state: dict[str, Tensor], specs: dict[str, ParamSpec], quantizer: Quant
             "stored": list(stored),
             "info": info,
         }
+        if layouts:
+            entries[name]["layouts"] = layouts
     header = {"format": FORMAT_VERSION, "quantizer": quantizer.name, "compressor": compressor.name, "tensors": entries}
     container = safetensors.torch.save(tensors, metadata={"golf": json.dumps(header)})
     cname = compressor.name.encode("ascii")
@@ -286,7 +376,8 @@ def unpack(blob: bytes, quantizers: dict[str, Quantizer], compressors: dict[str,
             if entry["kind"] == "alias":
                 aliases[name] = entry["of"]
                 continue
-            stored = {k: tensors[k] for k in entry["stored"]}
+            layouts = entry.get("layouts", {})
+            stored = {k: _decode_layout(tensors[k], layouts[k]) if k in layouts else tensors[k] for k in entry["stored"]}
             if entry["kind"] == "raw":
                 (t,) = stored.values()
             elif entry["kind"] == "quantized":
@@ -334,6 +425,49 @@ def code_bytes(paths: Iterable[Path]) -> int:
 
 
 @dataclass
+class GroupBytes:
+    """What one group of tensors takes in the artifact."""
+
+    group: str  # state keys with their layer indices as "*", e.g. "layers.*.up"
+    params: int  # elements of the group's tensors before export
+    schemes: list[str]  # the quantizer's schemes for them (int_row, int8_row, float16, ...)
+    stored_bytes: int  # bytes in the container, before compression
+    compressed_bytes: int  # those bytes compressed alone by the artifact's compressor
+
+
+def tensor_group(name: str) -> str:
+    return re.sub(r"\.\d+(?=\.|$)", ".*", name)
+
+
+def group_bytes(blob: bytes, compressor: Compressor) -> list[GroupBytes]:
+    """Bytes per tensor group of an artifact packed with `compressor`, largest first.
+
+    Method: each group's stored bytes (in their stored layout) are compressed on their own. The
+    groups' sum differs from the model bytes by the container header and by what the compressor
+    finds across groups in one stream (a few per cent for lzma/zstd on weights)."""
+    container = compressor.decompress(blob[6 + blob[5] :])
+    entries = _container_header(container)["tensors"]
+    tensors = safetensors.torch.load(container)
+    raw: dict[str, list[bytes]] = {}
+    groups: dict[str, GroupBytes] = {}
+    for name, entry in entries.items():
+        if entry["kind"] == "alias":
+            continue
+        key = tensor_group(name)
+        g = groups.setdefault(key, GroupBytes(key, 0, [], 0, 0))
+        g.params += math.prod(entry["shape"])
+        scheme = entry["info"].get("scheme", entry["kind"])
+        if scheme not in g.schemes:
+            g.schemes.append(scheme)
+        for k in entry["stored"]:
+            raw.setdefault(key, []).append(_raw_bytes(tensors[k]) if tensors[k].numel() else b"")
+    for key, g in groups.items():
+        data = b"".join(raw.get(key, []))
+        g.stored_bytes, g.compressed_bytes = len(data), len(compressor.compress(data))
+    return sorted(groups.values(), key=lambda g: -g.compressed_bytes)
+
+
+@dataclass
 class ArtifactReport:
     model_bytes: int
     code_bytes: int
@@ -341,9 +475,10 @@ class ArtifactReport:
     budget_bytes: int
     within_budget: bool
     code_files: list[str]
+    groups: list[GroupBytes]
 
 
-def report(model_blob: bytes, code_files: list[Path], budget: int) -> ArtifactReport:
+def report(model_blob: bytes, code_files: list[Path], budget: int, groups: list[GroupBytes] = ()) -> ArtifactReport:
     """Model + code bytes against the budget (the challenge's limit is inclusive: total <= budget)."""
     code = code_bytes(code_files)
     total = len(model_blob) + code
@@ -354,4 +489,67 @@ def report(model_blob: bytes, code_files: list[Path], budget: int) -> ArtifactRe
         budget_bytes=budget,
         within_budget=total <= budget,
         code_files=[str(p) for p in code_files],
+        groups=list(groups),
     )
+
+
+# ----------------------------------------------------------------------------- projection before training
+
+DEFAULT_COMPRESSION_RATIO = 0.77
+"""Compressed model bytes per precision byte when no earlier run of the recipe measured it. The records'
+logs over `precision_bytes` of the recipes that reproduce them: PR #549 15,887,928 / 20,701,552 =
+0.767 (recipes/pr549.toml), PR #733 15,727,472 / 20,893,616 = 0.753 (recipes/v4.toml); the
+larger, rounded up, so the warning errs early. Int8 exports compress less (the challenge
+baseline: about 0.92), which is what the ratio measured by an earlier run corrects."""
+
+
+def precision_bytes(model: torch.nn.Module, quantizer: Quantizer, float_max_numel: int) -> int:
+    """Parameter count × export precision, in bytes: the declared export kinds as the core's rules
+    store them (integer rows at the quantizer's level width plus an fp16 step per row, float16,
+    float32). A quantizer without `max_level` counts as int8."""
+    level_bits = math.ceil(math.log2(2 * getattr(quantizer, "max_level", 127) + 1))
+    bits = 0
+    for p in model.parameters():
+        export, n = spec_of(p).export, p.numel()
+        rows = n // p.shape[-1] if p.ndim else 1
+        if export in ("quantize", "embedding") and n > float_max_numel:
+            bits += n * (level_bits if export == "quantize" else 8) + 16 * rows
+        else:
+            bits += n * (32 if export == "float32" else 16)
+    return math.ceil(bits / 8)
+
+
+@dataclass
+class ArtifactProjection:
+    precision_bytes: int
+    compression_ratio: float
+    ratio_source: str  # the run directory that measured it, or "default"
+    total_bytes: int  # precision bytes × ratio + code bytes
+    budget_bytes: int
+
+    @property
+    def fits(self) -> bool:
+        return self.total_bytes <= self.budget_bytes
+
+
+def last_compression_ratio(out_dir: Path, name: str) -> tuple[float, str] | None:
+    """(ratio, run directory) of the newest finished run called `name` under `out_dir` that recorded one
+    (a run kept as not legal counts: its artifact was measured all the same)."""
+    pattern = re.compile(re.escape(name) + r"-\d{8}-\d{6}(-\d+)?(\.invalid)?")
+    runs = sorted((p for p in Path(out_dir).glob(f"{name}-*") if pattern.fullmatch(p.name)), reverse=True)
+    for run in runs:
+        try:
+            ratio = json.loads((run / "result.json").read_text(encoding="utf-8"))["artifact"]["compression_ratio"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(ratio, (int, float)) and ratio > 0:
+            return float(ratio), str(run)
+    return None
+
+
+def project(model: torch.nn.Module, quantizer: Quantizer, float_max_numel: int, code: int, budget: int,
+            out_dir: Path, name: str) -> ArtifactProjection:
+    """The artifact a run of this model would produce, before training it."""
+    raw = precision_bytes(model, quantizer, float_max_numel)
+    ratio, source = last_compression_ratio(out_dir, name) or (DEFAULT_COMPRESSION_RATIO, "default")
+    return ArtifactProjection(raw, ratio, source, math.ceil(raw * ratio) + code, budget)

@@ -252,6 +252,7 @@ class ExportSection(Section):
     budget_bytes: int = option(16_000_000, "artifact budget: compressed model + code bytes (decimal)")
     float_max_numel: int = option(65536, "tensors with at most this many elements are kept in float")
     zstd_level: int = option(22, "zstd compression level of the core compressor")
+    smallest_layout: bool = option(True, "store each tensor in whichever lossless byte layout the compressor shrinks most")
 
     def check(self) -> None:
         if not 1 <= self.zstd_level <= 22:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from . import audit
-from .artifact import Int8Quantizer, ZstdCompressor, code_files_for, pack, report, unpack
+from .artifact import Int8Quantizer, ZstdCompressor, code_bytes, code_files_for, group_bytes, pack, project, report, unpack
 from .config import RunConfig
 from .contract import EvalContext
 from .checkpoint import DIR_NAME as CHECKPOINT_DIR
@@ -471,6 +471,15 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
         f"model_params:{count_parameters(model)} world_size:{dist.world_size} device:{dist.device} "
         f"plugins:{','.join(config.plugins) or 'none'} corpus:{corpus.name} val_targets:{targets}"
     )
+    code_files = code_files_for(session.plugin_modules(), run_dir / RECIPE_NAME if run_dir else Path(config.source))
+    projection = project(model, session.quantizer, config.export.float_max_numel, code_bytes(code_files),
+                         config.export.budget_bytes, Path(config.run.out_dir), config.run.name)
+    if not projection.fits:
+        log.line(
+            f"WARNING: projected artifact {projection.total_bytes} bytes exceeds the {projection.budget_bytes}-byte budget "
+            f"({projection.precision_bytes} precision bytes x compression ratio {projection.compression_ratio:.3f} "
+            f"from {projection.ratio_source}, + code)"
+        )
 
     def validate(m: nn.Module) -> float:
         return session.score(m, val_tokens, stride=config.eval_seq_len).val_loss
@@ -490,15 +499,17 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
     log.line(f"stopped_by:{outcome.stopped_by} steps:{outcome.steps} train_time:{outcome.train_seconds * 1000:.0f}ms")
 
     pre_export = session.score(model, val_tokens, stride=config.eval_seq_len)
-    blob = pack(model.state_dict(), param_specs(model), session.quantizer, session.compressor)
-    recipe_file = run_dir / RECIPE_NAME if run_dir else Path(config.source)
-    art = report(blob, code_files_for(session.plugin_modules(), recipe_file), config.export.budget_bytes)
+    blob = pack(model.state_dict(), param_specs(model), session.quantizer, session.compressor, config.export.smallest_layout)
+    art = report(blob, code_files, config.export.budget_bytes, group_bytes(blob, session.compressor))
     if run_dir:
         (run_dir / ARTIFACT_NAME).write_bytes(blob)
     log.line(
         f"artifact: model {art.model_bytes} + code {art.code_bytes} = {art.total_bytes} bytes "
         f"(budget {art.budget_bytes}: {'OK' if art.within_budget else 'OVER BUDGET'})"
     )
+    for g in art.groups:
+        log.line(f"artifact group:{g.group} params:{g.params} schemes:{','.join(g.schemes)} "
+                 f"stored:{g.stored_bytes} compressed_alone:{g.compressed_bytes}")
     if not art.within_budget:
         log.line(f"WARNING: artifact is {art.total_bytes - art.budget_bytes} bytes over the {art.budget_bytes}-byte budget")
 
@@ -532,7 +543,12 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
         artifact={"model_bytes": art.model_bytes, "code_bytes": art.code_bytes, "total_bytes": art.total_bytes,
                   "budget_bytes": art.budget_bytes, "within_budget": art.within_budget,
                   "code_files": [_code_file_label(Path(f), run_dir) for f in art.code_files],
-                  "quantizer": session.quantizer.name, "compressor": session.compressor.name},
+                  "quantizer": session.quantizer.name, "compressor": session.compressor.name,
+                  "groups": [dataclasses.asdict(g) for g in art.groups],
+                  "group_bytes_method": "each group's stored bytes compressed alone by the compressor",
+                  "precision_bytes": projection.precision_bytes,
+                  "compression_ratio": art.model_bytes / projection.precision_bytes,
+                  "projected_total_bytes": projection.total_bytes, "projection_ratio_source": projection.ratio_source},
         plugins=_plugin_records(config, session.available),
         seed=config.run.seed,
         world_size=dist.world_size,

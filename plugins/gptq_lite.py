@@ -13,9 +13,16 @@ Defects fixed against the reference:
   said per row; here the choice is per row, so the total error is never larger.
 - D15: no step floor. The reference's s_r = max(c_r/31, 1/31) made every row with c_r < 1
   (93% of rows in issue #775) use a step of 1/31 and so only a few of its 63 levels. A row
-  that is all zeros (or whose step underflows fp16) stores zeros.
+  that is all zeros (or whose step underflows fp16) stores zeros. `scale_floor = true`
+  restores the floor (1/max_level for int rows, 1/127 for int8 embeddings), for comparison:
+  fewer levels in use compress smaller, at a larger rounding error.
 - D18: tensors declared "float32" (control tensors) stay fp32; the core's rules apply to
   everything except "quantize" matrices ("embedding" tables: per-row int8 as in the core).
+
+Encoding: where two byte encodings of the same values are possible (levels in row or column
+order, as int8 or shifted to 0..62; steps as they are or in byte planes) the artifact stores
+whichever the run's compressor makes smaller, per tensor (golfcore.artifact.pack,
+`export.smallest_layout`); the grid above is never traded for bytes.
 
 `row_step` and `fake_quantize` run the same computation as the export (same candidates,
 same fp16 rounding, same per-row choice), so late QAT and CROWN-Q see the exporter's grid;
@@ -38,6 +45,9 @@ DEFAULT_PERCENTILES = [0.999, 0.9995, 0.9999, 0.99999, 1.0]
 class Config(golf.Section):
     percentiles: list[float] = golf.option(DEFAULT_PERCENTILES, "clip quantiles of |w_r| tried per row, each in (0, 1]")
     max_level: int = golf.option(31, "largest stored level |q| (31 = int6, 15 = int5, 127 = int8)")
+    scale_floor: bool = golf.option(
+        False, "the reference's step floor: step >= 1/max_level (int rows) and >= 1/127 (int8 embeddings); D15"
+    )
 
     def check(self) -> None:
         if not self.percentiles:
@@ -53,8 +63,9 @@ class GptqLiteQuantizer(golf.Int8Quantizer):
 
     name = "gptq_lite"
 
-    def __init__(self, float_max_numel: int = 65536, percentiles=DEFAULT_PERCENTILES, max_level: int = 31):
-        super().__init__(float_max_numel)
+    def __init__(self, float_max_numel: int = 65536, percentiles=DEFAULT_PERCENTILES, max_level: int = 31,
+                 scale_floor: bool = False):
+        super().__init__(float_max_numel, scale_floor)
         self.percentiles = [float(p) for p in percentiles]
         self.max_level = int(max_level)
 
@@ -65,7 +76,7 @@ class GptqLiteQuantizer(golf.Int8Quantizer):
         chosen clip through the top-k values, like the core's quantile.
         """
         raw = golf.row_quantiles(w, self.percentiles) / self.max_level  # [P, R]; top-k, not a sort
-        steps = raw + (golf.fp16_round(raw.detach()) - raw).detach()  # the stored fp16 steps; gradient of raw
+        steps = self._stored_steps(raw)
         with torch.no_grad():
             s = steps.detach().unsqueeze(-1)  # [P, R, 1]
             w32 = w.detach().float()
@@ -74,6 +85,13 @@ class GptqLiteQuantizer(golf.Int8Quantizer):
             choice = err.argmin(0)  # [R], first (smallest-p) candidate on ties
         step = steps.gather(0, choice.unsqueeze(0)).squeeze(0)  # [R]
         return step, choice
+
+    def _stored_steps(self, raw: Tensor) -> Tensor:
+        """The fp16 steps the artifact stores for candidate steps `raw`, with the gradient of raw
+        (zero where the reference's floor, when on, holds the step at 1/max_level)."""
+        if self.scale_floor:
+            raw = raw.clamp_min(1 / self.max_level)
+        return raw + (golf.fp16_round(raw.detach()) - raw).detach()
 
     def _levels(self, w32: Tensor, step: Tensor) -> Tensor:
         """Levels round(w / step) clamped to +-max_level; 0 where the step is 0 (zero row or fp16 underflow)."""
@@ -122,4 +140,5 @@ class GptqLite(golf.Plugin):
 
     @golf.hookimpl
     def golf_quantizer(self, config):
-        return GptqLiteQuantizer(config.export.float_max_numel, self.config.percentiles, self.config.max_level)
+        c = self.config
+        return GptqLiteQuantizer(config.export.float_max_numel, c.percentiles, c.max_level, c.scale_floor)

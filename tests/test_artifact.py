@@ -1,4 +1,5 @@
 import json
+import math
 import struct
 import sys
 import types
@@ -12,6 +13,7 @@ from torch import nn
 import golfcore
 from golfcore.artifact import (
     CLIP_PERCENTILE,
+    FORMAT_VERSION,
     Int8Quantizer,
     ZstdCompressor,
     code_bytes,
@@ -81,8 +83,8 @@ def test_round_trip_keys_shapes_dtypes_and_errors():
 
 def test_container_layout_and_no_pickle():
     state, specs = _state()
-    blob = pack(state, specs, Int8Quantizer(), ZstdCompressor())
-    assert blob[:4] == b"GOLF" and blob[4] == 1 and blob[6 : 6 + blob[5]] == b"zstd"
+    blob = pack(state, specs, Int8Quantizer(), ZstdCompressor(), smallest_layout=False)
+    assert blob[:4] == b"GOLF" and blob[4] == 2 and blob[6 : 6 + blob[5]] == b"zstd"
     container = _container(blob)
     stored = safetensors.torch.load(container)  # plain safetensors: loads without executing code
     assert stored["emb.q"].dtype == torch.int8 and stored["emb.scale"].dtype == torch.float16
@@ -91,7 +93,7 @@ def test_container_layout_and_no_pickle():
     assert stored["big_fp16"].dtype == torch.float16 and stored["steps"].dtype == torch.int64
     (n,) = struct.unpack("<Q", container[:8])
     header = json.loads(json.loads(container[8 : 8 + n])["__metadata__"]["golf"])
-    assert header["quantizer"] == "int8" and header["compressor"] == "zstd" and header["format"] == 1
+    assert header["quantizer"] == "int8" and header["compressor"] == "zstd" and header["format"] == 2
     assert header["tensors"]["w"] == {"kind": "quantized", "dtype": "bfloat16", "shape": [512, 256], "stored": ["w.q", "w.scale"], "info": {"scheme": "int8_row"}}
     assert b"\x80\x04" not in container[: 8 + n] and b"torch._utils" not in container  # no pickle protocol marker
 
@@ -188,7 +190,7 @@ def test_corrupt_blob_raises_data_error(damage):
 
 
 def test_bad_container_inside_valid_compression_is_corrupt():
-    bad = b"GOLF" + bytes([1, 4]) + b"zstd" + ZstdCompressor().compress(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
+    bad = b"GOLF" + bytes([FORMAT_VERSION, 4]) + b"zstd" + ZstdCompressor().compress(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
     with pytest.raises(DataError, match="corrupt"):
         unpack(bad, Q, C)
 
@@ -287,3 +289,135 @@ def test_row_quantiles_top_k_equals_the_full_sort(shape):
     row_quantiles(wa, [0.999]).sum().backward()
     _sorted_quantile(wb, 0.999).sum().backward()
     assert torch.equal(wa.grad, wb.grad)
+
+
+class Lzma6:
+    """lzma at the PR #549 stack's preset, as a compressor (the core has only zstd)."""
+
+    name = "lzma6"
+
+    def compress(self, data):
+        import lzma
+        return lzma.compress(data, preset=6)
+
+    def decompress(self, data):
+        import lzma
+        return lzma.decompress(data)
+
+
+@pytest.mark.parametrize("compressor", [ZstdCompressor(), Lzma6()], ids=["zstd", "lzma"])
+def test_smallest_layout_is_lossless_and_never_larger(compressor):
+    """Every stored tensor comes back bit-identical whichever layout wins, and the chosen layout of
+    each is the smallest of its candidates, so the artifact shrinks (float tensors in byte planes)."""
+    state, specs = _state()
+    state["levels"] = torch.randint(-31, 32, (256, 96), dtype=torch.int8)  # an int6-like stored tensor
+    state["half"] = (torch.randn(128, 128) * 0.02).half()
+    plain = pack(state, specs, Int8Quantizer(), compressor, smallest_layout=False)
+    chosen = pack(state, specs, Int8Quantizer(), compressor)
+    assert len(chosen) < len(plain)
+    codecs = {compressor.name: compressor}
+    a, b = unpack(plain, Q, codecs), unpack(chosen, Q, codecs)
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+    from golfcore.artifact import _container_header
+
+    header = _container_header(compressor.decompress(chosen[6 + chosen[5] :]))
+    layouts = {k: v for e in header["tensors"].values() for k, v in e.get("layouts", {}).items()}
+    assert layouts, "no tensor changed layout"
+    assert all(v["bytes"] in ("plain", "planes", "shift") and v["order"] in ("rows", "cols") for v in layouts.values())
+
+
+def test_each_layout_round_trips_every_dtype():
+    from golfcore.artifact import _decode_layout, _encode_layout, _layout_candidates
+
+    tensors = [torch.randn(33, 40), torch.randn(3, 5, 64).half(), torch.randn(70, 9).to(torch.bfloat16),
+               torch.randint(-31, 32, (17, 65), dtype=torch.int8), torch.randint(-128, 128, (300,), dtype=torch.int8),
+               torch.arange(600, dtype=torch.int64).reshape(20, 30)]
+    for t in tensors:
+        for layout in _layout_candidates(t):
+            if layout["bytes"] == "shift":
+                layout["shift"] = int(t.min())
+            record = {**layout, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+            back = _decode_layout(_encode_layout(t, layout).clone(), record)
+            assert back.dtype == t.dtype and torch.equal(back, t), (t.dtype, tuple(t.shape), layout)
+
+
+def test_group_bytes_cover_every_tensor_once():
+    from golfcore.artifact import group_bytes, tensor_group
+
+    state, specs = _state()
+    state["layers.0.w"], state["layers.1.w"] = torch.randn(64, 64), torch.randn(64, 64)
+    specs["layers.0.w"] = specs["layers.1.w"] = ParamSpec("matrix", "quantize")
+    blob = pack(state, specs, Int8Quantizer(float_max_numel=1000), ZstdCompressor())
+    groups = {g.group: g for g in group_bytes(blob, ZstdCompressor())}
+    assert tensor_group("layers.12.attn.q") == "layers.*.attn.q" and tensor_group("blocks.3.value_transforms.0.table") == "blocks.*.value_transforms.*.table"
+    assert set(groups) == {tensor_group(k) for k in state}
+    assert groups["layers.*.w"].params == 2 * 64 * 64 and groups["layers.*.w"].schemes == ["int8_row"]
+    assert groups["layers.*.w"].stored_bytes == 2 * (64 * 64 + 64 * 2)  # int8 levels + fp16 steps
+    assert sum(g.params for g in groups.values()) == sum(t.numel() for t in state.values())
+    for g in groups.values():
+        assert 0 < g.compressed_bytes <= g.stored_bytes + 64  # zstd's frame adds a few bytes to incompressible data
+    # largest first, and together close to the artifact itself
+    sizes = [g.compressed_bytes for g in groups.values()]
+    assert sizes == sorted(sizes, reverse=True)
+    assert 0.8 * len(blob) < sum(sizes) < 1.2 * len(blob)
+
+
+def test_projection_uses_the_last_runs_measured_ratio(tmp_path):
+    from golfcore.artifact import DEFAULT_COMPRESSION_RATIO, precision_bytes, project
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = declare(nn.Parameter(torch.zeros(100, 200)), "matrix", "quantize")  # 20,000 > 1,000: int rows
+            self.e = declare(nn.Parameter(torch.zeros(50, 40)), "embed", "embedding")  # 2,000: int8 rows
+            self.small = declare(nn.Parameter(torch.zeros(10, 10)), "matrix", "quantize")  # 100: fp16
+            self.g = declare(nn.Parameter(torch.zeros(7)), "scalar", "float32")
+
+    class Int6:
+        max_level = 31
+
+    net = Net()
+    bits = 20_000 * 6 + 100 * 16 + 2_000 * 8 + 50 * 16 + 100 * 16 + 7 * 32
+    assert precision_bytes(net, Int6(), 1000) == bits // 8
+    assert precision_bytes(net, Int8Quantizer(), 1000) == (bits + 20_000 * 2) // 8
+    p = project(net, Int6(), 1000, code=500, budget=10**6, out_dir=tmp_path, name="r")
+    assert (p.compression_ratio, p.ratio_source) == (DEFAULT_COMPRESSION_RATIO, "default") and p.fits
+    assert p.total_bytes == math.ceil(bits // 8 * DEFAULT_COMPRESSION_RATIO) + 500
+
+    def finished(name, ratio):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "result.json").write_text(json.dumps({"artifact": {"compression_ratio": ratio}}))
+
+    finished("r-20250101-000000", 2.0)
+    finished("r-20250102-000000", 3.0)  # the newest run of "r"
+    finished("r-extra-20250103-000000", 9.0)  # another recipe whose name starts with "r-"
+    (tmp_path / "r-20250104-000000.incomplete").mkdir()  # unfinished: no result
+    p = project(net, Int6(), 1000, code=500, budget=10_000, out_dir=tmp_path, name="r")
+    assert p.compression_ratio == 3.0 and p.ratio_source.endswith("r-20250102-000000")
+    assert p.total_bytes == math.ceil(bits // 8 * 3.0) + 500 and not p.fits
+
+
+@pytest.mark.slow
+def test_run_warns_before_training_and_records_groups_and_ratio(tmp_path, pystdlib_root):
+    """`golf run` projects the artifact before training (warning when over budget), reports bytes per
+    tensor group, and records the measured ratio, which the next run of the recipe projects with."""
+    from tests.test_cli import golf, tiny_recipe
+
+    recipe = tiny_recipe(tmp_path, pystdlib_root, "[export]\nbudget_bytes = 20000")
+    # over budget, so each run is kept as not legal (exit 3): its record still holds the artifact figures
+    run = golf("run", recipe, "--set", "train.iterations=2", "--set", "train.val_every=0", check=False)
+    assert run.returncode == 3 and "artifact_budget" in run.stderr
+    first = run.stdout
+    warning = next(line for line in first.splitlines() if line.startswith("WARNING: projected artifact"))
+    assert "from default" in warning
+    assert first.index(warning) < first.index("step:")  # before training
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    result = json.loads((run_dir / "result.json").read_text())
+    art = result["artifact"]
+    assert sum(g["params"] for g in art["groups"]) == result["model_params"]
+    assert art["compression_ratio"] == art["model_bytes"] / art["precision_bytes"]
+    assert any(line.startswith("artifact group:layers.*.") for line in first.splitlines())
+    second = golf("run", recipe, "--set", "train.iterations=2", "--set", "train.val_every=0", check=False).stdout
+    assert f"ratio {art['compression_ratio']:.3f} from {run_dir}" in second

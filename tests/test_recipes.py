@@ -23,20 +23,37 @@ def model_of(recipe: str, *without: str):
     return config, build_model(config, host, host.first("golf_quantizer", config=config))
 
 
-def test_full_scale_parameter_counts():
-    # the challenge baseline logs 17,059,912; PR #733 logs 27,051,758, which includes block 0's
-    # two value-residual weights that are never used (D7): golf does not create them
+def test_full_scale_parameter_counts_match_the_records_logs():
+    # the challenge baseline logs 17,059,912 and the PR #549 record 26,928,220; PR #733 logs
+    # 27,051,758, which includes block 0's two value-residual weights that are never used (D7):
+    # golf does not create them
     assert count_parameters(model_of("baseline.toml")[1]) == 17_059_912
-    assert count_parameters(model_of("pr549.toml")[1]) == 26_993_756
+    assert count_parameters(model_of("pr549.toml")[1]) == 26_928_220
     assert count_parameters(model_of("v4.toml")[1]) == 27_051_758 - 2
 
 
+def test_pr549_is_the_record_as_it_ran():
+    config = load_recipe(RECIPES / "pr549.toml", discover())
+    plugins = config.plugins
+    assert "swa" not in plugins  # collected but never applied by the record's code (D4)
+    assert plugins["xsa"].layers == "last:4" and plugins["bigram_hash"].buckets == 1536
+    assert plugins["ema"].decay == 0.997
+    ttt = plugins["ttt"]
+    assert (ttt.lr, ttt.momentum, ttt.epochs, ttt.batch_seqs, ttt.grad_clip, ttt.freeze_blocks) == (0.002, 0.9, 3, 32, 1.0, 0)
+    assert (config.train.iterations, config.eval.chunk_tokens, config.eval.stride) == (9000, 32768, 64)
+
+
 def test_v4_is_pr549_plus_the_six_techniques():
-    v4 = set(load_recipe(RECIPES / "v4.toml", discover()).plugins)
-    pr549 = set(load_recipe(RECIPES / "pr549.toml", discover()).plugins)
-    assert v4 - pr549 == {"xsa", "value_residual", "gated_attention", "crownq", "recurrence", "ttt", "hedge_mixer"}
-    assert set(load_recipe(RECIPES / "v4-quick.toml", discover()).plugins) == v4
-    assert set(load_recipe(RECIPES / "pr549-quick.toml", discover()).plugins) == pr549
+    available = discover()
+    v4 = load_recipe(RECIPES / "v4.toml", available)
+    pr549 = load_recipe(RECIPES / "pr549.toml", available)
+    assert set(v4.plugins) - set(pr549.plugins) == {"value_residual", "gated_attention", "crownq", "recurrence", "hedge_mixer"}
+    assert set(pr549.plugins) <= set(v4.plugins)
+    # the two settings PR #733 changed in PR #549's techniques: XSA everywhere, BigramHash 2048
+    assert v4.plugins["xsa"].layers == "all" and v4.plugins["bigram_hash"].buckets == 2048
+    assert v4.train.iterations == 20000
+    assert set(load_recipe(RECIPES / "v4-quick.toml", available).plugins) == set(v4.plugins)
+    assert set(load_recipe(RECIPES / "pr549-quick.toml", available).plugins) == set(pr549.plugins)
 
 
 @pytest.mark.parametrize("technique", ["xsa", "value_residual", "gated_attention", "crownq", "recurrence", "ttt", "hedge_mixer"])
@@ -72,7 +89,7 @@ def test_quick_recipe_runs_end_to_end_and_passes_every_probe(recipe, tmp_path, p
          "--set", f'run.out_dir="{tmp_path}"', "--set", "eval.chunk_tokens=512")
     (run_dir,) = tmp_path.iterdir()
     result = json.loads((run_dir / "result.json").read_text())
-    expected = ["roundtrip", "roundtrip+ttt", "roundtrip+ttt+hedge_mixer"] if recipe.startswith("v4") else ["roundtrip"]
+    expected = ["roundtrip", "roundtrip+ttt"] + ([] if recipe.startswith("pr549") else ["roundtrip+ttt+hedge_mixer"])
     assert list(result["stages"]) == expected
     assert result["legal"] and run_dir.name.startswith(result["name"]) and not run_dir.name.endswith(".invalid")
     for name in ("c1_causal", "c2_normalized", "c3_score_before_update", "c4_each_target_once", "artifact_budget"):

@@ -1,4 +1,4 @@
-"""GPTQ-lite int6: the export grid, the per-row search (D16), no step floor (D15), exact agreement of
+"""GPTQ-lite int6: the export grid, the per-row search (D16), no step floor (D15) unless asked for, exact agreement of
 row_step/fake_quantize with the export, artifact size against the core, config validation, a run."""
 
 import pytest
@@ -70,6 +70,29 @@ def test_small_rows_use_all_63_levels():
         assert row.unique().numel() == 63
     floored = torch.round(w / (1 / 31)).clamp(-31, 31)  # the reference's grid
     assert floored.unique().numel() == 1
+
+
+def test_scale_floor_option_is_the_references_grid():
+    """scale_floor = true: step max(c/31, 1/31) for int rows, max(c/127, 1/127) for int8 embeddings
+    (the reference, D15); fake_quantize and row_step follow it, and its fewer levels compress smaller."""
+    import lzma
+
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(64, 512, generator=g) * 0.02  # every row's clip << 1: the floor holds every step
+    floored = GptqLiteQuantizer(0, scale_floor=True)
+    stored, info, back = round_trip(floored, "w", w)
+    assert torch.all(stored["w.scale"] == torch.tensor(1 / 31).half())
+    assert torch.equal(stored["w.q"], torch.round(w * stored["w.scale"][0].float().reciprocal()).clamp(-31, 31).to(torch.int8))
+    assert torch.equal(floored.fake_quantize(w), back) and torch.equal(floored.row_step(w), stored["w.scale"].float())
+    plain_stored, _, plain_back = round_trip(GptqLiteQuantizer(0), "w", w)
+    assert (plain_back - w).square().mean() < (back - w).square().mean()  # the floor costs accuracy ...
+    size = lambda st: len(lzma.compress(st["w.q"].numpy().tobytes(), preset=6))
+    assert size(stored) < size(plain_stored)  # ... and saves bytes
+    emb = torch.randn(256, 300, generator=g) * 0.01  # > float_max_numel: int8 rows
+    stored, info, _ = round_trip(GptqLiteQuantizer(1000, scale_floor=True), "e", emb, "embedding")
+    assert info["scheme"] == "int8_row" and torch.all(stored["e.scale"] == torch.tensor(1 / 127).half())
+    stored, _, _ = round_trip(GptqLiteQuantizer(1000), "e", emb, "embedding")
+    assert torch.all(stored["e.scale"] < torch.tensor(1 / 127).half())
 
 
 def test_zero_and_underflowing_rows_store_zeros():
@@ -166,6 +189,9 @@ def test_quantizer_reads_the_config():
     )
     quantizer = GptqLite(config.plugins["gptq_lite"]).golf_quantizer(config)
     assert quantizer.float_max_numel == 123 and quantizer.percentiles == [0.99, 1.0] and quantizer.max_level == 15
+    assert quantizer.scale_floor is False  # D15 fixed by default
+    config = resolve({"plugins": {"gptq_lite": {"scale_floor": True}}}, discover(), "<test>")
+    assert GptqLite(config.plugins["gptq_lite"]).golf_quantizer(config).scale_floor is True
     stored, _, _ = round_trip(quantizer, "w", torch.randn(4, 100))
     assert stored["w.q"].abs().max() == 15
 
