@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import RunConfig
+from .files import sha256_file
 from .errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -135,13 +136,6 @@ def _flat_config(config: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
 
 # ----------------------------------------------------------------------------- the run's checkpoint
 
@@ -164,7 +158,7 @@ class Checkpoints:
         structure = flatten(state, tensors)
         save_file(tensors, tmp / TENSORS_NAME)
         manifest = {
-            "format": FORMAT_VERSION, "step": state.get("step"), "sha256": _sha256(tmp / TENSORS_NAME),
+            "format": FORMAT_VERSION, "step": state.get("step"), "sha256": sha256_file(tmp / TENSORS_NAME),
             "code": self.code, "recipe": self.config.to_dict(), "state": structure,
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
@@ -190,7 +184,7 @@ class Checkpoints:
         if version != FORMAT_VERSION:
             raise CheckpointError(f"checkpoint {path} has format {version}; this golf reads format {FORMAT_VERSION}")
         self._check_origin(path, manifest)
-        if not tensors_path.is_file() or _sha256(tensors_path) != digest:
+        if not tensors_path.is_file() or sha256_file(tensors_path) != digest:
             raise CheckpointError(f"checkpoint tensors {tensors_path} are missing or corrupt (sha256 differs from the manifest)")
         try:
             tensors = load_file(tensors_path, device=str(device))

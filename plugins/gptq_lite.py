@@ -21,7 +21,7 @@ Defects fixed against the reference:
 
 Encoding: where two byte encodings of the same values are possible (levels in row or column
 order, as int8 or shifted to 0..62; steps as they are or in byte planes) the artifact stores
-whichever the run's compressor makes smaller, per tensor (golfcore.artifact.pack,
+whichever the run's compressor makes smaller, per tensor (the core's artifact packing,
 `export.smallest_layout`); the grid above is never traded for bytes.
 
 `row_step` and `fake_quantize` run the same computation as the export (same candidates,

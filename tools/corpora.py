@@ -31,7 +31,7 @@ from golfcore.data import (
     write_shard,
 )
 from golfcore.errors import DataError
-from golfcore.files import write_json
+from golfcore.files import sha256_file, write_json
 
 SHARD_TOKENS = 1 << 21
 """Tokens per shard written by golf's builders. Small enough that the default corpus spans a
@@ -482,13 +482,6 @@ def build_text_corpus(
 
 # ----------------------------------------------------------------------------- shared with golf_tools.fineweb
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_meta(directory: Path, name: str, fingerprint: dict, extra: dict | None = None) -> None:
