@@ -406,6 +406,7 @@ def run(config: RunConfig, available: dict[str, PluginInfo], recipe_text: str,
         raise
     finally:
         log.close()
+    dist.barrier()  # every rank is done reading the run directory (its recipe is code bytes) before it is renamed
     if not dist.is_main:
         return None, result
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)  # only a run that may continue needs one

@@ -61,7 +61,7 @@ class P(golf.Plugin):
 def test_eval_only_plugins_are_re_scored_and_the_rest_retrained():
     plan = plan_ablation(REPO / "recipes" / "v4-quick.toml", only=["xsa", "recurrence", "ttt", "hedge_mixer"], seeds=[1, 2])
     variants = {v.name: v for v in plan.variants}
-    assert list(variants) == [REFERENCE, "without-xsa", "without-recurrence", "without-ttt", "without-hedge_mixer"]
+    assert list(variants) == [REFERENCE, "without-xsa", "without-ttt", "without-recurrence", "without-hedge_mixer"]  # recipe order
     assert {n: v.rescored for n, v in variants.items()} == {
         REFERENCE: False, "without-xsa": False, "without-recurrence": False, "without-ttt": True, "without-hedge_mixer": True}
     assert variants["without-ttt"].args == ["--without", "ttt"]
