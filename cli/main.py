@@ -173,12 +173,14 @@ def _summary(result: RunResult) -> None:
     table.add_column("val_bpb", justify="right")
     table.add_column("val_loss (nats)", justify="right")
     table.add_column("eval s", justify="right")
+    table.add_column("warm-up s", justify="right")
     for stage, s in result.stages.items():
+        seconds = (f"{s['eval_seconds']:.1f}", f"{s['warmup_seconds']:.1f}")
         if s["val_bpb"] is None:
-            table.add_row(stage, "[red]INVALID[/red]", "-", f"{s['eval_seconds']:.1f}")
+            table.add_row(stage, "[red]INVALID[/red]", "-", *seconds)
         else:
             bpb = f"{s['val_bpb']:.4f}" + ("" if s["legal"] else " [red]INVALID[/red]")
-            table.add_row(stage, bpb, f"{s['val_loss']:.4f}", f"{s['eval_seconds']:.1f}")
+            table.add_row(stage, bpb, f"{s['val_loss']:.4f}", *seconds)
     console.print(table)
     art = result.artifact
     console.print(

@@ -317,8 +317,10 @@ def compliance_record(config: RunConfig, stages: dict, probes: dict, artifact, t
         "train_time": time_entry(train_seconds, config.train.max_wallclock_seconds, "[train] max_wallclock_seconds", hw,
                                  slack=train_seconds / max(train_steps, 1)) if train_seconds is not None else
                       {"status": NOT_CHECKED, "note": "no training here (a re-score); see the run's own result.json"},
-        "eval_time": {**time_entry(final["eval_seconds"], config.eval.time_cap_seconds, "[eval] time_cap_seconds", hw),
-                      "stage": list(stages)[-1]},
+        "eval_time": {**time_entry(final["eval_seconds"] + final["warmup_seconds"], config.eval.time_cap_seconds,
+                                   "[eval] time_cap_seconds", hw),
+                      "stage": list(stages)[-1], "scoring_seconds": final["eval_seconds"],
+                      "warmup_seconds": final["warmup_seconds"]},
         "hardware": hw,
     }
 

@@ -102,25 +102,71 @@ class Window:
         return self.start + self.length
 
 
-def plan_windows(num_targets: int, seq_len: int, stride: int) -> list[Window]:
-    """Windows scoring targets 0..num_targets-1 each exactly once, in stream order.
+@dataclass(frozen=True)
+class WindowPlan:
+    """The windows scoring targets 0..num_targets-1 each exactly once, in stream order, by
+    arithmetic rather than as a list (a full-scale eval has about a million of them).
 
-    stride == seq_len gives non-overlapping windows (the challenge's plain eval). Otherwise
-    the first window scores its first seq_len targets and each later window the next
-    ``stride``, with its context ending at its last scored target, so every scored target
-    past the start sees at least seq_len - stride tokens of context. The tail window scores
-    only the targets left (the reference re-scored its last ``stride`` targets, D12).
+    Window 0 scores the first seq_len targets, window i >= 1 the next ``stride``:
+    [lo(i), hi(i)). With stride == seq_len the windows do not overlap (the challenge's plain
+    eval) and start at their first scored target; otherwise a window's inputs end at its last
+    scored target, so every scored target past the start sees at least seq_len - stride
+    tokens of context. The tail window scores only the targets left (the reference re-scored
+    its last ``stride`` targets, D12).
     """
-    if seq_len < 1 or not 1 <= stride <= seq_len:
-        raise ConfigError(f"eval: need 1 <= stride <= seq_len, got stride={stride}, seq_len={seq_len}")
-    windows = []
-    end = 0
-    while end < num_targets:
-        lo = end
-        end = min(num_targets, lo + (seq_len if lo == 0 else stride))
-        start = lo if stride == seq_len else max(0, end - seq_len)
-        windows.append(Window(start, end - start, lo - start))
-    return windows
+
+    num_targets: int
+    seq_len: int
+    stride: int
+
+    def __post_init__(self):
+        if self.seq_len < 1 or not 1 <= self.stride <= self.seq_len:
+            raise ConfigError(f"eval: need 1 <= stride <= seq_len, got stride={self.stride}, seq_len={self.seq_len}")
+
+    def __len__(self) -> int:
+        if self.num_targets <= 0:
+            return 0
+        return 1 + -(-max(0, self.num_targets - self.seq_len) // self.stride)
+
+    def lo(self, i: int) -> int:
+        return 0 if i == 0 else self.seq_len + (i - 1) * self.stride
+
+    def hi(self, i: int) -> int:
+        return min(self.num_targets, self.seq_len if i == 0 else self.lo(i) + self.stride)
+
+    def start(self, i: int) -> int:
+        return self.lo(i) if self.stride == self.seq_len else max(0, self.hi(i) - self.seq_len)
+
+    def width(self, i: int) -> int:
+        """How many of the window's last positions the model is asked for (a static shape):
+        seq_len for window 0 and non-overlapping windows, stride for the others."""
+        return self.stride if i > 0 else self.seq_len
+
+    def window(self, i: int) -> Window:
+        start = self.start(i)
+        return Window(start, self.hi(i) - start, self.lo(i) - start)
+
+    def first_at(self, target: int) -> int:
+        """Index of the first window whose first scored target is >= target."""
+        if target <= 0:
+            return 0
+        return min(len(self), 1 + -(-max(0, target - self.seq_len) // self.stride))
+
+    def chunks(self, chunk_tokens: int) -> list[range]:
+        """Window ranges grouped by the chunk holding each window's first scored target; chunks
+        in which no window starts are skipped (their targets belong to the previous window)."""
+        groups = []
+        for c in range(-(-self.num_targets // chunk_tokens)):
+            group = range(self.first_at(c * chunk_tokens), self.first_at((c + 1) * chunk_tokens))
+            if group:
+                groups.append(group)
+        return groups
+
+
+def plan_windows(num_targets: int, seq_len: int, stride: int) -> list[Window]:
+    """Every window of WindowPlan(num_targets, seq_len, stride), as a list."""
+    plan = WindowPlan(num_targets, seq_len, stride)
+    return [plan.window(i) for i in range(len(plan))]
 
 
 @dataclass
@@ -129,8 +175,10 @@ class EvalResult:
     val_bpb: float  # total NLL / ln 2 / total bytes
     targets: int  # scored targets (== number of validation targets: C4)
     bytes: int
-    seconds: float
+    seconds: float  # the scoring loop, after the warm-up
     checks: dict = field(default_factory=dict)  # compliance facts measured during this eval
+    warmup_seconds: float = 0.0  # compiling and running each batch shape once, before the clock starts
+    phase_seconds: dict = field(default_factory=dict)  # "score" and "observe:<adapter>" shares of `seconds`
 
 
 def _history(val: Tensor, positions: Tensor, k: int) -> Tensor:
@@ -139,40 +187,95 @@ def _history(val: Tensor, positions: Tensor, k: int) -> Tensor:
     return torch.where(idx >= 0, val[idx.clamp_min(0)], -1)
 
 
-def _batches(windows: Sequence[Window], batch_seqs: int):
-    """Consecutive windows of equal length, at most batch_seqs at a time (no padding)."""
-    batch: list[Window] = []
-    for w in windows:
-        if batch and (len(batch) == batch_seqs or w.length != batch[0].length):
-            yield batch
-            batch = []
-        batch.append(w)
-    if batch:
-        yield batch
+def _slice(windows: range, rank: int, world_size: int) -> range:
+    """Rank `rank`'s contiguous share of `windows`."""
+    n = len(windows)
+    return windows[rank * n // world_size : (rank + 1) * n // world_size]
 
 
-def _rank_slice(items: Sequence, rank: int, world_size: int) -> Sequence:
-    n = len(items)
-    return items[rank * n // world_size : (rank + 1) * n // world_size]
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so a host clock reading covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-def _chunks(windows: list[Window], chunk_tokens: int, chunked: bool) -> list[list[Window]]:
-    """Group windows by the chunk holding their first scored target (one group if unchunked)."""
-    if not chunked:
-        return [windows]
-    groups: list[list[Window]] = []
-    last = -1
-    for w in windows:
-        c = w.first_target // chunk_tokens
-        if c != last:
-            groups.append([])
-            last = c
-        groups[-1].append(w)
-    return groups
+class _Scorer:
+    """Runs one batch of windows through the model at a static shape [batch_seqs, seq_len]
+    (when `static`) and returns the scored targets' input positions and log-probabilities.
+
+    The scored targets of consecutive windows are consecutive, so a batch's positions are one
+    range built on the device and its targets a slice of the stream: no index tensor crosses
+    from the host except for the few batches holding a partial window (the first, the tail)."""
+
+    def __init__(self, logprob_fn, val: Tensor, plan: WindowPlan, batch_seqs: int, static: bool):
+        self.logprob_fn, self.val, self.plan = logprob_fn, val, plan
+        self.batch_seqs, self.static = batch_seqs, static
+
+    def batches(self, windows: range):
+        """Runs of at most batch_seqs consecutive windows of one width."""
+        i = windows.start
+        while i < windows.stop:
+            end = min(windows.stop, i + self.batch_seqs)
+            if i == 0 and self.plan.width(0) != self.plan.stride:
+                end = 1  # window 0 is wider than the overlapping windows after it
+            yield range(i, end)
+            i = end
+
+    def shapes(self, windows: range) -> set[int]:
+        return {self.plan.width(i) for i in (windows.start, windows.stop - 1)} if windows else set()
+
+    def warm_up(self, widths: set[int]) -> None:
+        """Run every (batch, width) shape once, so compiling happens before the clock starts."""
+        dummy = torch.zeros(self.batch_seqs, self.plan.seq_len, dtype=torch.long, device=self.val.device)
+        for width in sorted(widths):
+            self.logprob_fn(dummy, width)
+
+    def inputs(self, batch: range) -> Tensor:  # [B,T], B = batch_seqs when static
+        plan, T, n = self.plan, self.plan.seq_len, len(batch)
+        s0 = plan.start(batch.start)
+        if plan.hi(batch.stop - 1) - s0 == (n - 1) * plan.stride + T:  # every window full length
+            x = self.val[s0 : s0 + (n - 1) * plan.stride + T].unfold(0, T, plan.stride)
+        else:  # a window shorter than seq_len (the stream is short, or non-overlapping tail): pad the end
+            x = torch.zeros(n, T, dtype=self.val.dtype, device=self.val.device)
+            for b, i in enumerate(batch):
+                s, e = plan.start(i), plan.hi(i)
+                x[b, : e - s] = self.val[s:e]
+        if self.static and n < self.batch_seqs:
+            x = torch.cat([x, x.new_zeros(self.batch_seqs - n, T)])
+        return x
+
+    def __call__(self, batch: range) -> tuple[Tensor, Tensor]:  # positions [N], logprobs [N,V]
+        plan, n = self.plan, len(batch)
+        width = plan.width(batch.start)
+        lo, hi = plan.lo(batch.start), plan.hi(batch.stop - 1)
+        lp = self.logprob_fn(self.inputs(batch), width)[:n]  # [n,width,V]
+        lp = lp.reshape(n * width, -1)
+        if hi - lo != n * width:  # some window scores fewer than `width` targets
+            rows = []
+            for b, i in enumerate(batch):
+                count = plan.hi(i) - plan.lo(i)
+                first = plan.lo(i) - plan.start(i) - (plan.seq_len - width)  # offset among the last `width`
+                rows.append(torch.arange(b * width + first, b * width + first + count))
+            lp = lp[torch.cat(rows).to(lp.device)]
+        return torch.arange(lo, hi, device=self.val.device), lp
+
+
+def _check_normalized(max_dev: Tensor, stages: list[str], world_size: int) -> None:
+    """C2: raise when any stage's largest |logsumexp| so far exceeds the tolerance. Reduced
+    across ranks first, so that every rank stops together. Reads the device (a sync)."""
+    if world_size > 1:
+        torch.distributed.all_reduce(max_dev, op=torch.distributed.ReduceOp.MAX)
+    for name, dev in zip(stages, max_dev.tolist()):
+        if not dev <= NORMALIZATION_TOL:  # also catches NaN
+            raise ComplianceError(
+                f"eval: {name!r} returned unnormalized log-probabilities: "
+                f"max |logsumexp| = {dev:.3g} > {NORMALIZATION_TOL} (C2)",
+                condition="C2", culprit=None if name == "logprob_fn" else name,
+            )
 
 
 def evaluate(
-    logprob_fn: Callable[[Tensor], Tensor],
+    logprob_fn: Callable[[Tensor, int], Tensor],
     val_tokens: Tensor,
     luts: ByteLUTs,
     *,
@@ -183,22 +286,26 @@ def evaluate(
     chunk_tokens: int = 32768,
     rank: int = 0,
     world_size: int = 1,
+    static: bool = False,
     progress: Callable[[int, int], None] | None = None,
     record: Callable[[Tensor, Tensor], None] | None = None,
 ) -> EvalResult:
     """Score every target of ``val_tokens`` once and return val_loss/val_bpb with its checks.
 
-    logprob_fn maps inputs [B,T] int64 to normalized log-probabilities [B,T,V] float32 and
-    runs under torch.inference_mode; val_tokens ([N+1] ids) must be on its device. Without
-    adapters, rank r scores a contiguous slice of all windows. With adapters, the targets
-    are split into chunks of chunk_tokens; each window belongs to the chunk holding its
-    first scored target; each chunk is scored (rank r taking a contiguous slice of its
-    windows), then every adapter, on every rank, observes the chunk's targets. Sums are
+    ``logprob_fn(inputs [B,T] int64, width)`` returns normalized log-probabilities
+    [B,width,V] float32 of the inputs' last ``width`` positions (GPT.logprobs) and runs under
+    torch.inference_mode; val_tokens ([N+1] ids) must be on its device. With ``static``
+    (compiled models) every batch is padded to [batch_seqs, seq_len], so there are at most two
+    shapes, both run once before the clock starts. Without adapters, rank r scores a
+    contiguous slice of all windows and the device is read once, at the end. With adapters,
+    the targets are split into chunks of chunk_tokens; each window belongs to the chunk
+    holding its first scored target; each chunk is scored (rank r taking a contiguous slice of
+    its windows), its C2 check is read (so no adapter observes a chunk whose normalization
+    failed), then every adapter, on every rank, observes the chunk's targets. Sums are
     all-reduced when world_size > 1. ``progress(done, total)`` counts this rank's targets.
     ``record(positions [N], logprobs [N,V])``, when given, receives every scored distribution
     as scored, after all adapters (the legality probes compare them, golfcore.audit).
     """
-    t0 = time.perf_counter()
     if val_tokens.dim() != 1 or val_tokens.is_floating_point() or val_tokens.numel() < 2:
         raise DataError(
             f"eval: validation tokens must be a 1-D integer tensor of >= 2 ids, got {tuple(val_tokens.shape)}"
@@ -209,24 +316,31 @@ def evaluate(
     device = val.device
     luts = luts.to(device)
     num_targets = val.numel() - 1
-    chunks = _chunks(plan_windows(num_targets, seq_len, stride), chunk_tokens, bool(adapters))
+    plan = WindowPlan(num_targets, seq_len, stride)
+    chunks = plan.chunks(chunk_tokens) if adapters else [range(len(plan))]
+    mine = [_slice(chunk, rank, world_size) for chunk in chunks]  # this rank's windows of each chunk
+    score = _Scorer(logprob_fn, val, plan, batch_seqs, static)
     stages = ["logprob_fn"] + [a.name for a in adapters]
+
+    t0 = time.perf_counter()
+    if static:
+        with torch.inference_mode():
+            score.warm_up(set().union(*(score.shapes(w) for w in mine)))
+        _sync(device)
+    warmup_seconds = time.perf_counter() - t0
 
     # Accumulated on device, so no batch waits for the host: nll, bytes, targets, batches.
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     max_dev = torch.zeros(len(stages), dtype=torch.float32, device=device)  # per stage, |logsumexp|
-    total = sum(w.length - w.score_from for c in chunks for w in _rank_slice(c, rank, world_size))
+    total = sum(plan.hi(w.stop - 1) - plan.lo(w.start) for w in mine if w)
     done = 0
-
-    for chunk in chunks:
+    phases = dict.fromkeys(["score", *(f"observe:{a.name}" for a in adapters)], 0.0)
+    t0 = time.perf_counter()
+    for chunk, windows in zip(chunks, mine):
+        t_chunk = time.perf_counter()
         with torch.inference_mode():
-            for batch in _batches(_rank_slice(chunk, rank, world_size), batch_seqs):
-                length = batch[0].length
-                rows = torch.cat([b * length + torch.arange(w.score_from, length) for b, w in enumerate(batch)])
-                pos = torch.cat([torch.arange(w.first_target, w.end_target) for w in batch])
-                rows, pos = rows.to(device), pos.to(device)  # [N] flat row, [N] input position j
-                inputs = torch.stack([val[w.start : w.start + length] for w in batch])  # [B,T]
-                lp = logprob_fn(inputs).float().flatten(0, 1)[rows]  # [N,V]
+            for batch in score.batches(windows):
+                pos, lp = score(batch)  # [N] input positions j (target j+1), [N,V]
                 max_dev[0] = torch.maximum(max_dev[0], torch.logsumexp(lp, -1).abs().max())
                 histories: dict[int, Tensor] = {}
                 for s, adapter in enumerate(adapters, start=1):
@@ -243,30 +357,28 @@ def evaluate(
                     max_dev[s] = torch.maximum(max_dev[s], torch.logsumexp(lp, -1).abs().max())
                 if record is not None:
                     record(pos, lp)
-                targets = val[pos + 1]  # [N]
+                lo, hi = plan.lo(batch.start), plan.hi(batch.stop - 1)
+                targets = val[lo + 1 : hi + 1]  # [N]
                 sums[0] -= lp.gather(1, targets[:, None]).double().sum()
-                sums[1] += luts.count_bytes(val[pos], targets).sum()
-                sums[2] += targets.numel()
+                sums[1] += luts.count_bytes(val[lo:hi], targets).sum()
+                sums[2] += hi - lo
                 sums[3] += 1
-                done += targets.numel()
+                done += hi - lo
                 if progress is not None:
                     progress(done, total)
-        # C2 is checked before any adapter observes the chunk, so no state is built on a bad
-        # score; the deviation is reduced first so that every rank stops together.
-        if world_size > 1:
-            torch.distributed.all_reduce(max_dev, op=torch.distributed.ReduceOp.MAX)
-        for name, dev in zip(stages, max_dev.tolist()):
-            if not dev <= NORMALIZATION_TOL:  # also catches NaN
-                raise ComplianceError(
-                    f"eval: {name!r} returned unnormalized log-probabilities: "
-                    f"max |logsumexp| = {dev:.3g} > {NORMALIZATION_TOL} (C2)",
-                    condition="C2", culprit=None if name == "logprob_fn" else name,
-                )
         if adapters:
+            _check_normalized(max_dev, stages, world_size)  # before any adapter observes the chunk
+            phases["score"] += time.perf_counter() - t_chunk
             # [M] this chunk's targets; a copy, so no adapter can rewrite the stream it is scored on
-            observed = val[chunk[0].first_target + 1 : chunk[-1].end_target + 1].clone()
+            observed = val[plan.lo(chunk.start) + 1 : plan.hi(chunk.stop - 1) + 1].clone()
             for adapter in adapters:
+                t_obs = time.perf_counter()
                 adapter.observe(observed)
+                _sync(device)
+                phases[f"observe:{adapter.name}"] += time.perf_counter() - t_obs
+    if not adapters:
+        _check_normalized(max_dev, stages, world_size)
+        phases["score"] = time.perf_counter() - t0
 
     if world_size > 1:
         torch.distributed.all_reduce(sums)
@@ -281,6 +393,8 @@ def evaluate(
         targets=int(scored),
         bytes=int(nbytes),
         seconds=time.perf_counter() - t0,
+        warmup_seconds=warmup_seconds,
+        phase_seconds=phases,
         checks={
             "c2_normalized_batches": int(batches),
             "c2_max_deviation": max(max_dev.tolist()),

@@ -178,15 +178,22 @@ class GPT(nn.Module):
                 skips.append(x)
         return rms_norm(x)
 
-    def logits(self, tokens: Tensor) -> Tensor:  # [B,T,V] float32, softcapped
-        z = F.linear(self.hidden(tokens), self.tok_emb.weight).float()
+    def head(self, h: Tensor) -> Tensor:  # final states [...,d] -> softcapped logits [...,V] float32 (tied)
+        z = F.linear(h, self.tok_emb.weight).float()
         return self.softcap * torch.tanh(z / self.softcap)
+
+    def logits(self, tokens: Tensor) -> Tensor:  # [B,T,V]
+        return self.head(self.hidden(tokens))
 
     def forward(self, tokens: Tensor, targets: Tensor) -> Tensor:  # mean next-token NLL in nats
         return F.cross_entropy(self.logits(tokens).flatten(0, 1), targets.flatten())
 
-    def logprobs(self, tokens: Tensor) -> Tensor:  # [B,T,V] normalized log-probabilities, float32
-        return F.log_softmax(self.logits(tokens), dim=-1)
+    def logprobs(self, tokens: Tensor, last: int | None = None) -> Tensor:  # [B,last or T,V] float32
+        """Normalized log-probabilities of the last `last` positions (all by default): the
+        sliding-window eval scores only a window's last `stride`, so the head and softmax,
+        the largest matrix product at V=1024, skip the context positions."""
+        h = self.hidden(tokens)
+        return F.log_softmax(self.head(h if last is None else h[:, -last:]), dim=-1)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -4,7 +4,10 @@
 re-score (`golf eval --out`) fills the evaluation fields and `rescored_from`. Readers of
 result.json (the ablation runner, `golf audit`) see the same keys as these fields.
 Each entry of `stages` is one evaluation stage ("roundtrip", "roundtrip+ttt", ...): val_bpb,
-val_loss, eval_seconds, targets, bytes, the checks measured while scoring, and `legal`.
+val_loss, eval_seconds (the scoring loop), warmup_seconds (compiling and warming up before
+it), phase_seconds (scoring vs each adapter's observe), targets, bytes, the checks measured
+while scoring, and `legal`. `eval_seconds` of the result is what the eval time budget
+measures: the final stage, warm-up included.
 """
 
 from __future__ import annotations

@@ -225,18 +225,16 @@ class HedgeMixer:
 
     def _hedge_update(self, tokens: Tensor) -> None:
         """w_k -= eta * mean loss_k over this chunk's scored positions (all ranks), before the tables change."""
-        stats = torch.zeros(6, dtype=torch.float64, device=self.device)  # loss sums [4], count, beta-gradient sum
+        # loss sums [4], count, beta-gradient sum, scored positions outside the chunk: one all-reduce, one read
+        stats = torch.zeros(7, dtype=torch.float64, device=self.device)
         if self.records:
             pos = torch.cat([r[0] for r in self.records]).to(self.device)
             history = torch.cat([r[1] for r in self.records]).to(self.device)
             logprobs = torch.cat([r[2] for r in self.records]).to(self.device)
             offset = pos - self.observed
-            if offset.min() < 0 or offset.max() >= tokens.numel():
-                raise golf.ComplianceError(
-                    f"{self.name}: scored positions {int(pos.min())}..{int(pos.max())} are not in the observed chunk "
-                    f"{self.observed}..{self.observed + tokens.numel() - 1} (C3/C4)"
-                )
-            lp = self.expert_target_logprobs(logprobs, history, tokens[offset])  # [n,4]
+            outside = (offset < 0) | (offset >= tokens.numel())
+            stats[6] = outside.sum()
+            lp = self.expert_target_logprobs(logprobs, history, tokens[offset.clamp(0, tokens.numel() - 1)])  # [n,4]
             stats[:4] = -lp.sum(0)
             stats[4] = pos.numel()
             if self.cfg.entropy_feature:
@@ -246,15 +244,20 @@ class HedgeMixer:
                 pi0 = log_pi[:, 0].exp()
                 stats[5] = (-H * pi0 * ((lp[:, 0] - log_q).exp() - 1)).sum()
         self.ctx.all_reduce(stats)
-        count = float(stats[4])
+        *_, count, _, outside = stats.tolist()
+        if outside:  # every rank raises: the count was all-reduced
+            raise golf.ComplianceError(
+                f"{self.name}: {int(outside)} scored positions are not in the observed chunk "
+                f"{self.observed}..{self.observed + tokens.numel() - 1} (C3/C4)"
+            )
         if count == 0:
             return
         mean_loss = stats[:4] / count
         self.w -= self.cfg.eta * mean_loss
         if self.cfg.entropy_feature:
             self.beta -= self.cfg.entropy_lr * stats[5] / count
-        self.updates.append({"positions": int(count), "mean_loss": mean_loss.tolist(), "w": self.w.tolist(),
-                             "beta": float(self.beta)})
+        logged = torch.cat([mean_loss, self.w, self.beta.view(1)]).tolist()  # one read
+        self.updates.append({"positions": int(count), "mean_loss": logged[:4], "w": logged[4:8], "beta": logged[8]})
 
     def _count(self, tokens: Tensor) -> None:
         """Add the chunk's targets to the tables in stream order, each exactly once."""

@@ -17,9 +17,12 @@ last one (no target is left to score, so training there could not help):
   plain cross-entropy averaged over the step's targets, gradient clipped to a global norm
   of `grad_clip`, SGD with momentum `momentum` whose buffer persists across chunks;
 - lr = lr0 * (1 + cos(pi * ci / (N - 1))) / 2 with N = ceil(num_targets / chunk_tokens);
-- under the run's autocast (`ctx.autocast`, bf16 on CUDA, as the trainer); compiled
-  (fullgraph) when the run compiles (`ctx.compile`); the model is put back in eval mode
-  afterwards.
+- under the run's autocast (`ctx.autocast`, bf16 on CUDA, as the trainer); the model is
+  put back in eval mode afterwards;
+- when the run compiles (`ctx.compile`), forward and loss are compiled (fullgraph) at one
+  shape: every step runs ceil(min(batch_seqs, S) / W) rows per rank (its slice, padded with
+  ignored targets; S = the chunk's sequences), and `start` runs that shape once, before
+  the eval clock starts. The step's target count comes from arithmetic, not a device read.
 
 Several ranks (torch.distributed initialised, world size W > 1): every rank observes the full
 chunk; each optimizer step's `batch_seqs` sequences are split into W contiguous slices, one
@@ -134,9 +137,32 @@ class TttAdapter:
         for p in self.frozen:
             p.requires_grad_(False)  # the eval model is the adapter's; no gradient work for frozen weights
         self.optimizer = torch.optim.SGD(self.params, lr=self.cfg.lr, momentum=self.cfg.momentum)
-        self.logits = torch.compile(model.logits, fullgraph=True, dynamic=False) if ctx.compile else model.logits
+        self.loss_sum = torch.compile(self._loss_sum, fullgraph=True, dynamic=False) if ctx.compile else self._loss_sum
         self.seen = 0  # targets observed so far
         self.prev: Tensor | None = None  # the last observed target: first input of the next chunk
+        if ctx.compile:
+            self.warm_up()
+
+    def _loss_sum(self, x: Tensor, y: Tensor) -> Tensor:  # [R,T] inputs and targets -> summed CE over non-padding
+        return F.cross_entropy(self.model.logits(x).flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
+
+    def rows_per_rank(self, sequences: int) -> int:
+        """The fixed number of rows each rank's step runs (its slice, padded): one compiled shape."""
+        return -(-min(self.cfg.batch_seqs, sequences) // self.ctx.world_size)
+
+    def warm_up(self) -> None:
+        """Compile a full chunk's step shape before the eval clock starts: one forward and
+        backward on padding (zero loss), no update."""
+        rows = self.rows_per_rank(math.ceil(self.ctx.chunk_tokens / self.seq_len))
+        x = torch.zeros(rows, self.seq_len, dtype=torch.long, device=self.ctx.device)
+        self.model.train()
+        try:
+            with self.ctx.autocast():
+                loss = self.loss_sum(x, torch.full_like(x, IGNORE))
+            loss.backward()
+        finally:
+            self.model.eval()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def adjust(self, logprobs: Tensor, history: Tensor, positions: Tensor) -> Tensor:
         return logprobs  # the model already reflects every update made on scored tokens
@@ -163,19 +189,21 @@ class TttAdapter:
         return x.view(s, t), y.view(s, t)
 
     def train(self, stream: Tensor, lr: float) -> int:
-        x, y = self.sequences(stream.long())
+        x, y = self.sequences(stream.long())  # [S,T]
+        n, t, bs = stream.numel() - 1, self.seq_len, self.cfg.batch_seqs
         rank, world = self.ctx.rank, self.ctx.world_size
+        rows = self.rows_per_rank(x.size(0))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         steps = 0
         self.model.train()
         try:
             for _ in range(self.cfg.epochs):
-                for b in range(0, x.size(0), self.cfg.batch_seqs):
-                    xb, yb = x[b : b + self.cfg.batch_seqs], y[b : b + self.cfg.batch_seqs]
-                    count = int((yb != IGNORE).sum())
+                for b in range(0, x.size(0), bs):
+                    xb, yb = x[b : b + bs], y[b : b + bs]
+                    count = min(n, (b + bs) * t) - b * t  # the step's targets on all ranks, known without a sync
                     lo, hi = rank * xb.size(0) // world, (rank + 1) * xb.size(0) // world
-                    self.step(xb[lo:hi], yb[lo:hi], count)
+                    self.step(*_pad_rows(xb[lo:hi], yb[lo:hi], rows), count)
                     steps += 1
         finally:
             self.model.eval()
@@ -183,11 +211,9 @@ class TttAdapter:
 
     def step(self, x: Tensor, y: Tensor, count: int) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        if x.size(0):
-            with self.ctx.autocast():
-                logits = self.logits(x)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
-            (loss / count).backward()
+        with self.ctx.autocast():
+            loss = self.loss_sum(x, y)
+        (loss / count).backward()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         if self.ctx.world_size > 1:
             flat = self.ctx.all_reduce(torch.cat([g.reshape(-1) for g in grads]))
@@ -198,6 +224,14 @@ class TttAdapter:
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer.step()
+
+
+def _pad_rows(x: Tensor, y: Tensor, rows: int) -> tuple[Tensor, Tensor]:
+    """Pad [r,T] inputs and targets to [rows,T]; padded targets are IGNORE (no loss, no gradient)."""
+    missing = rows - x.size(0)
+    if missing <= 0:
+        return x, y
+    return torch.cat([x, x.new_zeros(missing, x.size(1))]), torch.cat([y, y.new_full((missing, y.size(1)), IGNORE)])
 
 
 class Ttt(golf.Plugin):

@@ -41,12 +41,12 @@ class ToyPath:
         self.mask_bos = previous == "masked at BOS"
         self.document_aware = ["toy"] if previous else []
 
-    def model(self, tokens):  # [B,T] -> [B,T,V]
+    def model(self, tokens, width):  # [B,T] -> [B,width,V]
         nxt = torch.nn.functional.pad(tokens[:, 1:], (0, 1))
         prev = self.behind[torch.nn.functional.pad(tokens[:, :-1], (1, 0))]
         if self.mask_bos:
             prev = torch.where((tokens == golf.BOS_ID)[..., None], 0.0, prev)
-        return torch.log_softmax(self.table[tokens] + self.ahead[nxt] + prev, -1)
+        return torch.log_softmax(self.table[tokens] + self.ahead[nxt] + prev, -1)[:, -width:]
 
     def score(self, tokens, variant, record):
         adapters = [cls() for cls in self.adapter_classes][: variant.adapters]

@@ -179,24 +179,24 @@ def hand_bytes(val: torch.Tensor) -> int:
 
 def bigram_model(seed: int = 0, v: int = V):
     table = torch.log_softmax(torch.randn(v, v, generator=torch.Generator().manual_seed(seed)), -1)
-    return table, (lambda inputs: table[inputs])  # [B,T] -> [B,T,V]
+    return table, (lambda inputs, width: table[inputs[:, -width:]])  # [B,T] -> [B,width,V]
 
 
 def unigram_model(seed: int = 0, v: int = V):
     row = torch.log_softmax(torch.randn(v, generator=torch.Generator().manual_seed(seed)), -1)
-    return lambda inputs: row.expand(*inputs.shape, v)
+    return lambda inputs, width: row.expand(inputs.size(0), width, v)
 
 
 def copy_model(period: int, v: int = V, p_hit: float = 0.9):
     """Predicts the token `period` back with p_hit when the window holds it, else uniform."""
 
-    def fn(inputs):  # [B,T] -> [B,T,V]
+    def fn(inputs, width):  # [B,T] -> [B,width,V]
         b, t = inputs.shape
         lp = torch.full((b, t, v), math.log((1 - p_hit) / (v - 1)))
         lp[:, : period - 1] = -math.log(v)
         if t >= period:
             lp[:, period - 1 :].scatter_(-1, inputs[:, : t - period + 1, None], math.log(p_hit))
-        return lp
+        return lp[:, -width:]
 
     return fn
 
@@ -212,7 +212,7 @@ def random_tokens(n: int, seed: int = 1, v: int = V) -> torch.Tensor:
 
 def test_uniform_model_scores_log2_v_bits_per_target():
     val = random_tokens(301)
-    res = evaluate(lambda x: torch.full((*x.shape, V), -math.log(V)), val, toy_luts(), seq_len=32, stride=8)
+    res = evaluate(lambda x, width: torch.full((x.size(0), width, V), -math.log(V)), val, toy_luts(), seq_len=32, stride=8)
     assert res.targets == 300 and res.bytes == hand_bytes(val)
     assert res.val_loss == pytest.approx(math.log(V), rel=1e-7)  # float32 log-probs, float64 sums
     assert res.val_bpb == pytest.approx(math.log2(V) * 300 / res.bytes, rel=1e-7)
@@ -258,17 +258,47 @@ def test_sliding_beats_plain_for_a_model_that_uses_context():
     assert sliding.val_bpb < 0.5 * plain.val_bpb
 
 
+@pytest.mark.parametrize("n, seq_len, stride, batch_seqs", [(203, 16, 4, 5), (203, 16, 16, 4), (10, 16, 4, 3),
+                                                          (10, 16, 16, 3), (64, 16, 4, 64), (97, 20, 7, 2)])
+@pytest.mark.parametrize("chunk_tokens", [None, 30])
+def test_static_shapes_score_the_same_with_at_most_two_shapes(n, seq_len, stride, batch_seqs, chunk_tokens):
+    """Padded to [batch_seqs, seq_len] for a compiled model: same scores, every call one of two shapes."""
+    val = random_tokens(n + 1)
+    _, bigram = bigram_model()
+    shapes = set()
+
+    def fn(inputs, width):
+        shapes.add((*inputs.shape, width))
+        return bigram(inputs, width)
+
+    runs = []
+    for static in (False, True):
+        seen = []
+        res = evaluate(fn, val, toy_luts(), seq_len=seq_len, stride=stride, batch_seqs=batch_seqs, static=static,
+                       adapters=[UnigramMix()] if chunk_tokens else [], chunk_tokens=chunk_tokens or 32768,
+                       record=lambda pos, lp: seen.append((pos, lp)))
+        runs.append((res, torch.cat([p for p, _ in seen]), torch.cat([lp for _, lp in seen])))
+        if static:
+            assert len(shapes) <= 2 and {s[:2] for s in shapes} == {(batch_seqs, seq_len)}
+            assert res.warmup_seconds > 0
+        shapes.clear()
+    (plain, pos_a, lp_a), (padded, pos_b, lp_b) = runs
+    assert torch.equal(pos_a, torch.arange(n)) and torch.equal(pos_a, pos_b) and torch.equal(lp_a, lp_b)
+    assert padded.val_bpb == plain.val_bpb and padded.targets == n
+
+
 def test_progress_reports_every_batch():
     calls = []
     evaluate(unigram_model(), random_tokens(101), toy_luts(), seq_len=16, stride=4, batch_seqs=5,
              progress=lambda done, total: calls.append((done, total)))
     assert calls[-1] == (100, 100)
-    assert [d for d, _ in calls] == sorted(d for d, _ in calls) and len(calls) == 5
+    # window 0 (16 scored targets) is its own batch; the other 21 windows (4 each) make 5 more
+    assert [d for d, _ in calls] == [16, 36, 56, 76, 96, 100]
 
 
 def test_unnormalized_model_output_is_refused():
     with pytest.raises(ComplianceError, match="logprob_fn"):
-        evaluate(lambda x: torch.zeros(*x.shape, V), random_tokens(50), toy_luts(), seq_len=16, stride=16)
+        evaluate(lambda x, width: torch.zeros(x.size(0), width, V), random_tokens(50), toy_luts(), seq_len=16, stride=16)
 
 
 # --- adapters -----------------------------------------------------------------------------
@@ -414,7 +444,7 @@ def test_unnormalized_adapter_is_named():
 
 def test_oracle_adapter_cannot_see_targets():
     val = random_tokens(400)
-    uniform = lambda x: torch.full((*x.shape, V), -math.log(V))  # noqa: E731
+    uniform = lambda x, width: torch.full((x.size(0), width, V), -math.log(V))  # noqa: E731
     oracle = PositionOracle()
     res = evaluate(uniform, val, toy_luts(), seq_len=16, stride=4, adapters=[oracle], chunk_tokens=10, batch_seqs=2)
     assert oracle.hits == 0 and oracle.seen == val[1:].tolist()

@@ -67,6 +67,8 @@ def test_logprobs_normalized():
     model = build_model(config, host_with(config), None)
     lp = model.logprobs(torch.randint(0, 64, (2, 8)))
     assert torch.allclose(lp.logsumexp(-1), torch.zeros(2, 8), atol=1e-5)
+    tokens = torch.randint(0, 64, (2, 8))
+    assert torch.allclose(model.logprobs(tokens, last=3), model.logprobs(tokens)[:, -3:], atol=1e-6)
 
 
 def test_rotary_is_a_rotation_and_partial_dims_untouched():

@@ -35,12 +35,12 @@ def mixer(**kw):
 
 def bigram_model(seed=0, sharpness=1.0):
     table = torch.log_softmax(sharpness * torch.randn(V, V, generator=torch.Generator().manual_seed(seed)), -1)
-    return lambda inputs: table[inputs]
+    return lambda inputs, width: table[inputs[:, -width:]]
 
 
 def unigram_model(seed=0):
     row = torch.log_softmax(torch.randn(V, generator=torch.Generator().manual_seed(seed)), -1)
-    return lambda inputs: row.expand(*inputs.shape, V)
+    return lambda inputs, width: row.expand(inputs.size(0), width, V)
 
 
 def markov2_stream(n, seed=0, concentration=0.1):
@@ -178,7 +178,7 @@ def test_warmup_passes_logprobs_through_unchanged():
     res, cap = run(fn, val, m)
     assert res.val_bpb == plain.val_bpb
     pos, rows = cap.by_position()
-    assert torch.equal(rows, fn(val[pos][:, None])[:, 0])
+    assert torch.equal(rows, fn(val[pos][:, None], 1)[:, 0])
     assert m.updates == [] and m.w.tolist() == [2.0, 0.0, 0.0, 0.0]
     lp = torch.log_softmax(torch.randn(3, V), -1)
     assert m.adjust(lp, torch.zeros(3, 2, dtype=torch.long), torch.arange(3)) is lp
@@ -191,7 +191,7 @@ def test_warmup_ends_at_the_first_chunk_after_enough_observed_tokens():
     m = HedgeMixer(cfg(warmup_tokens=120))
     _, cap = run(fn, val, m, stride=10, chunk_tokens=50)
     pos, rows = cap.by_position()
-    neural = fn(val[pos][:, None])[:, 0]
+    neural = fn(val[pos][:, None], 1)[:, 0]
     same = (rows == neural).all(-1)
     first_mixed = int((~same).nonzero()[0])
     # chunks hold 0..55, 56..105, 106..155 (windows belong to the chunk of their first target): after 156 observed
@@ -289,7 +289,7 @@ def test_mixture_keeps_a_good_model():
     for _ in range(3000):
         out.append(int(torch.multinomial(table[out[-1]].exp(), 1, generator=g)))
     val = torch.tensor(out)
-    fn = lambda x: table[x]  # noqa: E731
+    fn = lambda x, width: table[x[:, -width:]]  # noqa: E731
     plain = evaluate(fn, val, LUTS, seq_len=16, stride=16)
     m = HedgeMixer(cfg(warmup_tokens=200))
     res, _ = run(fn, val, m, stride=16, chunk_tokens=200)
@@ -325,6 +325,15 @@ def test_two_ranks_give_the_same_val_bpb_as_one(tmp_path):
 
 
 # --- plugin and config --------------------------------------------------------------------
+
+
+def test_scored_positions_outside_the_observed_chunk_are_refused():
+    """A driver that hands the mixer a position it does not then observe breaks C3/C4: refused, not mixed in."""
+    m = mixer()
+    lp = torch.log_softmax(torch.randn(3, V), -1)
+    m.adjust(lp, torch.zeros(3, m.history_len, dtype=torch.long), torch.tensor([0, 1, 7]))
+    with pytest.raises(golf.ComplianceError, match="1 scored positions are not in the observed chunk 0..4"):
+        m.observe(torch.arange(5))
 
 
 def test_plugin_gives_a_fresh_adapter_ordered_after_ttt():
