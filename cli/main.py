@@ -219,6 +219,22 @@ def eval_(
     _refuse_illegal(result)
 
 
+@app.command("export")
+def export_(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run directory with a legal score")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="the records folder to write (must not exist; default <date>_<name>)")] = None,
+    plugins_dir: DirsOpt = None,
+):
+    """Write the run as a challenge records folder: train_gpt.py (the run's code as one script),
+    submission.json, the train log, requirements.txt and a README."""
+    from golf_tools.export import export
+    from golfcore.plugins import discover
+
+    folder = export(run_dir, discover(plugins_dir or []), out)
+    for path in sorted(folder.iterdir()):
+        console.print(f"{path}  {path.stat().st_size:,} bytes", markup=False, soft_wrap=True)
+
+
 @app.command()
 def bench(
     recipe: Annotated[Path, typer.Argument(help="recipe TOML file")],

@@ -12,12 +12,10 @@ compressor names, and per state key: original dtype and shape, the stored tensor
 the quantizer's scheme info. `unpack` picks the quantizer and compressor by those names.
 
 Artifact bytes = len(model.golf) + code bytes, against `export.budget_bytes` (16,000,000,
-decimal). Code bytes (rule set by the project lead) are the UTF-8 bytes of:
-  - every .py file of the golfcore package (subpackages included),
-  - the source module of each enabled plugin (the file defining it; built-in or third-party),
-  - the resolved recipe TOML (every default filled in).
-`code_files_for` applies that rule; `code_bytes` and `report` only sum what they are given.
-The CLI, tests, docs and uninstalled plugins do not count.
+decimal). Code bytes are the challenge's: the UTF-8 bytes of the run's `train_gpt.py`, the one
+self-contained script golfcore.bundle writes (the golfcore modules the run imports, the enabled
+plugins' modules and the resolved recipe, lzma-compressed inside it). The CLI, tooling, tests,
+docs and disabled plugins are not in it. `report` only adds up what it is given.
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import safetensors.torch
 import torch
@@ -44,8 +41,6 @@ MAGIC = b"GOLF"
 FORMAT_VERSION = 2
 CLIP_PERCENTILE = 99.99984
 """The baseline's per-row clip: |w| above this percentile of its row is clipped (docs/techniques.md §0)."""
-
-_CORE_DIR = Path(__file__).resolve().parent  # the golfcore package
 
 
 def row_quantiles(w: Tensor, qs: Iterable[float]) -> Tensor:
@@ -397,33 +392,6 @@ def unpack(blob: bytes, quantizers: dict[str, Quantizer], compressors: dict[str,
     return {name: state[name] for name in header["tensors"]}  # the packed key order
 
 
-def code_files_for(plugin_modules: Iterable[ModuleType], recipe_path: Path) -> list[Path]:
-    """The files whose bytes count as code (rule in the module docstring), deduplicated."""
-    files = sorted(_CORE_DIR.rglob("*.py"))
-    for module in plugin_modules:
-        source = getattr(module, "__file__", None)
-        if not source or not source.endswith(".py"):
-            raise ValueError(f"plugin module {module.__name__!r} has no .py source file to count as code")
-        files.append(Path(source).resolve())
-    files.append(Path(recipe_path).resolve())
-    return list(dict.fromkeys(files))
-
-
-def code_bytes(paths: Iterable[Path]) -> int:
-    """Sum of the files' bytes; each must be UTF-8 (so bytes on disk are its UTF-8 bytes)."""
-    total = 0
-    for path in paths:
-        try:
-            data = Path(path).read_bytes()
-            data.decode("utf-8")
-        except OSError as e:
-            raise DataError(f"code file {path}: {e.strerror}") from None
-        except UnicodeDecodeError:
-            raise DataError(f"code file {path}: not UTF-8") from None
-        total += len(data)
-    return total
-
-
 @dataclass
 class GroupBytes:
     """What one group of tensors takes in the artifact."""
@@ -474,13 +442,11 @@ class ArtifactReport:
     total_bytes: int
     budget_bytes: int
     within_budget: bool
-    code_files: list[str]
     groups: list[GroupBytes]
 
 
-def report(model_blob: bytes, code_files: list[Path], budget: int, groups: list[GroupBytes] = ()) -> ArtifactReport:
+def report(model_blob: bytes, code: int, budget: int, groups: list[GroupBytes] = ()) -> ArtifactReport:
     """Model + code bytes against the budget (the challenge's limit is inclusive: total <= budget)."""
-    code = code_bytes(code_files)
     total = len(model_blob) + code
     return ArtifactReport(
         model_bytes=len(model_blob),
@@ -488,7 +454,6 @@ def report(model_blob: bytes, code_files: list[Path], budget: int, groups: list[
         total_bytes=total,
         budget_bytes=budget,
         within_budget=total <= budget,
-        code_files=[str(p) for p in code_files],
         groups=list(groups),
     )
 

@@ -15,7 +15,6 @@ recipe or other code, naming what differs: continuing such a run would not be th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -115,15 +114,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def code_hash(plugin_modules: list) -> str:
-    """sha256 over the core's .py files and the enabled plugins' source files (names and bytes)."""
-    files = sorted(Path(__file__).resolve().parent.rglob("*.py")) + sorted(Path(m.__file__).resolve() for m in plugin_modules)
-    h = hashlib.sha256()
-    for path in files:
-        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
 
 
 def _flat_config(config: dict, prefix: str = "") -> dict[str, Any]:

@@ -106,8 +106,13 @@ class DataSection(Section):
     root: str = option("data", "folder holding corpora (relative to the working directory)")
     max_train_shards: int = option(0, "use at most this many train shards (0 = all)")
     max_val_tokens: int = option(0, "score at most this many validation targets (0 = the full split)")
+    shards: str = option("", "a folder of challenge shards (*_train_NNNNNN.bin, *_val_NNNNNN.bin) read instead of "
+                             "root's corpus, which then only names the data; needs tokenizer")
+    tokenizer: str = option("", "the sentencepiece model of the shards folder (with shards)")
 
     def check(self) -> None:
+        if bool(self.shards) != bool(self.tokenizer):
+            raise self.invalid("shards" if not self.shards else "tokenizer", "shards and tokenizer are set together")
         if not (self.corpus in ("pystdlib", "fineweb10B_sp1024") or self.corpus.startswith("text:")):
             raise self.invalid("corpus", f"{self.corpus!r} is not pystdlib, fineweb10B_sp1024 or text:NAME")
         if self.max_train_shards < 0 or self.max_val_tokens < 0:

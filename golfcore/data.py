@@ -11,6 +11,10 @@ the real FineWeb data and locally built corpora through one path), a sentencepie
   `golf data fineweb`, never implicitly.
 - `text:NAME`: the user's own text files, built by `golf data text`.
 
+A recipe may instead name a folder of shards and a tokenizer file (`data.shards`,
+`data.tokenizer`; the exported train_gpt.py sets them from DATA_PATH and TOKENIZER_PATH): no
+meta.json, the fingerprint is built from what is there, and `corpus` only names the data.
+
 Building and downloading live in golf_tools.corpora and golf_tools.fineweb, which no run
 imports. `meta.json` is written last (and builds are renamed into place whole), so a folder
 without it is an interrupted build or download and is treated as missing.
@@ -25,10 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+import sentencepiece as spm
 import torch
 
 from .errors import ConfigError, DataError
-from .files import write_atomic
+from .files import sha256_file, write_atomic
 
 if TYPE_CHECKING:
     from .config import DataSection
@@ -253,6 +258,30 @@ def open_corpus(name: str, directory: Path, max_train_shards: int, remedy: str) 
     return Corpus(name, directory, train, listed["val"], tokenizer, vocab_size, fingerprint)
 
 
+def open_shard_folder(name: str, directory: Path, tokenizer: Path, max_train_shards: int,
+                      directory_key: str = "data.shards", tokenizer_key: str = "data.tokenizer") -> Corpus:
+    """A folder of challenge shards and a tokenizer file, without meta.json: the fingerprint is
+    the shards' names and the tokenizer's sha256. Errors name the path and the setting that gave it."""
+    directory, tokenizer = Path(directory), Path(tokenizer)
+    if not directory.is_dir():
+        raise DataError(f"{directory_key}={directory}: not a folder")
+    train, val = shard_files(directory, "train"), shard_files(directory, "val")
+    if not train or not val:
+        split = "train" if not train else "val"
+        raise DataError(f"{directory_key}={directory}: no {split} shards (*_{split}_NNNNNN.bin)")
+    if not tokenizer.is_file():
+        raise DataError(f"{tokenizer_key}={tokenizer}: not a file")
+    try:
+        vocab_size = spm.SentencePieceProcessor(model_file=str(tokenizer)).vocab_size()
+    except (OSError, RuntimeError):
+        raise DataError(f"{tokenizer_key}={tokenizer}: not a sentencepiece model") from None
+    used = train[:max_train_shards] if max_train_shards else train
+    fingerprint = {"corpus": name, "shards": str(directory.resolve()), "train_shards": [p.name for p in train],
+                   "val_shards": [p.name for p in val], "tokenizer_sha256": sha256_file(tokenizer),
+                   "train_shards_used": len(used)}
+    return Corpus(name, directory, used, val, tokenizer, vocab_size, fingerprint)
+
+
 def corpus_command(corpus: str, root: Path) -> str:
     """The `golf data` command that creates the corpus a recipe names under root."""
     root_flag = "" if Path(root) == Path("data") else f" --root {root}"
@@ -269,6 +298,8 @@ def resolve_corpus(data: DataSection) -> Corpus:
     A missing or stale corpus is a DataError naming the `golf data` command that creates it
     (the CLI builds a missing pystdlib before a run: golf_tools.corpora.ensure_corpus).
     """
+    if data.shards:
+        return open_shard_folder(data.corpus, Path(data.shards), Path(data.tokenizer), data.max_train_shards)
     root = Path(data.root)
     if data.corpus in ("pystdlib", FINEWEB_CORPUS):
         directory = root / data.corpus

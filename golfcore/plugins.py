@@ -112,6 +112,15 @@ def _check_class(cls: type[Plugin], source: str) -> None:
         raise ConfigError(f"plugin {cls.name!r} from {source}: Config must be a dataclass deriving from golfcore.Section")
 
 
+def plugins_in(module: ModuleType, source: str, version: str) -> list[PluginInfo]:
+    """The plugins a module defines, checked as `discover` checks them (an exported
+    train_gpt.py lists its bundled plugins with it)."""
+    classes = _plugin_classes(module)
+    for cls in classes:
+        _check_class(cls, source)
+    return [PluginInfo(cls.name, cls, source, version) for cls in classes]
+
+
 def _load_file(path: Path) -> ModuleType:
     module_name = f"golf_dir_plugin_{path.stem}"
     spec = importlib.util.spec_from_file_location(module_name, path)

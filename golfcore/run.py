@@ -27,11 +27,12 @@ import torch
 from torch import nn
 
 from . import audit
-from .artifact import Int8Quantizer, ZstdCompressor, code_bytes, code_files_for, group_bytes, pack, project, report, unpack
+from .artifact import Int8Quantizer, ZstdCompressor, group_bytes, pack, project, report, unpack
+from .bundle import Bundle
 from .config import RunConfig
 from .contract import EvalContext
 from .checkpoint import DIR_NAME as CHECKPOINT_DIR
-from .checkpoint import Checkpoints, code_hash
+from .checkpoint import Checkpoints
 from .data import Corpus, DistributedTokenLoader, load_val_tokens, resolve_corpus
 from .errors import ComplianceError, ConfigError, DataError, DivergedError, GolfError, TrainingInterrupted
 from .files import write_json
@@ -120,15 +121,6 @@ def _claim_run_dir(final: Path) -> Path:
     return partial
 
 
-def code_sha256(code_files: list[Path]) -> str:
-    """sha256 over the bytes of the code files a run counted, in their order: which code made
-    a run (with its resolved recipe and seed, the key `golf ablate` resumes by)."""
-    digest = hashlib.sha256()
-    for path in code_files:
-        digest.update(Path(path).read_bytes())
-    return digest.hexdigest()
-
-
 def _git_revision() -> str | None:
     root = Path(__file__).resolve().parent.parent
     try:
@@ -143,7 +135,7 @@ def _git_revision() -> str | None:
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "torch": torch.__version__}
-    for dist in ("golf", "pluggy", "sentencepiece", "zstandard", "safetensors"):
+    for dist in ("golf", "numpy", "pluggy", "sentencepiece", "zstandard", "safetensors"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -402,13 +394,15 @@ def run(config: RunConfig, available: dict[str, PluginInfo], recipe_text: str,
     dist = session.dist
     if resume_dir is not None:
         run_dir = _resumable_dir(Path(resume_dir))
+        recipe_text = (run_dir / RECIPE_NAME).read_text(encoding="utf-8")  # the recipe the run started with
     else:
         run_dir = _new_run_dir(config, run_dir) if dist.is_main else None
     log = RunLog(run_dir if dist.is_main else None, echo if dist.is_main else (lambda _: None))
     try:
         if run_dir and resume_dir is None:
             (run_dir / RECIPE_NAME).write_text(recipe_text, encoding="utf-8")
-        result = _run_in(session, run_dir, log, progress_factory, resuming=resume_dir is not None)
+        result = _run_in(session, run_dir, log, progress_factory, Bundle.for_run(session.plugin_modules(), recipe_text),
+                         resuming=resume_dir is not None)
     except DivergedError as e:
         if dist.is_main:
             log.line(f"diverged: {e}")
@@ -471,18 +465,10 @@ def _load_tokenizer(corpus: Corpus) -> spm.SentencePieceProcessor:
                         f"rebuild or fetch the corpus again") from None
 
 
-def _code_file_label(path: Path, run_dir: Path | None) -> str:
-    """A code file as the result names it: relative to its package's parent, or to the run."""
-    if run_dir and path.parent == run_dir:
-        return path.name
-    for parent in path.parents:
-        if not (parent / "__init__.py").is_file():
-            return str(path.relative_to(parent))
-    return str(path)
-
-
-def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factory, resuming: bool = False) -> RunResult:
-    """The body of `run`; `progress_factory(stage, total)` gives a (done, total) callback per phase."""
+def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factory, code: Bundle,
+            resuming: bool = False) -> RunResult:
+    """The body of `run`; `progress_factory(stage, total)` gives a (done, total) callback per phase;
+    `code` is the run's train_gpt.py, whose bytes are the code bytes."""
     config, dist, corpus = session.config, session.dist, session.corpus
     model = session.build_model()
     val_tokens = load_val_tokens(corpus, config.data.max_val_tokens)
@@ -491,8 +477,7 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
         f"model_params:{count_parameters(model)} world_size:{dist.world_size} device:{dist.device} "
         f"plugins:{','.join(config.plugins) or 'none'} corpus:{corpus.name} val_targets:{targets}"
     )
-    code_files = code_files_for(session.plugin_modules(), run_dir / RECIPE_NAME if run_dir else Path(config.source))
-    projection = project(model, session.quantizer, config.export.float_max_numel, code_bytes(code_files),
+    projection = project(model, session.quantizer, config.export.float_max_numel, code.code_bytes,
                          config.export.budget_bytes, Path(config.run.out_dir), config.run.name)
     if not projection.fits:
         log.line(
@@ -505,7 +490,7 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
         return session.score(m, val_tokens, stride=config.eval_seq_len).val_loss
 
     loader = DistributedTokenLoader(corpus.train_files, dist.rank, dist.world_size, dist.device)
-    checkpoints = Checkpoints(run_dir, config, code_hash(session.plugin_modules())) if run_dir else None
+    checkpoints = Checkpoints(run_dir, config, code.modules_sha256()) if run_dir else None
     trainer = Trainer(config, model, session.host, session.quantizer, loader, dist, validate, log.record,
                       progress=progress_factory("train", config.train.iterations),
                       checkpoints=checkpoints)
@@ -520,7 +505,7 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
 
     pre_export = session.score(model, val_tokens, stride=config.eval_seq_len)
     blob = pack(model.state_dict(), param_specs(model), session.quantizer, session.compressor, config.export.smallest_layout)
-    art = report(blob, code_files, config.export.budget_bytes, group_bytes(blob, session.compressor))
+    art = report(blob, code.code_bytes, config.export.budget_bytes, group_bytes(blob, session.compressor))
     if run_dir:
         (run_dir / ARTIFACT_NAME).write_bytes(blob)
     log.line(
@@ -562,7 +547,7 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
         model_params=count_parameters(model),
         artifact={"model_bytes": art.model_bytes, "code_bytes": art.code_bytes, "total_bytes": art.total_bytes,
                   "budget_bytes": art.budget_bytes, "within_budget": art.within_budget,
-                  "code_files": [_code_file_label(Path(f), run_dir) for f in art.code_files],
+                  "code_files": code.code_files(),
                   "quantizer": session.quantizer.name, "compressor": session.compressor.name,
                   "groups": [dataclasses.asdict(g) for g in art.groups],
                   "group_bytes_method": "each group's stored bytes compressed alone by the compressor",
@@ -575,7 +560,7 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
         device=str(dist.device),
         versions=versions(),
         git_revision=_git_revision(),
-        code_sha256=code_sha256(art.code_files),
+        code_sha256=code.sha256,
         compliance=compliance,
         config=config.to_dict(),
     )
@@ -605,7 +590,8 @@ def rescore(run_dir: Path, available: dict[str, PluginInfo], echo: Callable[[str
     log = RunLog(partial, echo if session.dist.is_main else (lambda _: None))
     try:
         stages = session.score_stages(blob, val_tokens, log, progress_factory or (lambda s, t: None))
-        art = report(blob, code_files_for(session.plugin_modules(), run_dir / RECIPE_NAME), config.export.budget_bytes)
+        code = Bundle.for_run(session.plugin_modules(), (run_dir / RECIPE_NAME).read_text(encoding="utf-8"))
+        art = report(blob, code.code_bytes, config.export.budget_bytes)
         compliance = session.compliance(blob, val_tokens, stages, art, log)
     finally:
         log.close()
@@ -636,7 +622,7 @@ def rescore(run_dir: Path, available: dict[str, PluginInfo], echo: Callable[[str
         recipe_file = partial / RECIPE_NAME
         recipe_file.write_text(dump_toml(config), encoding="utf-8")
         (partial / ARTIFACT_NAME).write_bytes(blob)
-        result.code_sha256 = code_sha256(code_files_for(session.plugin_modules(), recipe_file))
+        result.code_sha256 = Bundle.for_run(session.plugin_modules(), recipe_file.read_text(encoding="utf-8")).sha256
         _finish(partial, result)
     return result
 

@@ -1,23 +1,17 @@
 import json
 import math
 import struct
-import sys
-import types
-from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
 from torch import nn
 
-import golfcore
 from golfcore.artifact import (
     CLIP_PERCENTILE,
     FORMAT_VERSION,
     Int8Quantizer,
     ZstdCompressor,
-    code_bytes,
-    code_files_for,
     fp16_round,
     pack,
     report,
@@ -215,44 +209,11 @@ def test_quantizer_name_collision_is_refused():
         pack({"a": torch.ones(2)}, {"a": ParamSpec("scalar", "float32")}, Bad(), ZstdCompressor())
 
 
-def test_code_bytes_counts_utf8_bytes(tmp_path):
-    f = tmp_path / "a.py"
-    f.write_text("π = 'é'\n", encoding="utf-8")  # 8 characters, 10 bytes
-    g = tmp_path / "r.toml"
-    g.write_text("x = 1\n", encoding="utf-8")
-    assert code_bytes([f, g]) == 10 + 6
-    (tmp_path / "latin.py").write_bytes("é".encode("latin-1"))
-    with pytest.raises(DataError, match="not UTF-8"):
-        code_bytes([tmp_path / "latin.py"])
-    with pytest.raises(DataError, match="missing.py"):
-        code_bytes([tmp_path / "missing.py"])
-
-
-def test_report_within_and_over_budget(tmp_path):
-    f = tmp_path / "a.py"
-    f.write_text("x" * 100)
-    r = report(b"\0" * 900, [f], budget=1000)
+def test_report_within_and_over_budget():
+    r = report(b"\0" * 900, 100, budget=1000)
     assert (r.model_bytes, r.code_bytes, r.total_bytes, r.budget_bytes) == (900, 100, 1000, 1000)
-    assert r.within_budget and r.code_files == [str(f)]
-    assert not report(b"\0" * 901, [f], budget=1000).within_budget
-
-
-def test_code_files_for_applies_the_rule(tmp_path):
-    plugin_file = tmp_path / "my_plugin.py"
-    plugin_file.write_text("NAME = 'mine'\n")
-    plugin = types.ModuleType("my_plugin")
-    plugin.__file__ = str(plugin_file)
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text("[run]\n")
-    files = code_files_for([plugin, plugin], recipe)
-    core = Path(golfcore.__file__).resolve().parent
-    assert set(core.rglob("*.py")) <= set(files)
-    assert all(f.suffix == ".py" and core in f.parents for f in files[:-2])
-    assert files[-2:] == [plugin_file.resolve(), recipe.resolve()]
-    assert len(files) == len(set(files))
-    assert code_bytes(files) > 0
-    with pytest.raises(ValueError, match="no .py source"):
-        code_files_for([sys], recipe)
+    assert r.within_budget
+    assert not report(b"\0" * 901, 100, budget=1000).within_budget
 
 
 def test_fp16_round_is_the_float16_cast():

@@ -20,12 +20,14 @@ from golfcore.data import (
     DistributedTokenLoader,
     TokenStream,
     load_val_tokens,
+    open_shard_folder,
     read_shard,
     resolve_corpus,
     shard_files,
     write_shard,
 )
 from golfcore.errors import ConfigError, DataError
+from golfcore.files import sha256_file
 
 
 # ----------------------------------------------------------------------------- shard format
@@ -226,3 +228,42 @@ def test_missing_text_corpus_and_unknown_corpus(tmp_path):
     for name in ("wikipedia", "text:"):
         with pytest.raises(DataError, match="unknown corpus"):
             resolve_corpus(DataSection(corpus=name, root=str(tmp_path)))
+
+
+def test_shard_folder_without_meta_json(tmp_path, pystdlib_root):
+    built = pystdlib_root / "pystdlib"
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for path in shard_files(built, "train")[:2] + shard_files(built, "val"):
+        (folder / path.name.replace("pystdlib_", "fineweb_")).symlink_to(path)
+    data = DataSection(corpus="fineweb10B_sp1024", shards=str(folder), tokenizer=str(built / "tokenizer.model"))
+    corpus = resolve_corpus(data)
+    assert [p.name for p in corpus.train_files] == ["fineweb_train_000000.bin", "fineweb_train_000001.bin"]
+    assert corpus.vocab_size == 1024 and corpus.name == "fineweb10B_sp1024"
+    assert corpus.fingerprint["tokenizer_sha256"] == sha256_file(built / "tokenizer.model")
+    assert load_val_tokens(corpus).numel() == sum(read_shard(p).size for p in shard_files(built, "val"))
+
+
+@pytest.mark.parametrize("what, message", [
+    ("no folder", "DATA_PATH={folder}: not a folder"),
+    ("no val", "DATA_PATH={folder}: no val shards"),
+    ("no tokenizer", "TOKENIZER_PATH={tokenizer}: not a file"),
+    ("bad tokenizer", "TOKENIZER_PATH={tokenizer}: not a sentencepiece model"),
+])
+def test_shard_folder_errors_name_the_path_and_its_setting(tmp_path, what, message):
+    folder, tokenizer = tmp_path / "shards", tmp_path / "tok.model"
+    if what != "no folder":
+        folder.mkdir()
+        write_shard(folder / "fineweb_train_000000.bin", np.arange(10))
+    if what not in ("no folder", "no val"):
+        write_shard(folder / "fineweb_val_000000.bin", np.arange(10))
+    if what == "bad tokenizer":
+        tokenizer.write_bytes(b"not a model")
+    with pytest.raises(DataError) as e:
+        open_shard_folder("fineweb10B_sp1024", folder, tokenizer, 0, "DATA_PATH", "TOKENIZER_PATH")
+    assert str(e.value).startswith(message.format(folder=folder, tokenizer=tokenizer))
+
+
+def test_shards_and_tokenizer_go_together():
+    with pytest.raises(ConfigError, match="shards and tokenizer are set together"):
+        DataSection(shards="x").check()

@@ -14,9 +14,9 @@ crashing run cannot take the ablation down. Layout of the ablation directory:
 
 Resume: a finished run (its directory holds result.json) is reused when its recipe.toml is
 the planned resolved recipe, its seed is the planned seed and its code_sha256 is the hash of
-the code files the planned run would count; anything else is removed and run again. A run
-killed by a signal, or exiting with code 75, was interrupted: it is rerun next time, not
-reported as failed.
+the train_gpt.py the planned run would count (golfcore.bundle); anything else is removed and
+run again. A run killed by a signal, or exiting with code 75, was interrupted: it is rerun next
+time, not reported as failed.
 """
 
 from __future__ import annotations
@@ -29,17 +29,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from golfcore.artifact import code_files_for
+from golfcore.bundle import Bundle
 from golfcore.errors import ConfigError, GolfError
 from golfcore.plugins import PluginInfo, discover
 from golfcore.recipe import dump_toml, load_recipe
-from golfcore.run import ARTIFACT_NAME, RECIPE_NAME, code_sha256
+from golfcore.run import ARTIFACT_NAME, RECIPE_NAME
 
 from .stats import Bar
 
@@ -242,11 +241,7 @@ def _expected_key(plan: Plan, variant: Variant, seed: int, available: dict[str, 
     config = load_recipe(Path(plan.recipe), available, [*plan.sets, *_sets_of(variant.args), f"run.seed={seed}"],
                          [*plan.with_, *_names(variant.args, "--with")], [*plan.without, *_names(variant.args, "--without")])
     text = dump_toml(config)
-    with tempfile.TemporaryDirectory() as tmp:
-        recipe_file = Path(tmp) / RECIPE_NAME
-        recipe_file.write_text(text, encoding="utf-8")
-        code = code_sha256(code_files_for([available[n].module for n in config.plugins], recipe_file))
-    return text, code
+    return text, Bundle.for_run([available[n].module for n in config.plugins], text).sha256
 
 
 def reusable(spec: RunSpec) -> bool:
