@@ -67,8 +67,8 @@ def text(
     ))
 
 
-@app.command()
-def fineweb(
+@app.command("fineweb")
+def fineweb_cmd(  # not `fineweb`: that name is the golf_tools module the body calls
     variant: Annotated[str, typer.Option("--variant", help="tokenizer variant of the published export")] = "sp1024",
     train_shards: Annotated[int, typer.Option("--train-shards", help="train shards to fetch (100M tokens each)")] = 1,
     root: RootOpt = Path("data"),

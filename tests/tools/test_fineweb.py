@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import huggingface_hub
 import pytest
 import torch
 from huggingface_hub.utils import EntryNotFoundError
@@ -110,3 +111,17 @@ def test_fineweb_download_failure_is_one_line(tmp_path):
     assert not (tmp_path / "data" / "fineweb10B_sp1024" / ".download").exists()
     with pytest.raises(DataError, match="golf data fineweb --variant sp1024 --train-shards 1"):
         resolve_corpus(DataSection(corpus="fineweb10B_sp1024", root=str(tmp_path / "data")))
+
+
+def test_golf_data_fineweb_command_downloads(tmp_path, monkeypatch):
+    """The CLI command reaches download_fineweb (the hub client replaced by the local fake)."""
+    from typer.testing import CliRunner
+
+    from golf_cli.main import app
+
+    fake = FakeDownload(_fake_hub(tmp_path, 1))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    root = tmp_path / "data"
+    result = CliRunner().invoke(app, ["data", "fineweb", "--train-shards", "1", "--root", str(root)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (root / "fineweb10B_sp1024").glob("*.bin")) == ["fineweb_train_000001.bin", "fineweb_val_000000.bin"]
