@@ -35,7 +35,6 @@ from .checkpoint import DIR_NAME as CHECKPOINT_DIR
 from .checkpoint import Checkpoints
 from .data import Corpus, DistributedTokenLoader, load_val_tokens, resolve_corpus
 from .errors import ComplianceError, ConfigError, DataError, DivergedError, GolfError, TrainingInterrupted
-from .files import write_json
 from .eval import ByteLUTs, EvalResult, build_byte_luts, evaluate, unigram_entropy_bpb
 from .assemble import build_model, check_config
 from .model import GPT, count_parameters

@@ -16,8 +16,6 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-import torch
-
 import golfcore as golf
 
 

@@ -21,8 +21,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
 import golfcore as golf
 
 

@@ -15,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-from .ablate import REFERENCE, Plan, Variant, failed_marker, run_path
+from .ablate import Plan, Variant, failed_marker, run_path
 from .stats import Bar, Spread, compare, judge
 
 SIGN_NOTE = {
