@@ -15,7 +15,7 @@ party can copy. docs/hooks.md lists these names.
 """
 
 # the contract: hooks, where a layer sits, what a forward pass and an eval adapter are given
-from .contract import Compressor, EvalAdapter, EvalContext, ForwardContext, LayerInfo, Quantizer
+from .contract import Calibration, Compressor, EvalAdapter, EvalContext, ForwardContext, LayerInfo, Quantizer
 from .hookspecs import hookimpl
 
 # writing a plugin: its class, its typed config, its parameters, its errors
@@ -31,7 +31,7 @@ from .data import BOS_ID
 from .model import Rotary, rms_norm
 
 __all__ = [
-    "BOS_ID", "CLIP_PERCENTILE", "Compressor", "ComplianceError", "ConfigError", "EvalAdapter", "EvalContext",
+    "BOS_ID", "CLIP_PERCENTILE", "Calibration", "Compressor", "ComplianceError", "ConfigError", "EvalAdapter", "EvalContext",
     "ForwardContext", "GolfError", "Int8Quantizer", "LayerInfo", "LayerSelection", "Plugin", "Quantizer", "Rotary",
     "RunConfig", "Section", "declare", "float_params", "fp16_round", "hookimpl", "option", "param_specs", "rms_norm",
     "row_quantiles", "spec_of", "to_float16", "WeightAverage",

@@ -242,10 +242,14 @@ class EvalSection(Section):
     chunk_tokens: int = option(32768, "targets per score-then-observe chunk for eval adapters")
     adapter_prefixes: bool = option(True, "score every prefix of the eval adapters (each one's gain visible); false: only the full list")
     time_cap_seconds: float = option(0.0, "fail the run when the final stage's evaluation takes longer (0 = only the challenge's 600 s, checked on 8xH100)")
+    probe_share: float = option(0.05, "largest share of the final stage's eval time the in-pass C1/C3 probes may take (0 = none)")
+    probe_units: int = option(16, "in-pass probes: units drawn over the pass (one per equal stretch), probed while within probe_share")
 
     def check(self) -> None:
         if self.seq_len < 0 or self.stride < 0 or self.batch_seqs < 1 or self.chunk_tokens < 1:
             raise self.invalid("stride", "seq_len/stride must be >= 0, batch_seqs/chunk_tokens >= 1")
+        if not 0 <= self.probe_share < 1 or self.probe_units < 0:
+            raise self.invalid("probe_share", f"{self.probe_share} must be in [0, 1) and probe_units {self.probe_units} >= 0")
         if self.time_cap_seconds < 0:
             raise self.invalid("time_cap_seconds", "must be >= 0")
         if self.seq_len and self.stride > self.seq_len:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -26,7 +27,7 @@ import sentencepiece as spm
 import torch
 from torch import nn
 
-from . import audit
+from . import audit, guard
 from .artifact import Int8Quantizer, ZstdCompressor, group_bytes, pack, project, report, unpack
 from .bundle import Bundle
 from .config import RunConfig
@@ -156,9 +157,12 @@ class Session:
         self.compressor = self.host.first("golf_compressor", config=config) or ZstdCompressor(config.export.zstd_level)
         self.corpus: Corpus | None = None
         self._luts: ByteLUTs | None = None
+        self.watch: guard.Watch | None = None  # plugin code's file and network use (golfcore.guard)
         if build_data:
             self.corpus = self._corpus()
             self.tokenizer = _load_tokenizer(self.corpus)
+            self.watch = guard.Watch(guard.protected_files(self.corpus.val_files),
+                                     guard.plugin_files((n, available[n].module) for n in config.plugins))
 
     def _corpus(self) -> Corpus:
         # the CLI has rank 0 build a missing embedded corpus before the session starts
@@ -211,8 +215,9 @@ class Session:
 
     def score(self, model: nn.Module, val_tokens: torch.Tensor, adapters: list = (), stride: int | None = None,
               progress: Callable[[int, int], None] | None = None, batch_seqs: int | None = None,
-              chunk_tokens: int | None = None, record: Callable | None = None) -> EvalResult:
-        """Score `val_tokens` as the run does; the probes override batch_seqs / chunk_tokens and record."""
+              chunk_tokens: int | None = None, record: Callable | None = None, probe=None) -> EvalResult:
+        """Score `val_tokens` as the run does; the probes override batch_seqs / chunk_tokens and record
+        (`probe`: golfcore.audit.PassProbe, checking units of this pass)."""
         luts = self.luts()
         model.eval()
         chunk_tokens = chunk_tokens or self.config.eval.chunk_tokens
@@ -231,6 +236,7 @@ class Session:
             seq_len=self.config.eval_seq_len, stride=stride or self.config.eval_stride,
             batch_seqs=batch_seqs or self.config.eval.batch_seqs, adapters=list(adapters), chunk_tokens=chunk_tokens,
             rank=self.dist.rank, world_size=self.dist.world_size, static=ctx.compile, progress=progress, record=record,
+            probe=probe,
         )
         result.warmup_seconds += started
         return result
@@ -254,9 +260,11 @@ class Session:
             model = self.load_artifact(blob)
             self.host.call("golf_before_eval", model=model, config=self.config)
             adapters = self.host.collect("golf_eval_adapter", config=self.config)[:count]
+            probe = audit.PassProbe(ScoringPath(self, blob), self.config.eval.probe_share, self.config.eval.probe_units) \
+                if count == counts[-1] else None  # the final stage, the score of record
             t0 = time.perf_counter()
             try:
-                result = self.score(model, val_tokens, adapters, progress=progress_factory(stage, targets))
+                result = self.score(model, val_tokens, adapters, progress=progress_factory(stage, targets), probe=probe)
             except ComplianceError as e:
                 stages[stage] = {"val_bpb": None, "val_loss": None, "eval_seconds": time.perf_counter() - t0,
                                  "warmup_seconds": 0.0, "legal": False, "error": str(e), "condition": e.condition,
@@ -268,6 +276,8 @@ class Session:
                 "warmup_seconds": result.warmup_seconds, "phase_seconds": result.phase_seconds,
                 "targets": result.targets, "bytes": result.bytes, "checks": result.checks, "legal": True,
             }
+            if probe is not None:
+                stages[stage]["probes_in_pass"] = probe.record(result.seconds, result.checks["probe_seconds"])
             phases = " ".join(f"{k}:{v * 1000:.0f}ms" for k, v in result.phase_seconds.items())
             log.line(
                 f"final stage:{stage} val_loss:{result.val_loss:.6f} val_bpb:{result.val_bpb:.6f} "
@@ -283,8 +293,16 @@ class Session:
                    train_seconds: float | None = None, train_steps: int = 0) -> dict:
         """Probe the scoring path, build the compliance record, mark the stages' legality and log it."""
         probes = audit.run_probes(ScoringPath(self, blob), val_tokens, self.config.run.seed)
+        rulings = {
+            "calibration": audit.calibration_entry(self.quantizer) if train_seconds is not None else
+                           {"status": audit.NOT_CHECKED, "note": "no export here (a re-score); see the run's own result.json"},
+            "ngram_channels": audit.ngram_entry(self.host.collect("golf_eval_adapter", config=self.config)),
+            "closed_techniques": audit.closed_entry(self.host.plugins),
+            "files_and_network": audit.files_entry(self.watch),
+            "train_val_overlap": audit.overlap_entry(Path(self.config.data.root), self.corpus.fingerprint),
+        }
         record = audit.compliance_record(self.config, stages, probes, art, train_seconds, train_steps,
-                                         audit.hardware(self.dist.device, self.dist.world_size))
+                                         audit.hardware(self.dist.device, self.dist.world_size), rulings)
         legal = not audit.violations(record)
         for stage in stages.values():
             stage["legal"] = stage["legal"] and legal
@@ -292,6 +310,8 @@ class Session:
         log.line(f"compliance: {audit.summary(record)} probes:{probe_seconds * 1000:.0f}ms")
         for problem in audit.violations(record):
             log.line(f"NOT A LEGAL SCORE: {problem}")
+        if record["closed_techniques"]["status"] == audit.CLOSED:
+            log.line(f"NOT RECORD-ELIGIBLE: {record['closed_techniques']['message']}")
         return record
 
 
@@ -315,7 +335,6 @@ class ScoringPath:
     def __init__(self, session: Session, blob: bytes | None):
         config, host = session.config, session.host
         self.session, self.blob = session, blob
-        self.state = session.unpack(blob) if blob is not None else None  # unpacked once for every probe
         self.adapter_names = [a.name for a in host.collect("golf_eval_adapter", config=config)]
         self.model_plugins = _implementers(host, BUILD_HOOKS)
         self.before_eval_plugins = _implementers(host, ("golf_before_eval",))
@@ -325,6 +344,10 @@ class ScoringPath:
         self.vocab_size = config.model.vocab_size
         self.device = session.dist.device
         self.source = "artifact" if blob is not None else "random-init"
+
+    @functools.cached_property
+    def state(self) -> dict | None:
+        return self.session.unpack(self.blob) if self.blob is not None else None  # unpacked once for every probe
 
     def model(self, variant: audit.Variant) -> nn.Module:
         if self.blob is not None and not variant.random_init:
@@ -400,8 +423,9 @@ def run(config: RunConfig, available: dict[str, PluginInfo], recipe_text: str,
     try:
         if run_dir and resume_dir is None:
             (run_dir / RECIPE_NAME).write_text(recipe_text, encoding="utf-8")
-        result = _run_in(session, run_dir, log, progress_factory, Bundle.for_run(session.plugin_modules(), recipe_text),
-                         resuming=resume_dir is not None)
+        with guard.watching(session.watch):
+            result = _run_in(session, run_dir, log, progress_factory, Bundle.for_run(session.plugin_modules(), recipe_text),
+                             resuming=resume_dir is not None)
     except DivergedError as e:
         if dist.is_main:
             log.line(f"diverged: {e}")
@@ -588,10 +612,11 @@ def rescore(run_dir: Path, available: dict[str, PluginInfo], echo: Callable[[str
     partial = _claim_run_dir(Path(out_dir)) if out_dir is not None and session.dist.is_main else None
     log = RunLog(partial, echo if session.dist.is_main else (lambda _: None))
     try:
-        stages = session.score_stages(blob, val_tokens, log, progress_factory or (lambda s, t: None))
-        code = Bundle.for_run(session.plugin_modules(), (run_dir / RECIPE_NAME).read_text(encoding="utf-8"))
-        art = report(blob, code.code_bytes, config.export.budget_bytes)
-        compliance = session.compliance(blob, val_tokens, stages, art, log)
+        with guard.watching(session.watch):
+            stages = session.score_stages(blob, val_tokens, log, progress_factory or (lambda s, t: None))
+            code = Bundle.for_run(session.plugin_modules(), (run_dir / RECIPE_NAME).read_text(encoding="utf-8"))
+            art = report(blob, code.code_bytes, config.export.budget_bytes)
+            compliance = session.compliance(blob, val_tokens, stages, art, log)
     finally:
         log.close()
     problems = audit.violations(compliance)
@@ -647,5 +672,6 @@ def audit_target(target: Path, available: dict[str, PluginInfo], sets: list[str]
     session = Session(config, available)
     val_tokens = load_val_tokens(session.corpus, config.data.max_val_tokens).to(session.dist.device)
     path = ScoringPath(session, blob)
-    rows = audit.deep_audit(path, val_tokens, config.run.seed, result)
+    with guard.watching(session.watch):
+        rows = audit.deep_audit(path, val_tokens, config.run.seed, result)
     return rows, f"{target} ({audit.describe(path)}; {session.data_label(val_tokens.numel() - 1)})"
