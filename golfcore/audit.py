@@ -282,7 +282,7 @@ class PassProbe:
         self.path, self.share, self.max_units = path, share, max_units
         self.tol = tolerance(path.device)
         self.seed: int | None = None
-        self.units = 0
+        self.units = self.drawn = self.seen = 0
         self.probed, self.cuts = [], []
         self.worst = {"c1": 0.0, "c3": 0.0}
         self.failures: dict[str, dict] = {}
@@ -291,7 +291,7 @@ class PassProbe:
         self.units = units
         self.seed = int(self.path.reduce_max(float(secrets.randbits(52))))
         self.generator = torch.Generator().manual_seed(self.seed)
-        k = min(self.max_units, units) if self.share > 0 else 0
+        k = self.drawn = min(self.max_units, units) if self.share > 0 else 0
         offsets = torch.rand(k, generator=self.generator).tolist()
         return [int((i + u) * units / k) for i, u in enumerate(offsets)]
 
@@ -303,8 +303,12 @@ class PassProbe:
         return self._random(0, batches)
 
     def admit(self, unit_seconds: float, elapsed: float, done: int, units: int, spent: float) -> bool:
+        """Each drawn stretch gets an equal part of the budget, unspent parts carried forward, so
+        the probes spread over the pass rather than spend it all at the start."""
+        self.seen += 1
         cost = spent / len(self.probed) if self.probed else 3 * unit_seconds * Unit.WINDOWS / self.path.batch_seqs
-        ok = not self.failures and spent + cost <= self.share * elapsed / done * units
+        budget = self.share * elapsed / done * units * self.seen / self.drawn
+        ok = not self.failures and spent + cost <= budget
         return self.path.reduce_max(0.0 if ok else 1.0) == 0.0  # every rank probes the same units
 
     def check(self, unit: Unit) -> None:
@@ -395,6 +399,8 @@ def compliance_record(config: RunConfig, stages: dict, probes: dict, artifact, t
           "tolerance": NORMALIZATION_TOL, "batches_checked": sum(s["checks"]["c2_normalized_batches"] for s in scored)}
     c4 = {"status": PASS, "scored": [s["targets"] for s in scored], "expected": stages_expected(stages)}
     for stage in errors:
+        if stage["condition"] == "files":  # golfcore.guard stopped it: the files_and_network entry says so
+            continue
         if stage["condition"] == "C4":
             c4 = _fail(c4, stage["error"], _adapter(stage["culprit"]) or "the eval loop")
         else:
