@@ -276,3 +276,27 @@ def test_rulings_calibration_ngram_channels_and_closed_techniques():
     assert entry["status"] == "closed" and "PR #720" in entry["message"]
     record = {"closed_techniques": entry, "c1_causal": {"status": "pass"}}
     assert not audit.violations(record) and not audit.record_eligible(record)
+
+
+NEW_PLANTS = [
+    (["--with", "planted_late_peek", "--set", "data.max_val_tokens=4096", "--set", "eval.chunk_tokens=512",
+      "--set", "eval.probe_share=0.9", "--set", "eval.probe_units=4"],
+     "in the pass, chunk", "culprit: eval adapter 'planted_late_peek'"),
+    (["--with", "planted_reads_val"], "files_and_network: plugin 'planted_reads_val' opened validation shard", ""),
+    (["--with", "planted_phones_home"], "files_and_network: plugin 'planted_phones_home' opened a network connection "
+                                        "to ('127.0.0.1', 9)", ""),
+    (["--with", "planted_val_calibrated"], "not a legal run: plugin 'planted_val_calibrated' opened validation shard", ""),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, said, named", NEW_PLANTS, ids=[p[0][1] for p in NEW_PLANTS])
+def test_golf_run_refuses_leaks_the_prefix_probe_cannot_see(args, said, named, tmp_path, pystdlib_root):
+    from tests.test_cli import golf, tiny_recipe
+
+    recipe = tiny_recipe(tmp_path, pystdlib_root)
+    small = ["--set", "train.iterations=2", "--set", "train.val_every=0", "--set", "data.max_val_tokens=1024"]
+    proc = golf("run", recipe, "--plugins-dir", PLANTED, *small, *args, check=False)
+    assert proc.returncode == 3, proc.stderr
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert said in error and named in error
