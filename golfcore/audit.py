@@ -286,6 +286,7 @@ class PassProbe:
         self.probed, self.cuts = [], []
         self.worst = {"c1": 0.0, "c3": 0.0}
         self.failures: dict[str, dict] = {}
+        self.uncopyable: str | None = None  # why the adapters' state could not be copied
 
     def draw(self, units: int) -> list[int]:
         self.units = units
@@ -308,10 +309,13 @@ class PassProbe:
         self.seen += 1
         cost = spent / len(self.probed) if self.probed else 3 * unit_seconds * Unit.WINDOWS / self.path.batch_seqs
         budget = self.share * elapsed / done * units * self.seen / self.drawn
-        ok = not self.failures and spent + cost <= budget
+        ok = unit_seconds > 0 and not self.failures and spent + cost <= budget  # 0: a rank has no unit here
         return self.path.reduce_max(0.0 if ok else 1.0) == 0.0  # every rank probes the same units
 
     def check(self, unit: Unit) -> None:
+        if unit.copy_error is not None:
+            self.uncopyable = unit.copy_error
+            return
         first = unit.targets.start
         p = self._random(first, unit.targets.stop - 1)  # at least one position after p
         stream = _perturbed(unit.val, p + 1, min(unit.val.numel(), unit.targets.stop + 1), self.path.vocab_size, self.seed)
@@ -360,7 +364,9 @@ class PassProbe:
                 "windows_per_unit": Unit.WINDOWS,
                 "drawn_seed": self.seed, "cut_points": self.cuts, "worst_c1": self.worst["c1"], "worst_c3": self.worst["c3"],
                 "seconds": probe_seconds, "share_of_eval": probe_seconds / eval_seconds if eval_seconds > 0 else 0.0,
-                "share_cap": self.share, "failures": self.failures}
+                "share_cap": self.share, "failures": self.failures,
+                **({"note": f"units not probed: the adapters' state cannot be copied ({self.uncopyable})"}
+                   if self.uncopyable else {})}
 
 
 # ----------------------------------------------------------------------------- the record

@@ -295,11 +295,15 @@ class Unit:
     def __init__(self, index: int, windows: range, score: _Scorer, val: Tensor, adapters: Sequence[EvalAdapter]):
         self.index, self.windows, self.val, self.score = index, windows, val, score
         self.targets = range(score.plan.lo(windows.start), score.plan.hi(windows.stop - 1))
-        self.saved = copy.deepcopy(list(adapters))
         self.reference: Tensor | None = None
+        self.copy_error: str | None = None
+        try:
+            self.saved = copy.deepcopy(list(adapters))
+        except Exception as e:  # an adapter holding what cannot be copied: the unit cannot be probed
+            self.saved, self.copy_error = [], f"{type(e).__name__}: {e}"
 
-    def keep(self, pos: Tensor, lp: Tensor) -> None:
-        """Keep the unit's rows of the scored batch that holds it ([N], [N,V]; the unit starts it)."""
+    def keep(self, lp: Tensor) -> None:
+        """Keep the unit's rows [M,V] of the scored batch [N,V] that holds it (the unit starts it)."""
         self.reference = lp[: len(self.targets)].clone()
 
     def rows(self, stream: Tensor | None = None, first: int | None = None, adapters: int | None = None) -> Tensor:
@@ -375,10 +379,11 @@ def evaluate(
     all-reduced when world_size > 1. ``progress(done, total)`` counts this rank's targets.
     ``record(positions [N], logprobs [N,V])``, when given, receives every scored distribution
     as scored, after all adapters (the legality probes compare them, golfcore.audit).
-    ``probe``, when given, re-checks C1 and C3 on units of the pass it draws (chunks with
-    adapters, else runs of a few windows): each drawn unit is kept as scored and, before any
-    adapter observes it, handed to ``probe.check``; its time is left out of ``seconds`` and
-    reported as ``checks["probe_seconds"]``.
+    ``probe``, when given, re-checks C1 and C3 on units of the pass it draws (the first few
+    windows of a drawn batch; with adapters, of a random batch of a drawn chunk, the adapters
+    copied before it): each unit is kept as scored and, before any adapter observes it, handed
+    to ``probe.check``; its time is left out of ``seconds`` and reported as
+    ``checks["probe_seconds"]`` (docs/compliance.md, "Probes across the whole pass").
     """
     if val_tokens.dim() != 1 or val_tokens.is_floating_point() or val_tokens.numel() < 2:
         raise DataError(
@@ -409,17 +414,20 @@ def evaluate(
     total = sum(plan.hi(w.stop - 1) - plan.lo(w.start) for w in mine if w)
     done = 0
     phases = dict.fromkeys(["score", *(f"observe:{a.name}" for a in adapters)], 0.0)
-    # probe units: the chunks with adapters, else the first few windows of a batch
+    # what the probe draws from: the chunks with adapters, else the batches
     units = len(chunks) if adapters else sum(1 for _ in score.batches(mine[0]))
     drawn = set(probe.draw(units)) if probe is not None else set()
     probe_seconds, probed = 0.0, 0
 
-    def check(unit: Unit, unit_seconds: float, done_units: int) -> None:
+    def check(unit: Unit | None, unit_seconds: float | None, done_units: int) -> None:
+        """Probe `unit` when the budget admits it. Every rank calls this at the same drawn units;
+        a rank without a unit there (None) makes the budget refuse it on every rank."""
         nonlocal probe_seconds, probed
         _sync(device)
         t_probe = time.perf_counter()
         elapsed = t_probe - t0 - probe_seconds
-        if probe.admit(unit_seconds or elapsed / done_units, elapsed, done_units, units, probe_seconds):
+        seconds = 0.0 if unit is None else unit_seconds if unit_seconds is not None else elapsed / done_units
+        if probe.admit(seconds, elapsed, done_units, units, probe_seconds):
             probe.check(unit)
             probed += 1
         _sync(device)
@@ -444,7 +452,7 @@ def evaluate(
                 if record is not None:
                     record(pos, lp)
                 if batch == at:
-                    unit.keep(pos, lp)
+                    unit.keep(lp)
                 lo, hi = plan.lo(batch.start), plan.hi(batch.stop - 1)
                 targets = val[lo + 1 : hi + 1]  # [N]
                 sums[0] -= lp.gather(1, targets[:, None]).double().sum()
@@ -455,9 +463,9 @@ def evaluate(
                 if progress is not None:
                     progress(done, total)
                 if not adapters and unit is not None:
-                    check(unit, 0.0, b + 1)
+                    check(unit, None, b + 1)
                     unit = at = None
-        if unit is not None:
+        if adapters and c in drawn:
             _check_normalized(max_dev, stages, world_size)  # a probe re-scores only a normalized chunk
             check(unit, time.perf_counter() - t_chunk, c + 1)
         if adapters:
