@@ -78,8 +78,8 @@ def print_overlap(name: str, entry: dict, cached: bool) -> None:
         f"{entry['train_tokens']:,} training tokens in {entry['seconds']:.1f} s ({speed})"
         f"{' (cached)' if cached else ''}: [{STYLE[entry['status']]}]{entry['status'].upper()}[/]")
     for example in entry["examples"]:
-        console.print(f"  validation document {example['val_document']} in {example['train_shard']} "
-                      f"at token {example['train_offset']:,}")
+        console.print(f"  validation document {example['val_document']} {'copied' if example['copied'] else 'shares a span'}: "
+                      f"{example['train_shard']} at token {example['train_offset']:,}")
 
 
 def register(app: typer.Typer) -> None:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -117,7 +119,7 @@ class Overlap:
         self.bitmap[self.hashes >> self.shift] = True
         self.found = np.zeros(self.hashes.size, dtype=bool)
         self.short_found = np.zeros(self.short_docs.size, dtype=bool)
-        self.examples: list[dict] = []
+        self.seen_at: dict[int, tuple[str, int]] = {}  # validation document -> (training shard, offset)
         self.tokens = 0
 
     def scan(self, name: str, tokens: np.ndarray) -> None:
@@ -139,12 +141,9 @@ class Overlap:
         at = np.searchsorted(table, hashes).clip(max=table.size - 1)
         hit = table[at] == hashes
         at, where = at[hit], where[hit]
-        for i, w in zip(at, where):
-            if len(self.examples) >= EXAMPLES:
-                break
-            doc = int(doc_of[i])
-            if all(x["val_document"] != doc for x in self.examples):
-                self.examples.append({"val_document": doc, "train_shard": name, "train_offset": int(w)})
+        docs, first = np.unique(doc_of[at], return_index=True)
+        for doc, w in zip(docs.tolist(), where[first].tolist()):
+            self.seen_at.setdefault(doc, (name, w))  # [docs] at most: where each was first found
         found[at] = True
 
     def result(self, max_copied: float, seconds: float) -> dict:
@@ -157,31 +156,65 @@ class Overlap:
         lengths = np.diff(np.concatenate([self.doc_starts, [self.val_tokens]]))
         unchecked = int(((self.spans_of == 0) & (lengths >= self.span)).sum())
         count, touched = int(copied.sum()), int((found_per_doc > 0).sum() + self.short_found.sum())
+        shown = sorted(self.seen_at, key=lambda d: (not copied[d], d))[:EXAMPLES]  # copied ones first
+        examples = [{"val_document": d, "copied": bool(copied[d]), "train_shard": self.seen_at[d][0],
+                     "train_offset": self.seen_at[d][1]} for d in shown]
         entry = {"status": PASS, "span_tokens": self.span, "val_documents": self.docs, "copied_documents": count,
                  "documents_with_a_span_in_training": touched, "documents_without_a_sampled_span": unchecked,
                  "span_sample": f"1 in {int(self.mask) + 1} (hash multiple)", "val_spans": int(self.hashes.size),
                  "val_spans_in_training": int(self.found.sum()), "train_tokens": self.tokens,
                  "max_copied_share": max_copied, "seconds": seconds,
-                 "tokens_per_second": self.tokens / seconds if seconds > 0 else None, "examples": self.examples}
+                 "tokens_per_second": self.tokens / seconds if seconds > 0 else None, "examples": examples}
         if count > max_copied * self.docs:
             entry.update(status=FAIL, culprit="the corpus (training shards)",
                          message=f"{count} of {self.docs} validation documents ({count / self.docs:.1%}) appear in the "
                                  f"training shards (at least half of their {self.span}-token spans; the most allowed is "
-                                 f"{max_copied:.1%}); first: validation document {self.examples[0]['val_document'] if self.examples else '?'}")
+                                 f"{max_copied:.1%}); first: validation document {examples[0]['val_document']} in "
+                                 f"{examples[0]['train_shard']} at token {examples[0]['train_offset']:,}")
         return entry
 
 
-def check(corpus: Corpus, span: int = OVERLAP_SPAN, max_copied: float = MAX_COPIED,
+_SHARED: Overlap | None = None  # the parent's tables, inherited by forked workers
+
+
+def _scan_one(path: Path) -> tuple[np.ndarray, np.ndarray, dict, int]:
+    """A worker's scan of one shard, against a fresh copy of the marks: what it found."""
+    overlap = _SHARED
+    overlap.found[:], overlap.short_found[:], overlap.seen_at, overlap.tokens = False, False, {}, 0
+    overlap.scan(path.name, read_shard(path))
+    return np.flatnonzero(overlap.found), np.flatnonzero(overlap.short_found), overlap.seen_at, overlap.tokens
+
+
+def check(corpus: Corpus, span: int = OVERLAP_SPAN, max_copied: float = MAX_COPIED, workers: int | None = None,
           progress=None) -> dict:
-    """The overlap entry of a corpus (its val split against the train shards it uses)."""
+    """The overlap entry of a corpus (its val split against the train shards it uses), the
+    shards scanned by `workers` processes (default: one per CPU)."""
+    global _SHARED
     t0 = time.perf_counter()
     val = np.concatenate([read_shard(p) for p in corpus.val_files])
     overlap = Overlap(val, span)
-    for i, path in enumerate(corpus.train_files):
-        overlap.scan(path.name, read_shard(path))
+    workers = min(workers or os.cpu_count() or 1, len(corpus.train_files))
+    if workers <= 1:
+        results = map(_scan_one, corpus.train_files)
+    else:
+        _SHARED = overlap
+        pool = multiprocessing.get_context("fork").Pool(workers)
+        results = pool.imap(_scan_one, corpus.train_files)
+    found, short_found, seen_at, tokens = np.zeros_like(overlap.found), np.zeros_like(overlap.short_found), {}, 0
+    _SHARED = overlap
+    for i, (f, sf, seen, n) in enumerate(results):  # in shard order, so the first place found is kept
+        found[f], short_found[sf], tokens = True, True, tokens + n
+        for doc, at in seen.items():
+            seen_at.setdefault(doc, at)
         if progress is not None:
             progress(i + 1, len(corpus.train_files))
-    return overlap.result(max_copied, time.perf_counter() - t0)
+    if workers > 1:
+        pool.close()
+    _SHARED = None
+    overlap.found, overlap.short_found, overlap.seen_at, overlap.tokens = found, short_found, seen_at, tokens
+    result = overlap.result(max_copied, time.perf_counter() - t0)
+    result["processes"] = workers
+    return result
 
 
 def cached_check(corpus: Corpus, data_root: Path, progress=None) -> tuple[dict, bool]:
@@ -195,12 +228,13 @@ def cached_check(corpus: Corpus, data_root: Path, progress=None) -> tuple[dict, 
     return entry, False
 
 
-def bench(train_tokens: int, val_tokens: int, vocab: int = 1024, shard_tokens: int = 100_000_000) -> dict:
-    """Throughput on synthetic shards: random documents, a few validation documents planted."""
+def bench(train_tokens: int, val_tokens: int, workers: int, vocab: int = 1024, shard_tokens: int = 100_000_000) -> dict:
+    """Throughput on synthetic shards of random documents, with two validation documents planted."""
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         val = rng.integers(2, vocab, val_tokens, dtype=np.uint16)
         val[:: 1000] = BOS_ID
+        write_shard(Path(tmp) / "bench_val_000000.bin", val)
         files = []
         for i in range(0, train_tokens, shard_tokens):
             tokens = rng.integers(2, vocab, min(shard_tokens, train_tokens - i), dtype=np.uint16)
@@ -209,13 +243,8 @@ def bench(train_tokens: int, val_tokens: int, vocab: int = 1024, shard_tokens: i
                 tokens[5000:7000] = val[3000:5000]  # two documents copied
             files.append(Path(tmp) / f"bench_train_{len(files):06d}.bin")
             write_shard(files[-1], tokens)
-        corpus = Corpus("bench", Path(tmp), files, [], Path(tmp), vocab, {})
-        overlap = Overlap(val, OVERLAP_SPAN)
-        t0 = time.perf_counter()
-        for path in corpus.train_files:
-            overlap.scan(path.name, read_shard(path))
-        result = overlap.result(MAX_COPIED, time.perf_counter() - t0)
-    return result
+        corpus = Corpus("bench", Path(tmp), files, [Path(tmp) / "bench_val_000000.bin"], Path(tmp), vocab, {})
+        return check(corpus, workers=workers)
 
 
 def main() -> None:
@@ -223,10 +252,13 @@ def main() -> None:
     parser.add_argument("--bench", action="store_true", required=True)
     parser.add_argument("--train-tokens", type=int, default=1_000_000_000)
     parser.add_argument("--val-tokens", type=int, default=62_000_000)
+    parser.add_argument("--shard-tokens", type=int, default=100_000_000)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    r = bench(args.train_tokens, args.val_tokens)
-    print(f"overlap check: {r['train_tokens']:,} training tokens against {r['val_spans']:,} validation spans "
-          f"in {r['seconds']:.1f} s: {r['tokens_per_second'] / 1e6:.1f}M tokens/s (one process); "
+    r = bench(args.train_tokens, args.val_tokens, args.workers, shard_tokens=args.shard_tokens)
+    print(f"overlap check: {r['train_tokens']:,} training tokens against {args.val_tokens:,} validation tokens "
+          f"({r['val_spans']:,} sampled spans) in {r['seconds']:.1f} s, validation hashing included: "
+          f"{r['tokens_per_second'] / 1e6:.1f}M tokens/s with {r['processes']} process(es); "
           f"found {r['copied_documents']} copied documents")
 
 

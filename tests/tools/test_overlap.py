@@ -51,8 +51,10 @@ def test_planted_documents_are_found_with_their_place_and_a_clean_split_passes()
     leaked[50_000:50_030] = val[8_000:8_030]  # the first 30 tokens of document 20: one short of any span
     result = scan(val, train[:5_000], leaked)
     assert result["status"] == "fail" and result["copied_documents"] == 2
-    assert {(e["val_document"], e["train_shard"]) for e in result["examples"]} == {(5, "train_1"), (6, "train_1")}
-    assert all(10_000 <= e["train_offset"] < 10_800 for e in result["examples"])
+    copied = [e for e in result["examples"] if e["copied"]]
+    assert [(e["val_document"], e["train_shard"]) for e in copied] == [(5, "train_1"), (6, "train_1")]
+    assert all(10_000 <= e["train_offset"] < 10_800 for e in copied) and len(result["examples"]) == 2
+    assert "first: validation document 5 in train_1 at token 10," in result["message"]
     assert "2 of 100 validation documents" in result["message"]
 
 
