@@ -170,7 +170,8 @@ class Overlap:
                          message=f"{count} of {self.docs} validation documents ({count / self.docs:.1%}) appear in the "
                                  f"training shards (at least half of their {self.span}-token spans; the most allowed is "
                                  f"{max_copied:.1%}); first: validation document {examples[0]['val_document']} in "
-                                 f"{examples[0]['train_shard']} at token {examples[0]['train_offset']:,}")
+                                 f"{examples[0]['train_shard']} at token {examples[0]['train_offset']:,}; "
+                                 f"culprit: the corpus (training shards)")
         return entry
 
 
