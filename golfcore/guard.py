@@ -83,13 +83,18 @@ def watching(watch: Watch | None):
 
 
 def protected_files(val_files: list[Path]) -> dict[str, str]:
-    """The validation shards and every file beside them holding validation data by name (byte
-    sidecars `*_val_*`) or the documents file the splits were cut from (`docs_*.jsonl`)."""
+    """The validation shards, files beside them holding validation data by name (byte sidecars,
+    `*_val_*`), and the documents file the splits were cut from (`docs_*.jsonl`) beside them or
+    up to two folders above (the challenge's layout keeps it in data/, the shards in
+    data/datasets/NAME/)."""
     out = {str(p): "validation shard" for p in val_files}
     for folder in {Path(p).parent for p in val_files}:
         for p in folder.iterdir():
-            if str(p) not in out and ("_val_" in p.name or (p.name.startswith("docs_") and p.suffix == ".jsonl")):
-                out[str(p)] = "validation data" if "_val_" in p.name else "documents file"
+            if "_val_" in p.name and str(p) not in out:
+                out[str(p)] = "validation data"
+        for up in (folder, folder.parent, folder.parent.parent):
+            for p in up.glob("docs_*.jsonl"):
+                out[str(p)] = "documents file"
     return out
 
 

@@ -218,13 +218,16 @@ def test_guard_names_the_plugin_reading_a_protected_file_and_lets_golf_and_other
     from golfcore import guard
     from golfcore.data import write_shard
 
-    val, tokenizer = tmp_path / "c_val_000000.bin", tmp_path / "tokenizer.model"
+    shards = tmp_path / "datasets" / "c"
+    shards.mkdir(parents=True)
+    val, tokenizer = shards / "c_val_000000.bin", shards / "tokenizer.model"
     write_shard(val, torch.arange(10).numpy())
     tokenizer.write_bytes(b"spm")
-    (tmp_path / "c_val_bytes_000000.bin").write_bytes(b"\0")  # a byte sidecar
+    (shards / "c_val_bytes_000000.bin").write_bytes(b"\0")  # a byte sidecar
+    (tmp_path / "docs_selected.jsonl").write_text("{}")  # the documents file, two folders up
     module = planted("reads_val")
     watch = guard.Watch(guard.protected_files([val]), {module.__file__: "planted_reads_val"})
-    assert len(watch.protected) == 2
+    assert sorted(watch.protected.values()) == ["documents file", "validation data", "validation shard"]
     adapter = module.Adapter(None)
     with guard.watching(watch):
         open(val, "rb").close()  # golf's own code: no plugin on the stack
