@@ -9,8 +9,9 @@ across a BOS) are kept sorted; the training shards are read block by block, ever
 hashed, the sampled ones tested against a bitmap of the validation hashes' top bits, and only
 the few that pass are looked up exactly. Documents shorter than a span are compared whole with
 the training documents. A validation document is "copied" when at least half of its sampled
-spans (or, when short, itself) appear in training; more copied documents than `max_copied` of the split fails. The result is cached per
-corpus fingerprint (golfcore.audit.overlap_cache), where every run's compliance record reads it.
+spans (or, when short, itself) appear in training; more copied documents than `max_copied` of
+the split fails. The result is cached per corpus fingerprint (golfcore.audit.overlap_cache),
+where every run's compliance record reads it.
 
 Run `python -m golf_tools.overlap --bench` for the throughput benchmark (docs/compliance.md).
 """
@@ -168,7 +169,7 @@ class Overlap:
         if count > max_copied * self.docs:
             entry.update(status=FAIL, culprit="the corpus (training shards)",
                          message=f"{count} of {self.docs} validation documents ({count / self.docs:.1%}) appear in the "
-                                 f"training shards (at least half of their {self.span}-token spans; the most allowed is "
+                                 f"training shards (at least half of their sampled {self.span}-token spans; the most allowed is "
                                  f"{max_copied:.1%}); first: validation document {examples[0]['val_document']} in "
                                  f"{examples[0]['train_shard']} at token {examples[0]['train_offset']:,}; "
                                  f"culprit: the corpus (training shards)")
