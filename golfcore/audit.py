@@ -529,12 +529,15 @@ def files_entry(watch) -> dict:
     """What golfcore.guard saw while the run trained, calibrated and evaluated."""
     if watch is None:
         return {"status": NOT_CHECKED, "note": "not watched"}
+    def who(name: str) -> str:
+        return f"plugin {name!r}" if name else "a plugin on another rank"
+
     entry = {"status": PASS, "protected_files": len(watch.protected),
-             "violations": [f"plugin {name!r} {what}" for name, what in watch.violations]}
+             "violations": [f"{who(name)} {what}" for name, what in watch.violations]}
     if watch.violations:
         name, what = watch.violations[0]
         more = len(watch.violations) - 1
-        entry = _fail(entry, f"plugin {name!r} {what}" + (f" (and {more} more)" if more else ""), f"plugin {name!r}")
+        entry = _fail(entry, f"{who(name)} {what}" + (f" (and {more} more)" if more else ""), who(name))
     return entry
 
 

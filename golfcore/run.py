@@ -292,7 +292,10 @@ class Session:
     def compliance(self, blob: bytes, val_tokens: torch.Tensor, stages: dict, art, log: RunLog,
                    train_seconds: float | None = None, train_steps: int = 0) -> dict:
         """Probe the scoring path, build the compliance record, mark the stages' legality and log it."""
-        probes = audit.run_probes(ScoringPath(self, blob), val_tokens, self.config.run.seed)
+        path = ScoringPath(self, blob)
+        probes = audit.run_probes(path, val_tokens, self.config.run.seed)
+        if self.watch is not None and path.reduce_max(float(len(self.watch.violations))) and not self.watch.violations:
+            self.watch.violations.append(("", "opened validation data or the network (see that rank's output)"))
         rulings = {
             "calibration": audit.calibration_entry(self.quantizer) if train_seconds is not None else
                            {"status": audit.NOT_CHECKED, "note": "no export here (a re-score); see the run's own result.json"},
