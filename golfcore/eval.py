@@ -306,18 +306,21 @@ class Unit:
         """Keep the unit's rows [M,V] of the scored batch [N,V] that holds it (the unit starts it)."""
         self.reference = lp[: len(self.targets)].clone()
 
-    def rows(self, stream: Tensor | None = None, first: int | None = None, adapters: int | None = None) -> Tensor:
+    def rows(self, stream: Tensor | None = None, first: int | None = None, adapters: int | None = None,
+             twice: bool = False) -> Tensor:
         """[M,V] the unit's distributions scored again (`stream`: a perturbed copy of the
-        validation tokens; `first`: the first batch's size; `adapters`: only the first k)."""
+        validation tokens; `first`: the first batch's size; `adapters`: only the first k;
+        `twice`: scored twice by the same adapter copies, the second time returned)."""
         val = self.val if stream is None else stream
         score = _Scorer(self.score.logprob_fn, val, self.score.plan, self.score.batch_seqs, self.score.static)
         adapters = copy.deepcopy(self.saved[:adapters])
-        out = []
         scratch = torch.zeros(len(adapters) + 1, device=val.device)
-        with torch.inference_mode():
-            for batch in score.batches(self.windows, first):
-                pos, lp = score(batch)
-                out.append(_adjust(lp, pos, val, adapters, scratch))
+        for _ in range(1 + twice):
+            out = []
+            with torch.inference_mode():
+                for batch in score.batches(self.windows, first):
+                    pos, lp = score(batch)
+                    out.append(_adjust(lp, pos, val, adapters, scratch))
         return torch.cat(out)
 
 
