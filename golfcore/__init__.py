@@ -29,10 +29,13 @@ from .plugins import Plugin
 from .artifact import CLIP_PERCENTILE, Int8Quantizer, fp16_round, row_quantiles, to_float16
 from .data import BOS_ID
 from .model import Rotary, rms_norm
+from .optim import Muon, Orthogonalization, build_optimizers, zeropower_newton_schulz
+from .switch import BatchShape, Switch
 
 __all__ = [
-    "BOS_ID", "CLIP_PERCENTILE", "Compressor", "ComplianceError", "ConfigError", "EvalAdapter", "EvalContext",
-    "ForwardContext", "GolfError", "Int8Quantizer", "LayerInfo", "LayerSelection", "Plugin", "Quantizer", "Rotary",
-    "RunConfig", "Section", "declare", "float_params", "fp16_round", "hookimpl", "option", "param_specs", "rms_norm",
-    "row_quantiles", "spec_of", "to_float16", "WeightAverage",
+    "BOS_ID", "BatchShape", "CLIP_PERCENTILE", "Compressor", "ComplianceError", "ConfigError", "EvalAdapter", "EvalContext",
+    "ForwardContext", "GolfError", "Int8Quantizer", "LayerInfo", "LayerSelection", "Muon", "Orthogonalization", "Plugin",
+    "Quantizer", "Rotary", "RunConfig", "Section", "Switch", "build_optimizers", "declare", "float_params", "fp16_round",
+    "hookimpl", "option", "param_specs", "rms_norm", "row_quantiles", "spec_of", "to_float16", "WeightAverage",
+    "zeropower_newton_schulz",
 ]
