@@ -187,11 +187,13 @@ def golf_switches(model: nn.Module, config: RunConfig, shape: BatchShape) -> lis
     with `at` fractions moves to its next state at the first step whose training fraction
     reaches each; one without is set by its plugin (`switch.set(state)`, e.g. in
     golf_step_end). The trainer applies every switch's first state before warm-up; the compile
-    warm-up runs one step in each combination of states (torch.compile guards on the Python
-    values `apply` sets, so nothing recompiles in the timed run); checkpoints hold each
-    switch's state; `golf bench` times each combination. Modules with a Python bool
+    warm-up runs one step in each combination of states a run can reach (torch.compile guards
+    on the Python values `apply` sets, so nothing recompiles in the timed run); checkpoints
+    hold each switch's state; `golf bench` times each combination. Modules with a Python bool
     `compile_switch` (golf_weight_transform) form one more switch, flipped by their plugin.
-    Switch names are unique. Collected in recipe order."""
+    Switches act on the training model only: the models built later (round trip, eval) are
+    built fresh, so a plugin that wants its final state there builds them in it. Switch names
+    are unique. Collected in recipe order."""
 
 
 @hookspec

@@ -4,13 +4,15 @@ A plugin returns switches from golf_switches (golfcore/hookspecs.py): delayed re
 its loop on at 35% of training, progressive context grows the trainer's `BatchShape.seq_len`.
 The trainer moves a switch with `at` fractions to its next state at the first step whose
 training fraction reaches each; its compile warm-up runs a step in every combination of
-states, so torch.compile (which guards on what `apply` sets) has every graph before the timed
-run; checkpoints hold each switch's state; `golf bench` times each combination.
+states a run can reach (`reachable`), so torch.compile (which guards on what `apply` sets)
+has every graph before the timed run; checkpoints hold each switch's state; `golf bench`
+times each combination.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,3 +78,18 @@ def module_switches(model: nn.Module) -> ModuleSwitches | None:
     """The model's `compile_switch: bool` modules as one switch, or None when it has none."""
     found = {id(m): m for m in model.modules() if isinstance(getattr(m, "compile_switch", None), bool)}
     return ModuleSwitches(list(found.values())) if found else None
+
+
+def reachable(switches: list[Switch]) -> list[tuple]:
+    """Every combination of states (one per switch, in order) a run can be in, the first states
+    first: scheduled switches move together along the training fraction, so only the
+    combinations met at some fraction; the others (set by their plugin) in each of their states."""
+    scheduled = [i for i, s in enumerate(switches) if s.at]
+    fractions = sorted({0.0, *(f for i in scheduled for f in switches[i].at)})
+    chain = list(dict.fromkeys(tuple(switches[i].scheduled(f) for i in scheduled) for f in fractions))
+    free = [i for i, s in enumerate(switches) if not s.at]
+    out = []
+    for along, others in itertools.product(chain, itertools.product(*(switches[i].states for i in free))):
+        states = dict(zip(scheduled, along)) | dict(zip(free, others))
+        out.append(tuple(states[i] for i in range(len(switches))))
+    return out
