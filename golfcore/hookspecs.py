@@ -179,9 +179,9 @@ def golf_loss_penalty(model: nn.Module, config: RunConfig, quantizer: Quantizer)
 
 
 @hookspec
-def golf_switches(model: nn.Module, config: RunConfig, shape: BatchShape) -> list[Switch] | None:
+def golf_switches(model: nn.Module, config: RunConfig, shape: BatchShape) -> Switch | list[Switch] | None:
     """Called once per trainer, after the optimizers are built. Return the training-time
-    switches (`golf.Switch`) this plugin drives: a setting with a few states, changed only
+    switch (`golf.Switch`) this plugin drives, or a list of them: a setting with a few states, changed only
     between steps, on `model` (e.g. recurrence on at 35% of training) or on the trainer's
     `shape` (e.g. `shape.seq_len` 1024 -> 2048 -> 3072; batch_tokens stays fixed). A switch
     with `at` fractions moves to its next state at the first step whose training fraction
