@@ -28,7 +28,7 @@ class BatchShape:
     seq_len: int
 
 
-class Switch:
+class TrainingSwitch:
     """`states`: every value the setting takes (hashable, saved in checkpoints: numbers,
     strings, bools), the first being where training starts. `apply(state)` sets it (on the
     model, or on the trainer's BatchShape). `at`: the training fractions (ascending, in
@@ -57,13 +57,14 @@ class Switch:
         return self.states[bisect.bisect_right(self.at, fraction)]
 
 
-class ModuleSwitches(Switch):
+class ModuleSwitch(TrainingSwitch):
     """Modules with a Python bool `compile_switch` the forward branches on (late QAT's
-    FakeQuantize), set together; their plugin flips them, so the state is read from them."""
+    FakeQuantize, a `golf.Switch` a layer slot names), set together; the state is read from
+    them, so their plugin may also flip them directly."""
 
-    def __init__(self, modules: list[nn.Module]):
-        self.modules = modules
-        super().__init__("compile_switch", (False, True), self._flip)
+    def __init__(self, name: str, modules: list[nn.Module], at: Sequence[float] = ()):
+        self.modules = list(modules)
+        super().__init__(name, (False, True), self._flip, at)
 
     @property
     def state(self) -> bool:
@@ -74,13 +75,21 @@ class ModuleSwitches(Switch):
             m.compile_switch = on
 
 
-def module_switches(model: nn.Module) -> ModuleSwitches | None:
-    """The model's `compile_switch: bool` modules as one switch, or None when it has none."""
-    found = {id(m): m for m in model.modules() if isinstance(getattr(m, "compile_switch", None), bool)}
-    return ModuleSwitches(list(found.values())) if found else None
+def module_switches(model: nn.Module, declared: list[TrainingSwitch]) -> list[ModuleSwitch]:
+    """The model's `compile_switch` modules that no declared ModuleSwitch drives: each of
+    `model.switches` (the layer slots' golf.Switch) under its name, the others grouped by class."""
+    taken = {id(m) for s in declared if isinstance(s, ModuleSwitch) for m in s.modules}
+    named = dict(model.switches.items()) if isinstance(getattr(model, "switches", None), nn.ModuleDict) else {}
+    out = [ModuleSwitch(name, [m]) for name, m in named.items() if id(m) not in taken]
+    taken |= {id(m) for m in named.values()}
+    by_class: dict[str, dict[int, nn.Module]] = {}
+    for m in model.modules():
+        if isinstance(getattr(m, "compile_switch", None), bool) and id(m) not in taken:
+            by_class.setdefault(type(m).__name__, {})[id(m)] = m
+    return out + [ModuleSwitch(name, list(found.values())) for name, found in by_class.items()]
 
 
-def reachable(switches: list[Switch]) -> list[tuple]:
+def reachable(switches: list[TrainingSwitch]) -> list[tuple]:
     """Every combination of states (one per switch, in order) a run can be in, the first states
     first: scheduled switches move together along the training fraction, so only the
     combinations met at some fraction; the others (set by their plugin) in each of their states."""

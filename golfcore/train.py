@@ -39,7 +39,7 @@ from .errors import ConfigError, DivergedError, TrainingInterrupted
 from .optim import (Orthogonalization, apply_lr_scale, build_optimizers, clip_grad_norm, muon_momentum_at, ns_dtype_for,
                     set_muon_momentum)
 from .plugins import Host
-from .switch import BatchShape, Switch, module_switches, reachable
+from .switch import BatchShape, TrainingSwitch, module_switches, reachable
 
 CLOCK_SYNC_EVERY = 10
 """Steps between exact clock readings (a device sync and, with several ranks, an all-reduce)."""
@@ -292,12 +292,11 @@ class Trainer:
         self.first_bad_step = torch.full((), NO_BAD_STEP, dtype=torch.int64, device=dist.device)  # first non-finite step on this rank
         self.logged_losses: deque[float] = deque(maxlen=SPIKE_WINDOW)
 
-    def _collect_switches(self) -> list[Switch]:
-        """The plugins' switches in their first state, then the model's compile_switch modules."""
+    def _collect_switches(self) -> list[TrainingSwitch]:
+        """The plugins' switches in their first state, then the model's other compile_switch modules."""
         declared = [s for answer in self.host.collect("golf_switches", model=self.model, config=self.config, shape=self.shape)
                     for s in (answer if isinstance(answer, list) else [answer])]
-        found = module_switches(self.model)
-        switches = declared + ([found] if found else [])
+        switches = declared + module_switches(self.model, declared)
         names = [s.name for s in switches]
         if len(set(names)) != len(names):
             raise ConfigError(f"{self.config.source}: two training-time switches share a name: {names}")

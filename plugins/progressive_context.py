@@ -1,7 +1,7 @@
 """Progressive context: the training sequence length grows in stages, e.g. 1024 -> 2048 -> 3072
 (docs/techniques.md §13.4; PR #2014).
 
-A `golf.Switch` on the trainer's `BatchShape.seq_len`: stage i + 1 starts at the first step
+A `golf.TrainingSwitch` on the trainer's `BatchShape.seq_len`: stage i + 1 starts at the first step
 whose training fraction (training time over the wallclock cap, else steps over iterations)
 reaches `at[i]`. Every step still takes `[train] batch_tokens` tokens from the same stream
 position, cut into rows of the current length, so the data order and a checkpoint's loader
@@ -51,4 +51,4 @@ class ProgressiveContext(golf.Plugin):
 
     @golf.hookimpl
     def golf_switches(self, model, config, shape):
-        return golf.Switch("seq_len", self.config.seq_lens, functools.partial(setattr, shape, "seq_len"), self.config.at)
+        return golf.TrainingSwitch("seq_len", self.config.seq_lens, functools.partial(setattr, shape, "seq_len"), self.config.at)

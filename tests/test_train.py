@@ -216,7 +216,7 @@ class ThreeWay(golf.Plugin):
     def golf_switches(self, model, config, shape):
         model.flag = Flag()
         model.flag.mode = None
-        return golf.Switch("mode", ("a", "b", "c"), functools.partial(setattr, model.flag, "mode"), at=(0.25, 0.5))
+        return golf.TrainingSwitch("mode", ("a", "b", "c"), functools.partial(setattr, model.flag, "mode"), at=(0.25, 0.5))
 
     @golf.hookimpl
     def golf_step_end(self, model, step, lr_scale):

@@ -5,7 +5,7 @@ from golf_tools.bench import bench, regimes
 
 from golfcore.plugins import discover
 from golfcore.recipe import resolve
-from golfcore.switch import Switch
+from golfcore.switch import TrainingSwitch
 from tests.test_cli import golf, tiny_recipe
 
 
@@ -18,7 +18,7 @@ def test_bench_prints_figures(tmp_path, pystdlib_root):
 
 
 def test_regimes_are_every_combination_of_switch_states():
-    switches = [Switch("seq_len", (4, 8, 16), print), Switch("qat", (False, True), print)]
+    switches = [TrainingSwitch("seq_len", (4, 8, 16), print), TrainingSwitch("qat", (False, True), print)]
     got = regimes(switches)
     assert got == {
         "full": (1.0, (4, False)),
