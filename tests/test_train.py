@@ -276,3 +276,41 @@ def test_compiled_warm_up_compiles_every_state_and_the_timed_steps_none(monkeypa
     assert shapes[-12:] == [(16, 4)] * 4 + [(8, 8)] * 4 + [(4, 16)] * 4
     # warm-up: the start state, then the 4 other combinations the fractions reach: (b, 4), (b, 8), (c, 8), (c, 16)
     assert len(shapes) == 2 * (1 + 4) + 12
+
+
+class LastLayerLater(golf.Plugin):
+    """The last layer runs only once half of training is done: a layer slot's golf.Switch, driven
+    by a golf.ModuleSwitch with a fraction (the shape delayed recurrence takes)."""
+
+    name = "last_layer_later"
+    seen: list = []
+
+    @golf.hookimpl
+    def golf_edit_model(self, description, config, quantizer):
+        description.layers[-1].switch = "late_layer"
+
+    @golf.hookimpl
+    def golf_switches(self, model, config, shape):
+        return golf.ModuleSwitch("late_layer", [model.switches["late_layer"]], at=(0.5,))
+
+    @golf.hookimpl
+    def golf_step_end(self, model, step, lr_scale):
+        self.seen.append(model.switches["late_layer"].compile_switch)
+
+
+def test_a_layer_slot_switch_turns_on_at_its_fraction():
+    LastLayerLater.seen = []
+    config = tiny_config()
+    config.train.iterations, config.train.warmup_steps = 4, 1
+    model, trainer = make_trainer(config, plugins=(LastLayerLater,))
+    assert [(s.name, s.at) for s in trainer.switches] == [("late_layer", (0.5,))]  # the declared one, not a second
+    tokens = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        for p in model.parameters():  # o and down start at zero: give the layer an effect
+            p.add_(torch.randn_like(p) * 0.05)
+        off = model.logits(tokens)
+        model.switches["late_layer"].compile_switch = True
+        assert not torch.equal(off, model.logits(tokens))  # the layer now runs
+        model.switches["late_layer"].compile_switch = False
+    trainer.run()
+    assert LastLayerLater.seen == [False, False, True, True]

@@ -18,7 +18,7 @@ def test_trainer_muon_runs_the_coefficients_and_steps_like_the_formula():
     muon = next(opt for opt in trainer.optimizers if isinstance(opt, Muon))
     assert muon.orthogonalization.coefficients == POLAR_EXPRESS and muon.orthogonalization.normalize == "none"
     assert trainer.execution["muon_ns_coefficient_triples"] == 5
-    w = model.layers[0].o  # zero at init (q, k, v, up get no gradient at step 1), its gradient is not
+    w = model.layers[0].o.weight  # zero at init (q, k, v, up get no gradient at step 1), its gradient is not
     before = w.detach().clone()
     trainer.run()
     # one step from zero momentum: u = g + m·g (nesterov), lr·√max(1, rows/cols)·NS(u), no decay

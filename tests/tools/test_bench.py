@@ -38,7 +38,7 @@ def test_bench_times_each_sequence_length_and_late_qat_state():
         "plugins": {"progressive_context": {"seq_lens": [16, 32], "at": [0.5]}, "late_qat": {}},
     }, discover(), "<test>")
     figures = bench(config, discover(), steps=1, warmup=1)
-    assert [figures[f"{r}.seq_len"] for r in ("full", "compile_switch=True", "seq_len=32", "warmdown")] == [16, 16, 32, 32]
+    assert [figures[f"{r}.seq_len"] for r in ("full", "FakeQuantize=True", "seq_len=32", "warmdown")] == [16, 16, 32, 32]
     assert all(figures[f"{r}.steps_timed"] == 1 and figures[f"{r}.step_ms"] > 0 for r in ("full", "seq_len=32", "warmdown"))
     # attention FLOPs grow with the row length; the matmul FLOPs per token do not
     assert figures["seq_len=32.achieved_tflops"] / figures["seq_len=32.tokens_per_s"] > (
