@@ -1,9 +1,9 @@
 """Progressive context: the training sequence length grows in stages, e.g. 1024 -> 2048 -> 3072
 (docs/techniques.md §13.4; PR #2014).
 
-A `golf.TrainingSwitch` on the trainer's `BatchShape.seq_len`: stage i + 1 starts at the first step
-whose training fraction (training time over the wallclock cap, else steps over iterations)
-reaches `at[i]`. Every step still takes `[train] batch_tokens` tokens from the same stream
+A `golf.TrainingSwitch` on the trainer's `BatchShape.seq_len`: stage i + 1 starts at the first
+step whose training fraction (training time over the wallclock cap, else steps over
+iterations) reaches `at[i]`. Every step still takes `[train] batch_tokens` tokens from the same stream
 position, cut into rows of the current length, so the data order and a checkpoint's loader
 position do not depend on the stage. The last length must be `[train] seq_len`, which the
 evaluation uses. The compile warm-up runs a step at every length, so no stage recompiles in

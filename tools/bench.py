@@ -123,7 +123,8 @@ class Bench:
             step_s = statistics.median(times)
             tokens_per_s = t.batch_tokens / step_s
             seq_len = self.seq_lens[regime]
-            fpt, fpt_causal = flops_per_token(self.model, self.config, seq_len=seq_len), flops_per_token(self.model, self.config, True, seq_len)
+            fpt = flops_per_token(self.model, self.config, seq_len=seq_len)
+            fpt_causal = flops_per_token(self.model, self.config, causal=True, seq_len=seq_len)
             figures[f"{regime}.steps_timed"] = len(times)
             figures[f"{regime}.seq_len"] = seq_len
             figures[f"{regime}.step_ms"] = step_s * 1000
