@@ -53,10 +53,10 @@ class Config(golf.Section):
             raise self.invalid("repeat", f"{r} must be contiguous and ascending (e.g. [4, 5])")
 
 
-def schedule(num_layers: int, repeat: list[int]) -> list[int]:
-    """v2p = [0..c−1] + R + [c..L−1], c = max(R) + 1."""
+def schedule(num_layers: int, repeat: list[int], loops: int = 1) -> list[int]:
+    """v2p = [0..c−1] + R·loops + [c..L−1], c = max(R) + 1: R runs loops + 1 times."""
     c = max(repeat) + 1
-    return list(range(c)) + list(repeat) + list(range(c, num_layers))
+    return list(range(c)) + list(repeat) * loops + list(range(c, num_layers))
 
 
 def untie(model: nn.Module) -> None:
