@@ -42,6 +42,13 @@ class Config(golf.Section):
     untie_before_eval: bool = golf.option(
         True, "before eval, give every virtual layer its own copy of the shared matrices (PR #733's TTT_UNTIE=1)"
     )
+    loops: int = golf.option(1, "extra passes over `repeat`: 1 runs it twice (PR #733), 2 three times (PR #1855)")
+    start_frac: float = golf.option(
+        0.0, "training fraction at which the extra passes switch on (0 = from the start; PR #1855: 0.35); on at eval"
+    )
+    share_scalars: bool = golf.option(
+        False, "every pass over a physical layer uses one set of block scalars (PR #1855); false: each pass owns its own"
+    )
 
     def check(self) -> None:
         r = self.repeat
@@ -51,6 +58,10 @@ class Config(golf.Section):
             raise self.invalid("repeat", f"{r}: indices must be >= 0")
         if any(b != a + 1 for a, b in zip(r, r[1:])):
             raise self.invalid("repeat", f"{r} must be contiguous and ascending (e.g. [4, 5])")
+        if self.loops < 1:
+            raise self.invalid("loops", f"{self.loops} must be >= 1")
+        if not 0.0 <= self.start_frac < 1.0:
+            raise self.invalid("start_frac", f"{self.start_frac} must be in [0, 1)")
 
 
 def schedule(num_layers: int, repeat: list[int], loops: int = 1) -> list[int]:
