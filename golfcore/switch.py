@@ -4,13 +4,15 @@ A plugin returns switches from golf_switches (golfcore/hookspecs.py): delayed re
 its loop on at 35% of training, progressive context grows the trainer's `BatchShape.seq_len`.
 The trainer moves a switch with `at` fractions to its next state at the first step whose
 training fraction reaches each; its compile warm-up runs a step in every combination of
-states, so torch.compile (which guards on what `apply` sets) has every graph before the timed
-run; checkpoints hold each switch's state; `golf bench` times each combination.
+states a run can reach (`reachable`), so torch.compile (which guards on what `apply` sets)
+has every graph before the timed run; checkpoints hold each switch's state; `golf bench`
+times each combination.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +28,7 @@ class BatchShape:
     seq_len: int
 
 
-class Switch:
+class TrainingSwitch:
     """`states`: every value the setting takes (hashable, saved in checkpoints: numbers,
     strings, bools), the first being where training starts. `apply(state)` sets it (on the
     model, or on the trainer's BatchShape). `at`: the training fractions (ascending, in
@@ -55,13 +57,14 @@ class Switch:
         return self.states[bisect.bisect_right(self.at, fraction)]
 
 
-class ModuleSwitches(Switch):
+class ModuleSwitch(TrainingSwitch):
     """Modules with a Python bool `compile_switch` the forward branches on (late QAT's
-    FakeQuantize), set together; their plugin flips them, so the state is read from them."""
+    FakeQuantize, a `golf.Switch` a layer slot names), set together; the state is read from
+    them, so their plugin may also flip them directly."""
 
-    def __init__(self, modules: list[nn.Module]):
-        self.modules = modules
-        super().__init__("compile_switch", (False, True), self._flip)
+    def __init__(self, name: str, modules: list[nn.Module], at: Sequence[float] = ()):
+        self.modules = list(modules)
+        super().__init__(name, (False, True), self._flip, at)
 
     @property
     def state(self) -> bool:
@@ -72,7 +75,30 @@ class ModuleSwitches(Switch):
             m.compile_switch = on
 
 
-def module_switches(model: nn.Module) -> ModuleSwitches | None:
-    """The model's `compile_switch: bool` modules as one switch, or None when it has none."""
-    found = {id(m): m for m in model.modules() if isinstance(getattr(m, "compile_switch", None), bool)}
-    return ModuleSwitches(list(found.values())) if found else None
+def module_switches(model: nn.Module, declared: list[TrainingSwitch]) -> list[ModuleSwitch]:
+    """The model's `compile_switch` modules that no declared ModuleSwitch drives: each of
+    `model.switches` (the layer slots' golf.Switch) under its name, the others grouped by class."""
+    taken = {id(m) for s in declared if isinstance(s, ModuleSwitch) for m in s.modules}
+    named = dict(model.switches.items()) if isinstance(getattr(model, "switches", None), nn.ModuleDict) else {}
+    out = [ModuleSwitch(name, [m]) for name, m in named.items() if id(m) not in taken]
+    taken |= {id(m) for m in named.values()}
+    by_class: dict[str, dict[int, nn.Module]] = {}
+    for m in model.modules():
+        if isinstance(getattr(m, "compile_switch", None), bool) and id(m) not in taken:
+            by_class.setdefault(type(m).__name__, {})[id(m)] = m
+    return out + [ModuleSwitch(name, list(found.values())) for name, found in by_class.items()]
+
+
+def reachable(switches: list[TrainingSwitch]) -> list[tuple]:
+    """Every combination of states (one per switch, in order) a run can be in, the first states
+    first: scheduled switches move together along the training fraction, so only the
+    combinations met at some fraction; the others (set by their plugin) in each of their states."""
+    scheduled = [i for i, s in enumerate(switches) if s.at]
+    fractions = sorted({0.0, *(f for i in scheduled for f in switches[i].at)})
+    chain = list(dict.fromkeys(tuple(switches[i].scheduled(f) for i in scheduled) for f in fractions))
+    free = [i for i, s in enumerate(switches) if not s.at]
+    out = []
+    for along, others in itertools.product(chain, itertools.product(*(switches[i].states for i in free))):
+        states = dict(zip(scheduled, along)) | dict(zip(free, others))
+        out.append(tuple(states[i] for i in range(len(switches))))
+    return out

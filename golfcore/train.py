@@ -19,7 +19,6 @@ device still works on the previous one.
 from __future__ import annotations
 
 import copy
-import itertools
 import os
 import signal
 import threading
@@ -40,7 +39,7 @@ from .errors import ConfigError, DivergedError, TrainingInterrupted
 from .optim import (Orthogonalization, apply_lr_scale, build_optimizers, clip_grad_norm, muon_momentum_at, ns_dtype_for,
                     set_muon_momentum)
 from .plugins import Host
-from .switch import BatchShape, Switch, module_switches
+from .switch import BatchShape, TrainingSwitch, module_switches, reachable
 
 CLOCK_SYNC_EVERY = 10
 """Steps between exact clock readings (a device sync and, with several ranks, an all-reduce)."""
@@ -293,20 +292,18 @@ class Trainer:
         self.first_bad_step = torch.full((), NO_BAD_STEP, dtype=torch.int64, device=dist.device)  # first non-finite step on this rank
         self.logged_losses: deque[float] = deque(maxlen=SPIKE_WINDOW)
 
-    def _collect_switches(self) -> list[Switch]:
-        """The plugins' switches in their first state, then the model's compile_switch modules."""
+    def _collect_switches(self) -> list[TrainingSwitch]:
+        """The plugins' switches in their first state, then the model's other compile_switch modules."""
         declared = [s for answer in self.host.collect("golf_switches", model=self.model, config=self.config, shape=self.shape)
                     for s in (answer if isinstance(answer, list) else [answer])]
-        found = module_switches(self.model)
-        switches = declared + ([found] if found else [])
+        switches = declared + module_switches(self.model, declared)
         names = [s.name for s in switches]
         if len(set(names)) != len(names):
             raise ConfigError(f"{self.config.source}: two training-time switches share a name: {names}")
         for s in declared:
             s.set(s.states[0])
         if should_compile(self.config, self.dist.device):  # one graph per combination of states, none evicted
-            combinations = len(list(itertools.product(*(s.states for s in switches))))
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, combinations)
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(reachable(switches)))
         return switches
 
     def follow_schedules(self, step: int, fraction: float) -> None:
@@ -375,15 +372,15 @@ class Trainer:
         """Run warm-up steps (they trigger compilation), then restore model, optimizers, data and switches.
 
         `warmup_steps` steps run in the switches' current states, then one step in each other
-        combination of states (late QAT on, a longer sequence, recurrence on), so every graph is
-        compiled here and switching mid-run recompiles nothing."""
+        combination of states the run can reach (late QAT on, a longer sequence, recurrence on),
+        so every graph is compiled here and switching mid-run recompiles nothing."""
         n = self.config.train.warmup_steps
         if n == 0:
             return
         model_state_before = copy.deepcopy(self.model.state_dict())
         optim_states = [copy.deepcopy(opt.state_dict()) for opt in self.optimizers]
         start = tuple(s.state for s in self.switches)
-        others = [c for c in itertools.product(*(s.states for s in self.switches)) if c != start]
+        others = [c for c in reachable(self.switches) if c != start]
         for step, states in enumerate([start] * n + others):
             for s, state in zip(self.switches, states):
                 s.set(state)

@@ -4,9 +4,10 @@
 Iteration i computes X <- a_i·X + (b_i·A + c_i·A²)·X, A = X·Xᵀ, with the triples below in
 place of the quintic's fixed (3.4445, -4.7750, 2.0315). Each triple is the minimax-optimal
 odd quintic for the singular values the previous ones leave (Amsel et al., "The Polar Express",
-2025), so 5 iterations land singular values nearer 1 than the quintic's [0.68, 1.2]. Runs
-with `[optim] muon_backend_steps` iterations (5 in the records); beyond 5 the last triple
-repeats (the records' code ran only 5). Sharding, dtype and compilation are Muon's.
+2025): on random matrices 5 iterations land singular values in about [0.86, 1.14], the
+quintic's in [0.68, 1.2]. Runs `[optim] muon_backend_steps` iterations (5 in the records);
+beyond 5 the last triple repeats (the records' code ran only 5). Sharding, dtype and
+compilation are Muon's.
 
 No parameters. Fixes no reference defect.
 """

@@ -4,7 +4,7 @@ a run spends its time in, and side by side against another recipe or plugin set.
 Regimes: "full" (lr scale 1, every training-time switch in its first state: late QAT off,
 CROWN-Q off, the shortest progressive context), "warmdown" (lr scale 0.1, every switch in its
 last state: late QAT and CROWN-Q both run, the longest context), and one regime per other
-combination of switch states at lr scale 1, named by the states that differ from the first
+combination of switch states a run can reach at lr scale 1, named by the states that differ from the first
 (e.g. "seq_len=2048"). Each is timed separately after the trainer's own compile warm-up
 (which compiled every combination); step time is the median of the timed steps (robust to a
 busy machine). On CPU the process's CPU time per step is reported too: on a shared machine the
@@ -21,7 +21,6 @@ FLOPs per token, training (forward + backward = 3x forward):
 
 from __future__ import annotations
 
-import itertools
 import resource
 import statistics
 import time
@@ -31,6 +30,7 @@ import torch
 from golfcore.config import RunConfig
 from golfcore.plugins import PluginInfo
 from golfcore.run import Session
+from golfcore.switch import reachable
 from golfcore.train import Trainer, should_compile
 
 # bf16 dense peak TFLOP/s by device-name fragment (vendor datasheets).
@@ -141,10 +141,10 @@ class Bench:
 
 
 def regimes(switches: list) -> dict[str, tuple[float, tuple]]:
-    """Regime name -> (lr scale, a state per switch): "full", one per other combination, "warmdown"."""
+    """Regime name -> (lr scale, a state per switch): "full", one per other reachable combination, "warmdown"."""
     first, last = tuple(s.states[0] for s in switches), tuple(s.states[-1] for s in switches)
     out = {"full": (FULL, first)}
-    for states in itertools.product(*(s.states for s in switches)):
+    for states in reachable(switches):
         if states not in (first, last):
             out[",".join(f"{s.name}={x}" for s, x, x0 in zip(switches, states, first) if x != x0)] = (FULL, states)
     out["warmdown"] = (WARMDOWN, last)
