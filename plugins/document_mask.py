@@ -38,21 +38,21 @@ class Config(golf.Section):
     """No options: every layer's attention is masked at each BOS."""
 
 
-def segment_starts(tokens: Tensor) -> Tensor:  # tokens [B,T] -> bool [B,T]: a row start or a BOS
-    starts = tokens == golf.BOS_ID
+def segment_starts(tokens: Tensor, bos_id: int) -> Tensor:  # tokens [B,T] -> bool [B,T]: a row start or a BOS
+    starts = tokens == bos_id
     starts[:, 0] = True
     return starts
 
 
-def document_mask(tokens: Tensor) -> Tensor:  # tokens [B,T] -> bool [B,1,T,T], True = query t may attend key s
-    doc = segment_starts(tokens).cumsum(dim=1)  # [B,T]
+def document_mask(tokens: Tensor, bos_id: int) -> Tensor:  # tokens [B,T] -> bool [B,1,T,T], True = query t may attend key s
+    doc = segment_starts(tokens, bos_id).cumsum(dim=1)  # [B,T]
     T = tokens.size(1)
     causal = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()
     return ((doc[:, :, None] == doc[:, None, :]) & causal).unsqueeze(1)
 
 
-def cu_seqlens(tokens: Tensor) -> Tensor:  # tokens [B,T] -> int32 [B*T+1]: segment starts, then B*T repeated
-    flat = segment_starts(tokens).flatten()
+def cu_seqlens(tokens: Tensor, bos_id: int) -> Tensor:  # tokens [B,T] -> int32 [B*T+1]: segment starts, then B*T repeated
+    flat = segment_starts(tokens, bos_id).flatten()
     n = flat.numel()
     index = torch.arange(n, device=tokens.device, dtype=torch.int32)
     starts = torch.where(flat, index, torch.full_like(index, n)).sort().values  # static shape: no nonzero()
@@ -60,19 +60,28 @@ def cu_seqlens(tokens: Tensor) -> Tensor:  # tokens [B,T] -> int32 [B*T+1]: segm
 
 
 class DocumentMaskedAttention(nn.Module):
-    """(q [B,T,H,D], k, v [B,T,G,D], tokens [B,T]) -> [B,T,H,D], scale 1/sqrt(D)."""
+    """The attention kernel (q [B,T,H,D], k, v [B,T,G,D], ctx) -> [B,T,H,D], scale 1/sqrt(D); the
+    mask or boundaries are computed once per forward pass (ctx.cache) and shared by every layer."""
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, tokens: Tensor) -> Tensor:
-        B, T = tokens.shape
+    def __init__(self, bos_id: int):
+        super().__init__()
+        self.bos_id = bos_id
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: golf.ForwardContext) -> Tensor:
+        B, T = ctx.tokens.shape
         if HOPPER_VARLEN and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
-            cu = cu_seqlens(tokens)
+            cu = ctx.cache.get("document_mask")
+            if cu is None:
+                cu = ctx.cache["document_mask"] = cu_seqlens(ctx.tokens, self.bos_id)
             out = flash_attn_varlen_func(
                 q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu_seqlens_q=cu, cu_seqlens_k=cu,
                 max_seqlen_q=T, max_seqlen_k=T, causal=True,
             )
             out = out[0] if isinstance(out, tuple) else out
             return out.view(B, T, *out.shape[1:])
-        mask = document_mask(tokens)
+        mask = ctx.cache.get("document_mask")
+        if mask is None:
+            mask = ctx.cache["document_mask"] = document_mask(ctx.tokens, self.bos_id)
         return F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, enable_gqa=True
         ).transpose(1, 2)
@@ -82,3 +91,9 @@ class DocumentMask(golf.Plugin):
     name = "document_mask"
     description = "attention never crosses a BOS: SDPA with a mask, FlashAttention 3 varlen on Hopper (PR #1530)"
     Config = Config
+    document_aware = True
+
+    @golf.hookimpl
+    def golf_edit_model(self, description):
+        for layer in description.layers:
+            layer.attention = golf.Part(DocumentMaskedAttention, description.bos_id)

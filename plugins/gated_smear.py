@@ -38,9 +38,9 @@ class Config(golf.Section):
 
 
 class GatedSmear(nn.Module):
-    def __init__(self, window: int, mask_bos: bool):
+    def __init__(self, window: int, mask_bos: bool, bos_id: int = golf.BOS_ID):
         super().__init__()
-        self.window, self.mask_bos = window, mask_bos
+        self.window, self.mask_bos, self.bos_id = window, mask_bos, bos_id
         self.weight = golf.declare(nn.Parameter(torch.zeros(1, window)), "scalar", "float32")  # w [1,window]
         self.lam = golf.declare(nn.Parameter(torch.zeros(1)), "scalar", "float32")  # λ [1]
 
@@ -48,7 +48,7 @@ class GatedSmear(nn.Module):
         g = self.lam.to(x.dtype) * torch.sigmoid(F.linear(x[:, 1:, : self.window], self.weight.to(x.dtype)))  # [B,T-1,1]
         prev = x[:, :-1]
         if self.mask_bos:  # a build-time flag
-            prev = prev * (tokens[:, 1:] != golf.BOS_ID).to(x.dtype).unsqueeze(-1)
+            prev = prev * (tokens[:, 1:] != self.bos_id).to(x.dtype).unsqueeze(-1)
         return torch.cat((x[:, :1], x[:, 1:] + g * prev), dim=1)
 
     def extra_repr(self) -> str:
@@ -59,3 +59,17 @@ class GatedSmearPlugin(golf.Plugin):
     name = "gated_smear"
     description = "x_t += λ·σ(w·x_t[:window])·x_{t-1} on the embedding, none into a BOS (PR #1667/#1855 SmearGate)"
     Config = Config
+
+    @property
+    def document_aware(self) -> bool:
+        return self.config.mask_bos
+
+    @golf.hookimpl
+    def golf_check_config(self, config):
+        if self.config.window > config.model.model_dim:
+            raise golf.ConfigError(f"[plugins.gated_smear] window: {self.config.window} exceeds model_dim {config.model.model_dim}")
+
+    @golf.hookimpl
+    def golf_edit_model(self, description):
+        c = self.config
+        description.embedding.before_norm.append(golf.Part(GatedSmear, c.window, c.mask_bos, description.bos_id))

@@ -79,8 +79,8 @@ class SparseAttentionGate(golf.Plugin):
             )
 
     @golf.hookimpl
-    def golf_attention_output_transform(self, config, layer):
-        if not self.config.selects(layer):
-            return None
+    def golf_edit_model(self, description, config):
         c = self.config
-        return SparseHeadGate(config.model.num_heads, c.window, c.scale, c.init_std)
+        for layer in description.layers:
+            if c.selects(layer.info):
+                layer.output_transforms.append(golf.Part(SparseHeadGate, config.model.num_heads, c.window, c.scale, c.init_std))

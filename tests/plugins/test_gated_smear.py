@@ -1,15 +1,16 @@
 """gated_smear: the identity at init, a hand-computed smear, the BOS mask against PR #1797's
-leak, declarations, config."""
+leak, wired before the embedding norm, declarations, training, config."""
 
 import math
 
 import pytest
 import torch
-from golf_plugins.gated_smear import GatedSmear
+from golf_plugins.gated_smear import Config, GatedSmear, GatedSmearPlugin
 
 from golfcore.errors import ConfigError
 from golfcore.plugins import discover
 from golfcore.recipe import resolve
+from tests.helpers import build, train_briefly
 
 
 def test_identity_at_init():
@@ -62,3 +63,25 @@ def test_declared_scalars():
 def test_bad_config(table, key):
     with pytest.raises(ConfigError, match=rf"\[plugins.gated_smear\].*{key}"):
         resolve({"plugins": {"gated_smear": table}}, discover(), "<test>")
+
+
+def test_wired_before_the_embedding_norm():
+    config, host, model = build(GatedSmearPlugin)
+    (smear,) = model.embedding_before_norm
+    assert isinstance(smear, GatedSmear) and smear.mask_bos and smear.bos_id == 1
+    with torch.no_grad():
+        smear.weight.normal_()
+        smear.lam.fill_(0.7)
+    tokens = torch.randint(2, 64, (2, 7))
+    tokens[0, 3] = 1
+    seen = {}
+    model.blocks[0].register_forward_pre_hook(lambda m, args: seen.update(x0=args[1]))
+    model.logits(tokens)
+    e = model.tok_emb(tokens)
+    torch.testing.assert_close(seen["x0"], torch.nn.functional.rms_norm(smear(e, tokens), (32,)))
+    assert math.isfinite(train_briefly(config, host, model).last_train_loss)
+
+
+def test_window_beyond_the_model_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"\[plugins.gated_smear\] window: 40"):
+        build((GatedSmearPlugin, Config(window=40)))
