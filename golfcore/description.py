@@ -17,8 +17,7 @@ from typing import Any
 
 from .config import ModelSection
 from .contract import LayerInfo
-
-DEFAULT_BOS_ID = 1  # the challenge tokenizers' <s>, the first token of every document
+from .data import BOS_ID
 
 
 class Part:
@@ -161,8 +160,9 @@ class ModelDescription:
                          for path, value in slots.items())
 
 
-def default_description(config: ModelSection, schedule: list[int], bos_id: int = DEFAULT_BOS_ID) -> ModelDescription:
-    """The challenge baseline (docs/techniques.md §0) over the layer schedule `schedule`."""
+def default_description(config: ModelSection, schedule: list[int], bos_id: int = BOS_ID) -> ModelDescription:
+    """The challenge baseline (docs/techniques.md §0) over the layer schedule `schedule`;
+    `bos_id` is the run's tokenizer's beginning-of-document id."""
     from .model import (Block, CausalAttention, Projection, ReluSquared, RMSNorm, Rotary, SoftcapHead,
                         WeightedSkips)
 
