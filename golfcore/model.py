@@ -214,6 +214,7 @@ class GPT(nn.Module):
         nn.init.normal_(tok_emb.weight, std=cfg.tied_embed_init_std)
         declare(tok_emb.weight, "embed", "embedding")
         # registered in the order state_dict, the optimizers and the artifact list them
+        self.switches = nn.ModuleDict(switches)  # no parameters; first, so checkpoints name them switches.NAME
         self.skips = build(description.skips.connect)
         self.tok_emb = tok_emb
         self.embedding_additions = nn.ModuleList(additions)
@@ -229,7 +230,6 @@ class GPT(nn.Module):
         self.final_norm = build(description.head.norm)
         self.logit_head = build(description.head.logits)
         self.bos_id = description.bos_id
-        self.switches = nn.ModuleDict(switches)
         transform = build(description.weight_transform)
         if transform is not None:
             for module in self.layers.modules():
