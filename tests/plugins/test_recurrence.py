@@ -239,3 +239,14 @@ def test_loop_off_is_the_plain_model_and_on_the_full_schedule():
 def test_bad_delayed_config(table, key):
     with pytest.raises(ConfigError, match=rf"\[plugins.recurrence\].*{key}"):
         resolved(table)
+
+
+def test_the_trainer_switches_the_loop_on_at_its_fraction():
+    config = tiny_config()
+    config.train.iterations = 4
+    config, host, model = build(Config(repeat=[1], loops=2, start_frac=0.5, share_scalars=True, untie_before_eval=False), config)
+    records = []
+    outcome = train_briefly(config, host, model, records=records)
+    assert math.isfinite(outcome.last_train_loss) and model.switches["recurrence"].compile_switch
+    notes = [r["text"] for r in records if r.get("event") == "note" and "switch recurrence" in r.get("text", "")]
+    assert notes == ["step:2 switch recurrence=True at training fraction 0.500"]
