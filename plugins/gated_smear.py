@@ -6,7 +6,7 @@ embedding x (before the embedding RMSNorm):
     x_t ← x_t + λ · σ(w·x_t[:window]) · x_{t−1} · [token_t ≠ BOS]     for t ≥ 1;  x_0 unchanged
     w ∈ R^window init 0,  λ ∈ R init 0 (the identity at init)
 
-A separate plugin from `smear_gate` (§3.4, the PR #549 stack's): that one is a convex blend
+A separate plugin from `smear_gate` (docs/techniques.md §3.4, PR #549's): that one is a convex blend
 after the norm with a static per-channel gate starting at one half; this one adds, before the
 norm, with a per-token gate read from the current token's first `window` dims and one scalar λ.
 One plugin with a mode switch would hide two formulas behind one name.

@@ -1,7 +1,7 @@
 """Skip gates: a learned sigmoid interpolation between the decoder stream and its U-Net skip.
 
 docs/techniques.md §12.2 (PR #1855 and its parents; SKIP_GATES_ENABLED). Where the core adds
-a weighted skip (x ← x + w_j ⊙ s_j, §3.1), a gated model computes
+a weighted skip (x ← x + w_j ⊙ s_j, docs/techniques.md §3.1), a gated model computes
 
     x ← lerp(w_j ⊙ s_j, x, σ(g_j)) = σ(g_j) ⊙ x + (1 − σ(g_j)) ⊙ w_j ⊙ s_j      w_j init 1, g_j ∈ R^d init 0
 

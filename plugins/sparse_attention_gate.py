@@ -7,8 +7,8 @@ the block passes it to output transforms) and per-head output y_{t,h}:
 
     y_{t,h} ← σ(s · w_h·x̃_t[:window]) · y_{t,h}        W = [w_h] ∈ R^{H×window} init 0 (σ = 0.5)
 
-Gated attention (§6) reads all d dims and has a bias; this gate reads `window` dims, has no
-bias and starts at one half. An attention-output transform at order 10, after XSA (order 0).
+Gated attention (docs/techniques.md §6) reads all d dims and has a bias; this gate reads
+`window` dims, has no bias and starts at one half. An attention-output transform at order 10, after XSA (order 0).
 One gate per virtual layer; selected by `layers`/`index` (golf.LayerSelection).
 
 Parameters: H·window per gated layer (96 at H=8, window 12), scalar (Adam) group. Export:
