@@ -33,7 +33,7 @@ from .config import RunConfig
 from .contract import EvalContext
 from .checkpoint import DIR_NAME as CHECKPOINT_DIR
 from .checkpoint import Checkpoints
-from .data import Corpus, DistributedTokenLoader, load_val_tokens, resolve_corpus
+from .data import Corpus, DistributedTokenLoader, SpecialTokens, load_val_bytes, load_val_tokens, resolve_corpus
 from .errors import ComplianceError, ConfigError, DataError, DivergedError, GolfError, TrainingInterrupted
 from .eval import ByteLUTs, EvalResult, build_byte_luts, evaluate, unigram_entropy_bpb
 from .assemble import build_model, check_config
@@ -156,19 +156,22 @@ class Session:
         self.compressor = self.host.first("golf_compressor", config=config) or ZstdCompressor(config.export.zstd_level)
         self.corpus: Corpus | None = None
         self._luts: ByteLUTs | None = None
+        self._val_bytes: torch.Tensor | None = None
         if build_data:
             self.corpus = self._corpus()
             self.tokenizer = _load_tokenizer(self.corpus)
+            config.tokens = SpecialTokens.of(self.tokenizer)  # before any plugin builds a module
+            self._val_bytes = load_val_bytes(self.corpus, config.data.max_val_tokens)
 
     def _corpus(self) -> Corpus:
         # the CLI has rank 0 build a missing embedded corpus before the session starts
         # (golf_tools.corpora.ensure_corpus); the barrier lets it finish before any rank resolves
         self.dist.barrier()
         corpus = resolve_corpus(self.config.data)
-        if corpus.vocab_size > self.config.model.vocab_size:
+        if corpus.vocab_size != self.config.model.vocab_size:
             raise ConfigError(
-                f"{self.config.source}: [model] vocab_size {self.config.model.vocab_size} is smaller than "
-                f"the {corpus.name} tokenizer's {corpus.vocab_size} pieces"
+                f"{self.config.source}: [model] vocab_size {self.config.model.vocab_size} does not match "
+                f"the {corpus.name} tokenizer's {corpus.vocab_size} pieces ({corpus.tokenizer_path})"
             )
         return corpus
 
@@ -209,6 +212,14 @@ class Session:
             self._luts = build_byte_luts(self.tokenizer, self.config.model.vocab_size).to(self.dist.device)
         return self._luts
 
+    def token_bytes(self, val_tokens: torch.Tensor) -> torch.Tensor | None:
+        """The byte sidecar's counts for a scored stream: the validation split's prefix, or (the
+        probes) a stream of the same length whose scores are compared, not charged. None when
+        the corpus has no sidecar."""
+        if self._val_bytes is None:
+            return None
+        return self._val_bytes[: val_tokens.numel()]
+
     def score(self, model: nn.Module, val_tokens: torch.Tensor, adapters: list = (), stride: int | None = None,
               progress: Callable[[int, int], None] | None = None, batch_seqs: int | None = None,
               chunk_tokens: int | None = None, record: Callable | None = None) -> EvalResult:
@@ -231,6 +242,7 @@ class Session:
             seq_len=self.config.eval_seq_len, stride=stride or self.config.eval_stride,
             batch_seqs=batch_seqs or self.config.eval.batch_seqs, adapters=list(adapters), chunk_tokens=chunk_tokens,
             rank=self.dist.rank, world_size=self.dist.world_size, static=ctx.compile, progress=progress, record=record,
+            token_bytes=self.token_bytes(val_tokens),
         )
         result.warmup_seconds += started
         return result
@@ -277,7 +289,8 @@ class Session:
         return stages
 
     def data_label(self, targets: int) -> str:
-        return f"{self.corpus.name}/val[{targets} targets]"
+        bytes_from = "; bytes from the sidecar" if self.corpus.val_bytes_files else ""
+        return f"{self.corpus.name}/val[{targets} targets{bytes_from}]"
 
     def compliance(self, blob: bytes, val_tokens: torch.Tensor, stages: dict, art, log: RunLog,
                    train_seconds: float | None = None, train_steps: int = 0) -> dict:
@@ -285,6 +298,7 @@ class Session:
         probes = audit.run_probes(ScoringPath(self, blob), val_tokens, self.config.run.seed)
         record = audit.compliance_record(self.config, stages, probes, art, train_seconds, train_steps,
                                          audit.hardware(self.dist.device, self.dist.world_size))
+        record["data"] = self.corpus.record()  # what was scored, and where its bytes came from
         legal = not audit.violations(record)
         for stage in stages.values():
             stage["legal"] = stage["legal"] and legal
@@ -323,6 +337,7 @@ class ScoringPath:
         self.seq_len, self.stride = config.eval_seq_len, config.eval_stride
         self.batch_seqs, self.chunk_tokens = config.eval.batch_seqs, config.eval.chunk_tokens
         self.vocab_size = config.model.vocab_size
+        self.bos_id = config.tokens.bos_id
         self.device = session.dist.device
         self.source = "artifact" if blob is not None else "random-init"
 
@@ -534,8 +549,9 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
         pre_export_val_loss=pre_export.val_loss,
         quantization_damage_nats=roundtrip_flat.val_loss - pre_export.val_loss,
         damage_windows=f"non-overlapping, seq_len {config.eval_seq_len}",
-        data={"corpus": corpus.name, "split": "val", "targets": targets, "fingerprint": corpus.fingerprint,
-              "unigram_entropy_bpb": unigram_entropy_bpb(val_tokens.to(dist.device), session.luts())},
+        data={**corpus.record(), "split": "val", "targets": targets, "fingerprint": corpus.fingerprint,
+              "unigram_entropy_bpb": unigram_entropy_bpb(val_tokens.to(dist.device), session.luts(),
+                                                         session.token_bytes(val_tokens))},
         steps=outcome.steps,
         resumed_from_step=outcome.resumed_from,
         tokens=outcome.tokens,
@@ -611,7 +627,7 @@ def rescore(run_dir: Path, available: dict[str, PluginInfo], echo: Callable[[str
         compliance=compliance,
         final_stage=final_stage,
         stages=stages,
-        data={"corpus": session.corpus.name, "split": "val", "targets": val_tokens.numel() - 1,
+        data={**session.corpus.record(), "split": "val", "targets": val_tokens.numel() - 1,
               "fingerprint": session.corpus.fingerprint},
         eval_seconds=timed_eval_seconds(stages),
         plugins=_plugin_records(config, available),
