@@ -99,6 +99,7 @@ def tokenizer(
     shards of ROOT/text/NAME, one BOS per document, in --processes processes."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("documents"),
                TimeElapsedColumn())
+    timings: dict[str, float] = {}
     with Progress(*columns, transient=True) as bar:
         tasks: dict[str, int] = {}
 
@@ -111,16 +112,16 @@ def tokenizer(
         corpus = corpora.build_text_corpus(
             paths, name, root, vocab_size=vocab_size, val_fraction=val_fraction, globs=glob or ["*"],
             warn=lambda message: typer.echo(f"warning: {message}", err=True), transform=CASEOPS if caseops else "",
-            val_docs=val_docs, processes=processes, progress=progress,
+            val_docs=val_docs, processes=processes, progress=progress, timings=timings,
         )
-    seconds = time.perf_counter() - start
-    _summary(corpus, seconds)
+    _summary(corpus, time.perf_counter() - start)
     meta = json.loads((corpus.directory / "meta.json").read_text(encoding="utf-8"))
     docs = sum(meta["documents"].values())
     tokens = meta["train_tokens"] + meta["val_tokens"]
-    megabytes = sum(meta["bytes"].values()) / 1e6
-    typer.echo(f"  {docs:,} documents, {megabytes:,.1f} MB, {tokens:,} tokens in {seconds:.1f}s "
-               f"(training and encoding): {docs / seconds:,.0f} documents/s, {tokens / seconds:,.0f} tokens/s")
+    seconds = timings["encode_seconds"]
+    typer.echo(f"  tokenizer trained in {timings['tokenizer_seconds']:.1f}s; {docs:,} documents "
+               f"({sum(meta['bytes'].values()) / 1e6:,.1f} MB) encoded into {tokens:,} tokens in {seconds:.1f}s with "
+               f"{processes} processes: {docs / seconds:,.0f} documents/s, {tokens / seconds:,.0f} tokens/s")
 
 
 @app.command("fineweb")

@@ -16,6 +16,7 @@ import platform
 import re
 import shutil
 import sysconfig
+import time
 import uuid
 import zlib
 from dataclasses import dataclass, field
@@ -311,6 +312,7 @@ def build_text_corpus(
     val_docs: int = 0,
     processes: int = NUM_PROCESSES,
     progress: Callable[[str, int, int], None] | None = None,
+    timings: dict | None = None,
 ) -> Corpus:
     """Build <root>/text/<name> from local files and folders (recipe corpus "text:<name>"); what
     is read, skipped or refused is read_text_inputs's rule. `golf data text` and `golf data
@@ -323,7 +325,8 @@ def build_text_corpus(
     sentencepiece model or trains a byte-fallback BPE on the train documents with pystdlib's
     settings; with a transform (CaseOps), documents are transformed before training and
     encoding, and the val shards get byte sidecars. Encoding runs in `processes` processes;
-    `progress(split, done, total)` counts documents. Replaces an existing build. The counts of
+    `progress(split, done, total)` counts documents; `timings` receives the seconds spent
+    training the tokenizer and encoding. Replaces an existing build. The counts of
     files used and skipped go into the fingerprint, the skipped files into meta.json.
     """
     root = Path(root)
@@ -353,12 +356,16 @@ def build_text_corpus(
     tmp = _build_dir(final)
     try:
         model = tmp / "tokenizer.model"
+        start = time.perf_counter()
         if tokenizer is not None:
             check_tokenizer(Path(tokenizer), transform)
             shutil.copyfile(tokenizer, model)
         else:
             train_tokenizer(splits["train"], vocab_size, model, transform)
+        trained = time.perf_counter()
         counts = _encode_splits(model, splits, tmp, "text", transform, processes, progress)
+        if timings is not None:
+            timings.update(tokenizer_seconds=trained - start, encode_seconds=time.perf_counter() - trained)
         fingerprint = {
             "corpus": f"text:{name}",
             "files": [{"name": file, "sha256": digest} for file, digest in inputs.used],

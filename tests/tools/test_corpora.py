@@ -102,7 +102,7 @@ def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("golf_tools.corpora._encode_split", fail)
+    monkeypatch.setattr("golf_tools.corpora.encode_split", fail)
     with pytest.raises(KeyboardInterrupt):
         build_pystdlib(tmp_path)
     assert list(tmp_path.iterdir()) == []
