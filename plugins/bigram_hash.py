@@ -93,6 +93,8 @@ class BigramHashPlugin(golf.Plugin):
         return not self.config.cross_documents
 
     @golf.hookimpl
-    def golf_embedding_addition(self, config):
+    def golf_edit_model(self, description, config):
         c = self.config
-        return BigramHash(c.buckets, c.dim, config.model.model_dim, c.scale_init, c.cross_documents, config.tokens.bos_id)
+        description.embedding.additions.append(
+            golf.Part(BigramHash, c.buckets, c.dim, config.model.model_dim, c.scale_init, c.cross_documents, description.bos_id)
+        )

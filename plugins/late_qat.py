@@ -82,15 +82,12 @@ class LateQat(golf.Plugin):
         super().__init__(config)
         self.on = False  # latched once the lr scale fell below the threshold
         self._switched: weakref.WeakSet = weakref.WeakSet()  # models already switched on (no per-step module walk)
-        self._transforms: weakref.WeakSet = weakref.WeakSet()  # every FakeQuantize made so far, for a resume
 
     @golf.hookimpl
-    def golf_weight_transform(self, config, quantizer):
+    def golf_edit_model(self, description, config, quantizer):
         if quantizer is None:  # only tests build models without one
             quantizer = golf.Int8Quantizer(config.export.float_max_numel)
-        transform = FakeQuantize(quantizer)
-        self._transforms.add(transform)
-        return transform
+        description.weight_transform = golf.Part(FakeQuantize, quantizer)
 
     @golf.hookimpl
     def golf_step_end(self, model, step, lr_scale):
@@ -103,7 +100,5 @@ class LateQat(golf.Plugin):
         return {"on": self.on}
 
     def load_state_dict(self, state: dict) -> None:
-        # called after the training model is built, before any model for evaluation exists
+        # the model's switches come back with the checkpoint's model state (the core checkpoint)
         self.on = bool(state["on"])
-        for transform in self._transforms:
-            transform.compile_switch = self.on

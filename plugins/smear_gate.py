@@ -62,5 +62,6 @@ class SmearGatePlugin(golf.Plugin):
         return self.config.mask_bos
 
     @golf.hookimpl
-    def golf_embedding_transform(self, config):
-        return SmearGate(config.model.model_dim, self.config.gate_init, self.config.mask_bos, config.tokens.bos_id)
+    def golf_edit_model(self, description, config):
+        c = self.config
+        description.embedding.transforms.append(golf.Part(SmearGate, config.model.model_dim, c.gate_init, c.mask_bos, description.bos_id))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
+from golfcore.assemble import describe
 from golfcore.config import RunConfig
 from golfcore.data import SpecialTokens, write_shard
 from golfcore.errors import ConfigError, DataError
@@ -50,7 +51,8 @@ def test_plugins_get_the_bos_id_of_the_run_tokenizer(tmp_path):
                       "plugins": {"smear_gate": {}, "bigram_hash": {}, "hedge_mixer": {}}}, available, "<test>")
     session = Session(config, available)
     assert config.tokens == SpecialTokens.of(sp) and config.tokens.bos_id == 5
-    host = session.host
-    assert host.collect("golf_embedding_transform", config=config)[0].bos_id == 5
-    assert host.collect("golf_embedding_addition", config=config)[0].bos_id == 5
-    assert host.collect("golf_eval_adapter", config=config)[0].bos_id == 5
+    description, _ = describe(config, session.host, None)
+    assert description.bos_id == 5
+    built = session.build_model()
+    assert [m.bos_id for m in built.modules() if type(m).__name__ in ("SmearGate", "BigramHash")] == [5, 5]
+    assert session.host.collect("golf_eval_adapter", config=config)[0].bos_id == 5
