@@ -17,8 +17,7 @@ from typing import Any
 
 from .config import ModelSection
 from .contract import LayerInfo
-
-DEFAULT_BOS_ID = 1  # the challenge tokenizers' <s>, the first token of every document
+from .data import SpecialTokens
 
 
 class Part:
@@ -46,9 +45,11 @@ def _show(value: Any) -> str:
 
 @dataclass
 class EmbeddingSlots:
-    """tokens [B,T] -> x0 [B,T,d]: table lookup, + each addition, norm, then each transform."""
+    """tokens [B,T] -> x0 [B,T,d]: table lookup, + each addition, each before-norm transform, norm,
+    then each transform."""
 
     additions: list[Part] = field(default_factory=list)  # (tokens[B,T]) -> [B,T,d], added before the norm
+    before_norm: list[Part] = field(default_factory=list)  # (x[B,T,d], tokens[B,T]) -> [B,T,d], after the additions
     norm: Part | None = None  # (x[B,T,d]) -> same; RMSNorm by default
     transforms: list[Part] = field(default_factory=list)  # (x[B,T,d], tokens[B,T]) -> [B,T,d], after the norm
 
@@ -91,7 +92,8 @@ class Layer:
 class Skips:
     """U-Net skips: the first `encoder_layers` virtual layers push their outputs; the next
     min(encoder_layers, rest) layers each pop one (last in, first out) and combine it with
-    `connect(x[B,T,d], skip[B,T,d], j) -> x`, j = the decoder layer's index among them."""
+    `connect(x[B,T,d], skip[B,T,d], j) -> x`, j = the decoder layer's index among them. While a
+    layer's switch is off, the split is half of the layers that run (delayed recurrence)."""
 
     encoder_layers: int
     connect: Part  # learned per-channel weights by default: x + w_j ⊙ skip
@@ -133,13 +135,16 @@ class ModelDescription:
             if dataclasses.is_dataclass(value) and not isinstance(value, (LayerInfo, ModelSection)):
                 for f in dataclasses.fields(value):
                     walk(f"{path}.{f.name}" if path else f.name, getattr(value, f.name))
-            elif isinstance(value, list):
-                for j, item in enumerate(value):
+            elif isinstance(value, list):  # Parts in the order they will run
+                items = sorted(value, key=lambda p: getattr(p.cls, "order", 0)) if all(isinstance(p, Part) for p in value) else value
+                for j, item in enumerate(items):
                     walk(f"{path}[{j}]", item)
                 if not value:
                     out[path] = "[]"
             elif isinstance(value, type):
                 out[path] = value.__name__
+            elif isinstance(value, LayerInfo):
+                out[path] = f"virtual {value.virtual} of {value.num_virtual}, physical {value.physical} of {value.num_physical}"
             elif isinstance(value, ModelSection):
                 out[path] = (f"vocab {value.vocab_size}, d {value.model_dim}, heads {value.num_heads} "
                              f"(kv {value.num_kv_heads}, dim {value.head_dim}), mlp {value.mlp_hidden}")
@@ -149,9 +154,18 @@ class ModelDescription:
         walk("", self)
         return out
 
+    def render(self, setters: dict[str, str] | None = None) -> str:
+        """One line per slot, `path  value  [plugin]`, the plugin being the one that set it
+        (`setters`, from golfcore.assemble.describe); slots without one are the core's."""
+        slots, setters = self.slots(), setters or {}
+        width = max(len(path) for path in slots)
+        return "\n".join(f"{path:<{width}}  {value}" + (f"  [{setters[path]}]" if path in setters else "")
+                         for path, value in slots.items())
 
-def default_description(config: ModelSection, schedule: list[int], bos_id: int = DEFAULT_BOS_ID) -> ModelDescription:
-    """The challenge baseline (docs/techniques.md §0) over the layer schedule `schedule`."""
+
+def default_description(config: ModelSection, schedule: list[int], bos_id: int = SpecialTokens.bos_id) -> ModelDescription:
+    """The challenge baseline (docs/techniques.md §0) over the layer schedule `schedule`;
+    `bos_id` is the run's tokenizer's beginning-of-document id."""
     from .model import (Block, CausalAttention, Projection, ReluSquared, RMSNorm, Rotary, SoftcapHead,
                         WeightedSkips)
 

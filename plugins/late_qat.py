@@ -13,8 +13,9 @@ one graph per state; the trainer's compile warm-up runs its last step with every
 flipped (the trainer finds them by their `compile_switch` attribute), so both graphs exist before the timed run and
 switching QAT on mid-run recompiles nothing. The switch is flipped between steps in
 golf_step_end (latched on at the first step whose lr scale is below `threshold`; the next
-step trains quantized), never inside the forward. The plugin's training state is that latch:
-a resumed run switches its model's QAT back on before its first step.
+step trains quantized), never inside the forward. The plugin's training state is that latch;
+the model's switch comes back with the checkpoint's model state, so a resumed run trains
+quantized from its first step.
 
 Defects fixed:
 - D3: the reference fake-quantized only `CastedLinear`s (two tiny fp16 tensors) and never
@@ -26,8 +27,8 @@ Defects fixed:
   torch.compile guards on (tests/plugins/test_late_qat.py flips it under a compiled trainer
   and checks the output follows, with no recompile after warm-up).
 - D3 (reset): the reference never switched QAT off, so TTT trained fake-quantized tensors.
-  Each model build gets a new module that starts off, so the model loaded from the artifact
-  (eval, TTT) is never fake-quantized.
+  Each model build makes a new module (the description holds a Part, not a module) that starts
+  off, so the model loaded from the artifact (eval, TTT) is never fake-quantized.
 """
 
 from __future__ import annotations
