@@ -1,0 +1,144 @@
+"""Everything golf compiles, compiles whole and once: no graph break, no recompilation in the timed run.
+
+A graph break or a recompile on a GPU turns a 120 ms step into seconds and makes the run's
+numbers meaningless, so it is checked here, on the CPU. `fullgraph=True` makes any graph break
+an error; after the warm-up that a run does before its clock starts, torch._dynamo's
+`error_on_recompile` makes any further compilation an error, and the graph counter must not
+move. Checked for every built-in plugin alone (with the plugins it requires), in training
+(compile switches flipped mid-run, as late QAT does) and in evaluation (the two static window
+shapes, TTT's padded step), on the eager backend: Dynamo's tracing and guards are what break
+or recompile, and they are the same for every backend. The shipped quick recipes' plugin
+sets are also compiled with inductor, the backend a run uses (slow).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import sentencepiece as spm
+import torch
+import torch._dynamo
+from torch._dynamo.utils import counters
+
+from golfcore.assemble import build_model, check_config
+from golfcore.eval import build_byte_luts, evaluate
+from golfcore.plugins import Host, discover
+from golfcore.recipe import load_recipe
+from golfcore.run import Session
+from golfcore.train import Trainer, compile_switches
+
+from .helpers import CPU, FINEWEB_TOKENIZER, synthetic_loader
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+TINY = ["model.num_layers=2", "model.model_dim=64", "model.num_heads=4", "model.num_kv_heads=2",
+        "train.seq_len=32", "train.batch_tokens=256", "train.micro_batches=1", "train.iterations=4",
+        "train.log_every=2", "train.warmup_steps=2", "train.val_every=0", "train.warmdown_iters=4",
+        "train.max_wallclock_seconds=0", "train.compile=\"on\"", "eval.seq_len=32", "eval.stride=8",
+        "eval.batch_seqs=4", "eval.chunk_tokens=96", "eval.adapter_prefixes=false"]
+VAL_TOKENS = 200
+FITS_TWO_LAYERS = {"recurrence": ["plugins.recurrence.repeat=[0, 1]"], "value_embeddings": ["plugins.value_embeddings.layers=[0, 1]"]}
+
+
+def built_in_plugins(training: bool = False) -> list[str]:
+    """Built-in plugin names; `training`: only those that act before the artifact is written."""
+    return sorted(name for name, info in discover().items()
+                  if info.source == "builtin" and not (training and info.cls.acts_only_at_eval()))
+
+
+def quick_config(recipe: str, plugins: list[str] | None = None):
+    """A recipe at a tiny size; with `plugins`, the quickstart recipe with just those enabled."""
+    available = discover()
+    if plugins is None:
+        return available, load_recipe(RECIPES / recipe, available, sets=TINY)
+    needed = list(plugins)
+    for name in plugins:
+        needed += [r for r in available[name].cls.requires if r not in needed]
+    sets = TINY + [s for name in needed for s in FITS_TWO_LAYERS.get(name, [])]
+    return available, load_recipe(RECIPES / recipe, available, sets=sets, with_=needed)
+
+
+@pytest.fixture
+def dynamo_only(monkeypatch):
+    """Every torch.compile in golf (trainer, eval, TTT) traced by Dynamo, run eagerly."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.config.error_on_recompile = False
+    torch._dynamo.reset()
+
+
+def graphs() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+def train_without_recompiling(available, config) -> None:
+    """Train with the run's compile warm-up, then forbid compiling for the rest of the run;
+    every compile switch is on for the last steps, as late QAT switches on in warmdown."""
+    host = Host(config, available)
+    check_config(config, host)
+    quantizer = host.first("golf_quantizer", config=config)
+    model = build_model(config, host, quantizer)
+    trainer = Trainer(config, model, host, quantizer, synthetic_loader(config), CPU, None, lambda record: None)
+    assert trainer.execution["compiled"]
+    warm_up = trainer.warm_up
+    compiled_in_warm_up = {}
+
+    def then_forbid():
+        warm_up()
+        compiled_in_warm_up["graphs"] = graphs()
+        torch._dynamo.config.error_on_recompile = True
+
+    trainer.warm_up = then_forbid
+    inner_step = trainer.train_step
+
+    def switching_step(step, lr_scale):
+        if "graphs" in compiled_in_warm_up:  # the timed run, not the warm-up's own flips
+            for m in compile_switches(model):
+                m.compile_switch = step >= config.train.iterations // 2
+        return inner_step(step, lr_scale)
+
+    trainer.train_step = switching_step
+    trainer.run()
+    assert graphs() == compiled_in_warm_up["graphs"] > 0
+
+
+def score_without_recompiling(available, config) -> None:
+    """Score twice the way a run does (static shapes, adapters started before the clock); the
+    second pass, every warm-up included, compiles nothing."""
+    session = Session(config, available, dist=CPU, build_data=False)
+    session._luts = build_byte_luts(spm.SentencePieceProcessor(model_file=str(FINEWEB_TOKENIZER)), config.model.vocab_size)
+    val = torch.randint(0, config.model.vocab_size, (VAL_TOKENS,), generator=torch.Generator().manual_seed(0))
+    for attempt in range(2):
+        model = session.build_model()
+        adapters = session.host.collect("golf_eval_adapter", config=config)
+        session.score(model, val, adapters)
+        if attempt == 0:
+            compiled_first = graphs()
+            torch._dynamo.config.error_on_recompile = True
+    assert graphs() == compiled_first > 0
+
+
+@pytest.mark.parametrize("plugin", built_in_plugins(training=True))
+def test_each_plugin_trains_compiled_without_breaks_or_recompiles(plugin, dynamo_only):
+    train_without_recompiling(*quick_config("quickstart.toml", [plugin]))
+
+
+@pytest.mark.parametrize("plugin", built_in_plugins())
+def test_each_plugin_scores_compiled_without_breaks_or_recompiles(plugin, dynamo_only):
+    score_without_recompiling(*quick_config("quickstart.toml", [plugin]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["quickstart.toml", "pr549-quick.toml", "v4-quick.toml"])
+def test_recipe_compiles_with_inductor_in_training_and_evaluation(recipe):
+    available, config = quick_config(recipe)
+    train_without_recompiling(available, config)
+    torch._dynamo.config.error_on_recompile = False
+    score_without_recompiling(available, config)
