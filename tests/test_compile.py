@@ -14,17 +14,21 @@ sets are also compiled with inductor, the backend a run uses (slow).
 from __future__ import annotations
 
 import functools
+from unittest import mock
 from pathlib import Path
 
 import pytest
 import sentencepiece as spm
 import torch
 import torch._dynamo
+import torch.nn.functional as F
+from torch import nn
 from torch._dynamo.utils import counters
 
 from golfcore.assemble import build_model, check_config
-from golfcore.eval import build_byte_luts, evaluate
-from golfcore.plugins import Host, discover
+from golfcore.eval import _Scorer, build_byte_luts
+import golfcore as golf
+from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import load_recipe
 from golfcore.run import Session
 from golfcore.train import Trainer, compile_switches
@@ -110,19 +114,24 @@ def train_without_recompiling(available, config) -> None:
 
 
 def score_without_recompiling(available, config) -> None:
-    """Score twice the way a run does (static shapes, adapters started before the clock); the
-    second pass, every warm-up included, compiles nothing."""
+    """Score the way a run does (static shapes; adapters started, then both window shapes run
+    once, before the clock); from the end of that warm-up on, nothing may compile."""
     session = Session(config, available, dist=CPU, build_data=False)
     session._luts = build_byte_luts(spm.SentencePieceProcessor(model_file=str(FINEWEB_TOKENIZER)), config.model.vocab_size)
     val = torch.randint(0, config.model.vocab_size, (VAL_TOKENS,), generator=torch.Generator().manual_seed(0))
-    for attempt in range(2):
-        model = session.build_model()
-        adapters = session.host.collect("golf_eval_adapter", config=config)
+    warm_up = _Scorer.warm_up
+    compiled = {}
+
+    def then_forbid(scorer, widths):
+        warm_up(scorer, widths)
+        compiled["warm-up"] = graphs()
+        torch._dynamo.config.error_on_recompile = True
+
+    model = session.build_model()
+    adapters = session.host.collect("golf_eval_adapter", config=config)
+    with mock.patch.object(_Scorer, "warm_up", then_forbid):
         session.score(model, val, adapters)
-        if attempt == 0:
-            compiled_first = graphs()
-            torch._dynamo.config.error_on_recompile = True
-    assert graphs() == compiled_first > 0
+    assert graphs() == compiled["warm-up"] > 0
 
 
 @pytest.mark.parametrize("plugin", built_in_plugins(training=True))
@@ -142,3 +151,45 @@ def test_recipe_compiles_with_inductor_in_training_and_evaluation(recipe):
     train_without_recompiling(available, config)
     torch._dynamo.config.error_on_recompile = False
     score_without_recompiling(available, config)
+
+
+class BreaksTheGraph(nn.Module):
+    def forward(self, u):
+        torch._dynamo.graph_break()
+        return F.relu(u).square()
+
+
+class RecompilesEveryCall(nn.Module):
+    """Planted: a Python counter the forward branches on; Dynamo guards on it."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, u):
+        self.calls += 1
+        return F.relu(u).square() * (1.0 if self.calls % 2 else 1.0 + 1e-6)
+
+
+def planted(activation: type[nn.Module]):
+    class Planted(golf.Plugin):
+        name = "planted_activation"
+
+        @golf.hookimpl
+        def golf_mlp_activation(self, config, layer):
+            return activation()
+
+    available = discover() | {Planted.name: PluginInfo(Planted.name, Planted, "test", "0")}
+    return available, load_recipe(RECIPES / "quickstart.toml", available, sets=TINY, with_=[Planted.name])
+
+
+@pytest.mark.parametrize("check", [train_without_recompiling, score_without_recompiling])
+def test_a_graph_break_fails(check, dynamo_only):
+    with pytest.raises(torch._dynamo.exc.Unsupported):
+        check(*planted(BreaksTheGraph))
+
+
+@pytest.mark.parametrize("check", [train_without_recompiling, score_without_recompiling])
+def test_a_recompile_after_warm_up_fails(check, dynamo_only):
+    with pytest.raises(torch._dynamo.exc.RecompileError):
+        check(*planted(RecompilesEveryCall))
