@@ -243,6 +243,7 @@ def bench(
     peak_tflops: Annotated[Optional[float], typer.Option(help="peak dense TFLOP/s for MFU (default: detected GPU, else none)")] = None,
     compare: Annotated[bool, typer.Option("--compare", help="time RECIPE as written against RECIPE (or --against) with the overrides, alternating steps")] = False,
     against: Annotated[Optional[Path], typer.Option(help="with --compare: the second recipe")] = None,
+    profile: Annotated[bool, typer.Option("--profile", help="also profile one training step: the top operators by time")] = False,
     set_: SetOpt = None,
     with_: WithOpt = None,
     without: WithoutOpt = None,
@@ -266,6 +267,10 @@ def bench(
         available, config = _load(recipe, set_, with_, without, plugins_dir)
         figures = run_bench(config, available, steps=steps, warmup=warmup, peak_tflops=peak_tflops)
         _figure_table(f"golf bench {recipe} ({figures['device']})", {"value": figures})
+        if profile:
+            from golf_tools.bench import profile_step
+
+            typer.echo(profile_step(config, available, warmup=warmup))
         return
     available, first = _load(recipe, None, None, None, plugins_dir)
     _, second = _load(against or recipe, set_, with_, without, plugins_dir)

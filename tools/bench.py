@@ -141,6 +141,20 @@ def bench(config: RunConfig, available: dict[str, PluginInfo], steps: int = 5, w
     return b.figures(peak_tflops)
 
 
+def profile_step(config: RunConfig, available: dict[str, PluginInfo], warmup: int = 2, rows: int = 15) -> str:
+    """The top operators of one training step (full lr scale, after the warm-up) by their own
+    device time (CPU time on the CPU), as torch.profiler's table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    b = Bench(config, available, warmup)
+    b.timed_step("full")  # a step outside the profile: allocator and caches settle
+    cuda = b.dist.device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as prof:
+        b.timed_step("full")
+    return prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=rows)
+
+
 def compare(first: RunConfig, second: RunConfig, available: dict[str, PluginInfo], steps: int = 5, warmup: int = 2,
             peak_tflops: float | None = None) -> dict:
     """Two recipes (or plugin sets) stepped alternately in one process, each regime separately, the
