@@ -32,7 +32,7 @@ python=${PYTHON:-python3}
 report=$(mktemp -d)/report.md
 work=$(mktemp -d)
 
-note() { printf '%s\n' "$*" >>"$report"; }
+note() { printf '%s\n' "$@" >>"$report"; }
 step() {  # step TITLE SECONDS COMMAND...: run it under a time limit, its output fenced in the report
   local title=$1 limit=$2; shift 2
   local started=$SECONDS
