@@ -88,12 +88,13 @@ class Layer:
 
 @dataclass
 class Skips:
-    """U-Net skips: the first `encoder_layers` virtual layers push their outputs; the next
-    min(encoder_layers, rest) layers each pop one (last in, first out) and combine it with
-    `connect(x[B,T,d], skip[B,T,d], j) -> x`, j = the decoder layer's index among them."""
+    """U-Net skips over the layers that run (every layer whose switch is on): the first half
+    (rounded down) push their outputs; each later layer pops one while any is left (last in,
+    first out) and combines it with `connect(x[B,T,d], skip[B,T,d], j) -> x` before running,
+    j = its index among those later layers. So a switch that adds layers (delayed recurrence)
+    moves the split, one compiled graph per state."""
 
-    encoder_layers: int
-    connect: Part  # learned per-channel weights by default: x + w_j ⊙ skip
+    connect: Part  # learned per-channel weights by default: x + w_j ⊙ skip, j < min(half, rest) of all layers
 
 
 @dataclass
@@ -191,7 +192,7 @@ def default_description(config: ModelSection, schedule: list[int], bos_id: int =
         embedding=EmbeddingSlots(norm=Part(RMSNorm)),
         physical=physical,
         layers=layers,
-        skips=Skips(encoder, Part(WeightedSkips, min(encoder, len(schedule) - encoder), d)),
+        skips=Skips(Part(WeightedSkips, min(encoder, len(schedule) - encoder), d)),
         head=Head(norm=Part(RMSNorm), logits=Part(SoftcapHead, config.logit_softcap)),
     )
 

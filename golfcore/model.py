@@ -224,7 +224,6 @@ class GPT(nn.Module):
         )
         self.blocks = nn.ModuleList(blocks)
         self.v2p = description.schedule
-        self.num_encoder = description.skips.encoder_layers
         self.final_norm = build(description.head.norm)
         self.logit_head = build(description.head.logits)
         self.bos_id = description.bos_id
@@ -244,17 +243,21 @@ class GPT(nn.Module):
         x = x.to(self.activation_dtype)  # bf16 as the reference's residual stream; weights stay fp32
         x0 = x
         ctx = ForwardContext(tokens)
+        running = self.running_layers()
+        num_encoder = len(running) // 2
         skips: list[Tensor] = []
-        for i, block in enumerate(self.blocks):
-            if block.switch is not None and not block.switch.compile_switch:
-                continue  # a layer whose switch is off (a Python bool: one compiled graph per state)
-            j = i - self.num_encoder  # decoder index
-            if skips and j >= 0:
-                x = self.skips(x, skips.pop(), j)
-            x = block(x, x0, self.layers[self.v2p[i]], ctx)
-            if i < self.num_encoder:
+        for n, i in enumerate(running):
+            if skips and n >= num_encoder:
+                x = self.skips(x, skips.pop(), n - num_encoder)
+            x = self.blocks[i](x, x0, self.layers[self.v2p[i]], ctx)
+            if n < num_encoder:
                 skips.append(x)
         return self.final_norm(x)
+
+    def running_layers(self) -> list[int]:
+        """The virtual layers that run: those without a switch or whose switch is on (Python
+        bools, so the list is fixed per compiled graph)."""
+        return [i for i, block in enumerate(self.blocks) if block.switch is None or block.switch.compile_switch]
 
     def head(self, h: Tensor) -> Tensor:  # final states [...,d] -> logits [...,V] float32
         return self.logit_head(h, self.tok_emb.weight)
