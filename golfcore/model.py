@@ -192,7 +192,7 @@ class GPT(nn.Module):
     def __init__(self, description: ModelDescription):
         """Build every module of `description`, in one fixed order (so random inits do not depend
         on which plugin edited what first): per virtual layer its modules, then the embedding's,
-        the token table, the projections per physical layer, the skips and the head."""
+        the token table, the projections per physical layer, then the rest."""
         super().__init__()
         cfg = self.cfg = description.config
         build = Builder()
@@ -226,7 +226,6 @@ class GPT(nn.Module):
         self.v2p = description.schedule
         self.final_norm = build(description.head.norm)
         self.logit_head = build(description.head.logits)
-        self.bos_id = description.bos_id
         transform = build(description.weight_transform)
         if transform is not None:
             for module in self.layers.modules():
