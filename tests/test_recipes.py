@@ -1,4 +1,4 @@
-"""The shipped recipes: they resolve and build the models they promise (compiling them: tests/test_compile.py, tests/test_cuda.py)."""
+"""The shipped recipes: they resolve, build the models they promise and run end to end (compiling them: tests/test_compile.py, tests/test_cuda.py)."""
 
 import json
 from pathlib import Path
@@ -62,3 +62,75 @@ def test_every_v4_technique_switches_off(technique):
     assert technique not in config.plugins
     tokens = torch.randint(0, 1024, (1, 32))
     assert torch.isfinite(model.logits(tokens)).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["quickstart.toml", "pr549-quick.toml", "v4-quick.toml"])
+def test_quick_recipe_runs_end_to_end_and_passes_every_probe(recipe, tmp_path, pystdlib_root):
+    from tests.test_cli import golf
+
+    golf("run", RECIPES / recipe, "--set", "train.iterations=4", "--set", "train.val_every=0",
+         "--set", "data.max_val_tokens=2048", "--set", f'data.root="{pystdlib_root}"',
+         "--set", f'run.out_dir="{tmp_path}"', "--set", "eval.chunk_tokens=512")
+    (run_dir,) = tmp_path.iterdir()
+    result = json.loads((run_dir / "result.json").read_text())
+    expected = {"quickstart.toml": ["roundtrip"], "pr549-quick.toml": ["roundtrip", "roundtrip+ttt"],
+                "v4-quick.toml": ["roundtrip", "roundtrip+ttt", "roundtrip+ttt+hedge_mixer"]}[recipe]
+    assert list(result["stages"]) == expected
+    assert result["legal"] and run_dir.name.startswith(result["name"]) and not run_dir.name.endswith(".invalid")
+    for name in ("c1_causal", "c2_normalized", "c3_score_before_update", "c4_each_target_once", "artifact_budget"):
+        assert result["compliance"][name]["status"] == "pass", name
+    c1 = result["compliance"]["c1_causal"]
+    assert c1["path"] == " -> ".join(["artifact model", "golf_before_eval", *expected[-1].split("+")[1:]])
+    if len(expected) > 1:  # the probe crossed a chunk boundary (chunk_tokens=512 here)
+        assert 511 in c1["cut_points"] and c1["prefix_targets"] > 512
+    assert c1["reach"] > 0  # perturbing after each cut point visibly changed the later scores
+    if recipe != "quickstart.toml":
+        assert result["artifact"]["quantizer"] == "gptq_lite" and result["artifact"]["compressor"] == "lzma"
+
+
+@pytest.mark.slow
+def test_v4_quick_scores_are_causal_with_ttt_and_mixer():
+    """Perturbing the stream after position p leaves every scored distribution at positions <= p
+    unchanged, with TTT training between chunks and the Hedge mixer on (C1 end to end)."""
+    import sentencepiece as spm
+
+    from golfcore.eval import build_byte_luts, evaluate
+    from tests.helpers import FINEWEB_TOKENIZER, CaptureAdapter
+
+    luts = build_byte_luts(spm.SentencePieceProcessor(model_file=str(FINEWEB_TOKENIZER)), 1024)
+    available = discover()
+    generator = torch.Generator().manual_seed(0)
+    stream = torch.randint(2, 1024, (1537,), generator=generator)
+    p = 900
+    perturbed = stream.clone()
+    perturbed[p + 1 :] = torch.randint(2, 1024, (stream.numel() - p - 1,), generator=generator)
+
+    def score(tokens):
+        config = load_recipe(RECIPES / "v4-quick.toml", available,
+                             sets=["eval.chunk_tokens=256", "plugins.hedge_mixer.warmup_tokens=256"])
+        host = Host(config, available)
+        check_config(config, host)
+        model = build_model(config, host, host.first("golf_quantizer", config=config))
+        with torch.no_grad():
+            for layer in model.layers:
+                layer.o.weight.normal_(0, 0.02)
+                layer.down.weight.normal_(0, 0.02)
+        host.call("golf_before_eval", model=model, config=config)
+        capture = CaptureAdapter()
+        adapters = [*host.collect("golf_eval_adapter", config=config), capture]
+        for adapter in adapters:
+            adapter.start(model, golf.EvalContext.local(1024, tokens.numel() - 1, config.eval.chunk_tokens, config.eval_seq_len))
+        model.eval()
+        result = evaluate(model.logprobs, tokens, luts, seq_len=256, stride=64, batch_seqs=8,
+                          adapters=adapters, chunk_tokens=256)
+        assert [a.name for a in adapters] == ["ttt", "hedge_mixer", "capture"]
+        assert result.targets == tokens.numel() - 1
+        return capture.by_position()
+
+    pos_a, rows_a = score(stream)
+    pos_b, rows_b = score(perturbed)
+    assert torch.equal(pos_a, torch.arange(stream.numel() - 1)) and torch.equal(pos_a, pos_b)
+    assert torch.allclose(rows_a[: p + 1], rows_b[: p + 1], atol=1e-5)
+    assert not torch.allclose(rows_a[p + 1 :], rows_b[p + 1 :], atol=1e-3)  # the probe can see a change
+    assert torch.allclose(rows_a.logsumexp(-1), torch.zeros(rows_a.size(0)), atol=1e-3)
