@@ -7,8 +7,9 @@ an error; after the warm-up that a run does before its clock starts, torch._dyna
 move. Checked for every built-in plugin alone (with the plugins it requires), in training
 (compile switches flipped mid-run, as late QAT does) and in evaluation (the two static window
 shapes, TTT's padded step), on the eager backend: Dynamo's tracing and guards are what break
-or recompile, and they are the same for every backend. The shipped quick recipes' plugin
-sets are also compiled with inductor, the backend a run uses (slow).
+or recompile, and they are the same for every backend. So are the shipped recipes' plugin
+sets. Inductor itself (minutes of C++ compilation per graph on the CPU) compiles the quick
+recipes' models in tests/test_cuda.py, which tools/gpu-check.sh --dry runs in CI.
 """
 
 from __future__ import annotations
@@ -152,15 +153,6 @@ def test_recipe_plugin_sets_compile_without_breaks_or_recompiles(recipe, dynamo_
     score_without_recompiling(available, config)
 
 
-@pytest.mark.slow
-def test_v4_compiles_with_inductor_in_training_and_evaluation():
-    """v4-quick holds every training and eval plugin of the shipped recipes (pr549's are a subset)."""
-    available, config = quick_config("v4-quick.toml")
-    train_without_recompiling(available, config)
-    torch._dynamo.config.error_on_recompile = False
-    score_without_recompiling(available, config)
-
-
 class BreaksTheGraph(nn.Module):
     def forward(self, u):
         torch._dynamo.graph_break()
@@ -184,8 +176,9 @@ def planted(activation: type[nn.Module]):
         name = "planted_activation"
 
         @golf.hookimpl
-        def golf_mlp_activation(self, config, layer):
-            return activation()
+        def golf_edit_model(self, description):
+            for layer in description.layers:
+                layer.activation = golf.Part(activation)
 
     available = discover() | {Planted.name: PluginInfo(Planted.name, Planted, "test", "0")}
     return available, load_recipe(RECIPES / "quickstart.toml", available, sets=TINY, with_=[Planted.name])
