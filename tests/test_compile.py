@@ -32,7 +32,7 @@ import golfcore as golf
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import load_recipe
 from golfcore.run import Session
-from golfcore.train import Trainer, compile_switches
+from golfcore.train import Trainer
 
 from .helpers import CPU, FINEWEB_TOKENIZER, synthetic_loader
 
@@ -43,7 +43,12 @@ TINY = ["model.num_layers=2", "model.model_dim=64", "model.num_heads=4", "model.
         "train.max_wallclock_seconds=0", "train.compile=\"on\"", "eval.seq_len=32", "eval.stride=8",
         "eval.batch_seqs=4", "eval.chunk_tokens=96", "eval.adapter_prefixes=false"]
 VAL_TOKENS = 200
-FITS_TWO_LAYERS = {"recurrence": ["plugins.recurrence.repeat=[0, 1]"], "value_embeddings": ["plugins.value_embeddings.layers=[0, 1]"]}
+FITS_TWO_LAYERS = {  # defaults that name layers or lengths a 2-layer, 32-token model lacks
+    "recurrence": ["plugins.recurrence.repeat=[0, 1]", "plugins.recurrence.start_frac=0.5"],
+    "value_embeddings": ["plugins.value_embeddings.layers=[0, 1]"],
+    "parallel_residuals": ["model.num_layers=4", "plugins.parallel_residuals.start=3"],  # its split layer must be a decoder's
+    "progressive_context": ["plugins.progressive_context.seq_lens=[16, 32]", "plugins.progressive_context.at=[0.5]"],
+}
 
 
 def built_in_plugins(training: bool = False) -> list[str]:
@@ -85,7 +90,8 @@ def graphs() -> int:
 
 def train_without_recompiling(available, config) -> None:
     """Train with the run's compile warm-up, then forbid compiling for the rest of the run;
-    every compile switch is on for the last steps, as late QAT switches on in warmdown."""
+    every compile switch is on for the last steps, as late QAT and a delayed recurrence are in
+    warmdown."""
     host = Host(config, available)
     check_config(config, host)
     quantizer = host.first("golf_quantizer", config=config)
@@ -103,9 +109,11 @@ def train_without_recompiling(available, config) -> None:
     trainer.warm_up = then_forbid
     inner_step = trainer.train_step
 
+    switches = [m for m in model.modules() if isinstance(getattr(m, "compile_switch", None), bool)]
+
     def switching_step(step, lr_scale):
-        if "graphs" in compiled_in_warm_up:  # the timed run, not the warm-up's own flips
-            for m in compile_switches(model):
+        if "graphs" in compiled_in_warm_up:  # the timed run, not the warm-up's own visits
+            for m in switches:  # all on together: the state warmdown reaches
                 m.compile_switch = step >= config.train.iterations // 2
         return inner_step(step, lr_scale)
 

@@ -98,8 +98,8 @@ def _flash_shaped_sdpa(q, k, v, *args, **kwargs):
 
 def dry_build(config: RunConfig, available: dict[str, PluginInfo], world_size: int = 8) -> dict:
     """The recipe's model built on the meta device (nothing allocated): its parameters, FLOPs per
-    token and projected peak memory per rank at the recipe's micro-batch on `world_size` GPUs
-    (docs/performance.md, "Dry builds": what is counted and how)."""
+    token and projected peak memory per rank at the recipe's micro-batch on `world_size` GPUs, with
+    every compile switch on (docs/performance.md, "Dry builds": what is counted and how)."""
     from unittest import mock
 
     from golfcore.assemble import build_model, check_config
@@ -112,6 +112,9 @@ def dry_build(config: RunConfig, available: dict[str, PluginInfo], world_size: i
     with torch.device("meta"):
         model = build_model(config, host, host.first("golf_quantizer", config=config))
     model.activation_dtype = torch.bfloat16
+    for module in model.modules():  # every switch on (recurrence looping, QAT on): the largest state
+        if isinstance(getattr(module, "compile_switch", None), bool):
+            module.compile_switch = True
     accum, _ = micro_batches_per_rank(config, world_size)
     t = config.train
     rows = t.batch_tokens // (world_size * accum * t.seq_len)
