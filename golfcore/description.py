@@ -45,9 +45,11 @@ def _show(value: Any) -> str:
 
 @dataclass
 class EmbeddingSlots:
-    """tokens [B,T] -> x0 [B,T,d]: table lookup, + each addition, norm, then each transform."""
+    """tokens [B,T] -> x0 [B,T,d]: table lookup, + each addition, each before-norm transform, norm,
+    then each transform."""
 
     additions: list[Part] = field(default_factory=list)  # (tokens[B,T]) -> [B,T,d], added before the norm
+    before_norm: list[Part] = field(default_factory=list)  # (x[B,T,d], tokens[B,T]) -> [B,T,d], after the additions
     norm: Part | None = None  # (x[B,T,d]) -> same; RMSNorm by default
     transforms: list[Part] = field(default_factory=list)  # (x[B,T,d], tokens[B,T]) -> [B,T,d], after the norm
 
@@ -88,13 +90,13 @@ class Layer:
 
 @dataclass
 class Skips:
-    """U-Net skips over the layers that run (every layer whose switch is on): the first half
-    (rounded down) push their outputs; each later layer pops one while any is left (last in,
-    first out) and combines it with `connect(x[B,T,d], skip[B,T,d], j) -> x` before running,
-    j = its index among those later layers. So a switch that adds layers (delayed recurrence)
-    moves the split, one compiled graph per state."""
+    """U-Net skips: the first `encoder_layers` virtual layers push their outputs; the next
+    min(encoder_layers, rest) layers each pop one (last in, first out) and combine it with
+    `connect(x[B,T,d], skip[B,T,d], j) -> x`, j = the decoder layer's index among them. While a
+    layer's switch is off, the split is half of the layers that run (delayed recurrence)."""
 
-    connect: Part  # learned per-channel weights by default: x + w_j ⊙ skip, j < min(half, rest) of all layers
+    encoder_layers: int
+    connect: Part  # learned per-channel weights by default: x + w_j ⊙ skip
 
 
 @dataclass
@@ -192,7 +194,7 @@ def default_description(config: ModelSection, schedule: list[int], bos_id: int =
         embedding=EmbeddingSlots(norm=Part(RMSNorm)),
         physical=physical,
         layers=layers,
-        skips=Skips(Part(WeightedSkips, min(encoder, len(schedule) - encoder), d)),
+        skips=Skips(encoder, Part(WeightedSkips, min(encoder, len(schedule) - encoder), d)),
         head=Head(norm=Part(RMSNorm), logits=Part(SoftcapHead, config.logit_softcap)),
     )
 

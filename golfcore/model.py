@@ -192,7 +192,7 @@ class GPT(nn.Module):
     def __init__(self, description: ModelDescription):
         """Build every module of `description`, in one fixed order (so random inits do not depend
         on which plugin edited what first): per virtual layer its modules, then the embedding's,
-        the token table, the projections per physical layer, then the rest."""
+        the token table, the projections per physical layer, the skips and the head."""
         super().__init__()
         cfg = self.cfg = description.config
         build = Builder()
@@ -208,7 +208,8 @@ class GPT(nn.Module):
                 mlp_norm=build(layer.mlp_norm), activation=activation,
                 switch=switches.get(layer.switch),
             ))
-        additions, transforms = build.all(description.embedding.additions), build.all(description.embedding.transforms)
+        emb = description.embedding
+        additions, before_norm, transforms = build.all(emb.additions), build.all(emb.before_norm), build.all(emb.transforms)
         tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
         nn.init.normal_(tok_emb.weight, std=cfg.tied_embed_init_std)
         declare(tok_emb.weight, "embed", "embedding")
@@ -217,6 +218,7 @@ class GPT(nn.Module):
         self.skips = build(description.skips.connect)
         self.tok_emb = tok_emb
         self.embedding_additions = nn.ModuleList(additions)
+        self.embedding_before_norm = nn.ModuleList(before_norm)
         self.embedding_norm = build(description.embedding.norm)
         self.embedding_transforms = nn.ModuleList(transforms)
         self.layers = nn.ModuleList(
@@ -224,8 +226,10 @@ class GPT(nn.Module):
         )
         self.blocks = nn.ModuleList(blocks)
         self.v2p = description.schedule
+        self.num_encoder = description.skips.encoder_layers
         self.final_norm = build(description.head.norm)
         self.logit_head = build(description.head.logits)
+        self.bos_id = description.bos_id
         transform = build(description.weight_transform)
         if transform is not None:
             for module in self.layers.modules():
@@ -236,27 +240,27 @@ class GPT(nn.Module):
         x = self.tok_emb(tokens)
         for addition in self.embedding_additions:
             x = x + addition(tokens)
+        for transform in self.embedding_before_norm:
+            x = transform(x, tokens)
         x = self.embedding_norm(x)
         for transform in self.embedding_transforms:
             x = transform(x, tokens)
         x = x.to(self.activation_dtype)  # bf16 as the reference's residual stream; weights stay fp32
         x0 = x
         ctx = ForwardContext(tokens)
-        running = self.running_layers()
-        num_encoder = len(running) // 2
         skips: list[Tensor] = []
+        # a layer whose switch is off does not run (a Python bool: one compiled graph per state);
+        # then the U-Net split halves the layers that run
+        running = [i for i, block in enumerate(self.blocks) if block.switch is None or block.switch.compile_switch]
+        num_encoder = self.num_encoder if len(running) == len(self.blocks) else len(running) // 2
         for n, i in enumerate(running):
-            if skips and n >= num_encoder:
-                x = self.skips(x, skips.pop(), n - num_encoder)
+            j = n - num_encoder  # decoder index
+            if skips and j >= 0:
+                x = self.skips(x, skips.pop(), j)
             x = self.blocks[i](x, x0, self.layers[self.v2p[i]], ctx)
             if n < num_encoder:
                 skips.append(x)
         return self.final_norm(x)
-
-    def running_layers(self) -> list[int]:
-        """The virtual layers that run: those without a switch or whose switch is on (Python
-        bools, so the list is fixed per compiled graph)."""
-        return [i for i, block in enumerate(self.blocks) if block.switch is None or block.switch.compile_switch]
 
     def head(self, h: Tensor) -> Tensor:  # final states [...,d] -> logits [...,V] float32
         return self.logit_head(h, self.tok_emb.weight)
