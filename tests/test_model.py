@@ -40,7 +40,7 @@ def test_init_matches_baseline():
 def test_unet_skips_and_softcap():
     config = tiny_config(num_layers=5)
     model = build_model(config, host_with(config), None)
-    assert model.skips.weights.shape == (2, 32)
+    assert model.num_encoder == 2 and model.skips.weights.shape == (2, 32)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 1.0)

@@ -51,7 +51,7 @@ def test_model_shares_matrices_and_owns_scalars():
     assert model.v2p == [0, 1, 2, 1, 2, 3] and len(model.layers) == 4 and len(model.blocks) == 6
     assert [b.layer.physical for b in model.blocks] == model.v2p
     assert model.blocks[1].attn_scale is not model.blocks[3].attn_scale
-    assert model.skips.weights.size(0) == 3  # the U-Net split counts virtual layers
+    assert model.num_encoder == 3 and model.skips.weights.size(0) == 3  # the U-Net split counts virtual layers
 
 
 def grads(model, tokens, targets):
