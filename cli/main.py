@@ -244,6 +244,9 @@ def bench(
     peak_tflops: Annotated[Optional[float], typer.Option(help="peak dense TFLOP/s for MFU (default: detected GPU, else none)")] = None,
     compare: Annotated[bool, typer.Option("--compare", help="time RECIPE as written against RECIPE (or --against) with the overrides, alternating steps")] = False,
     against: Annotated[Optional[Path], typer.Option(help="with --compare: the second recipe")] = None,
+    profile: Annotated[bool, typer.Option("--profile", help="also profile one training step: the top operators by time")] = False,
+    dry: Annotated[bool, typer.Option("--dry", help="build on the meta device only: parameters, FLOPs/token, projected memory per GPU")] = False,
+    gpus: Annotated[int, typer.Option(help="with --dry: the GPUs the recipe's batch is split over")] = 8,
     set_: SetOpt = None,
     with_: WithOpt = None,
     without: WithoutOpt = None,
@@ -263,10 +266,22 @@ def bench(
         raise ConfigError(f"--peak-tflops {peak_tflops}: must be > 0")
     if against and not compare:
         raise GolfError("--against needs --compare")
+    if dry:
+        from golf_tools.bench import dry_build
+
+        if gpus < 1:
+            raise ConfigError(f"--gpus {gpus}: must be >= 1")
+        available, config = _load(recipe, set_, with_, without, plugins_dir)
+        _figure_table(f"golf bench --dry {recipe} (meta device, {gpus} GPUs)", {"value": dry_build(config, available, gpus)})
+        return
     if not compare:
         available, config = _load(recipe, set_, with_, without, plugins_dir)
         figures = run_bench(config, available, steps=steps, warmup=warmup, peak_tflops=peak_tflops)
         _figure_table(f"golf bench {recipe} ({figures['device']})", {"value": figures})
+        if profile:
+            from golf_tools.bench import profile_step
+
+            typer.echo(profile_step(config, available, warmup=warmup))
         return
     available, first = _load(recipe, None, None, None, plugins_dir)
     _, second = _load(against or recipe, set_, with_, without, plugins_dir)
