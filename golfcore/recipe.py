@@ -158,6 +158,18 @@ def load_recipe(
     return resolve(raw, available, source)
 
 
+def changed_keys(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
+    """`section.key = new (was old)` for every value of two resolved recipes (RunConfig.to_dict) that differs."""
+    out = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += changed_keys(old, new, f"{prefix}{key}.")
+        elif old != new:
+            out.append(f"{prefix}{key} = {new!r} (was {old!r})")
+    return out
+
+
 def dump_toml(config: RunConfig) -> str:
     """The resolved recipe as TOML (every default filled in), as saved in the run directory."""
     lines: list[str] = []
