@@ -660,7 +660,8 @@ def train(session: Session, scorer: Scorer, model: GPT, val_tokens: torch.Tensor
     def validate(m: nn.Module) -> float:
         return scorer.score(m, val_tokens, stride=config.eval_seq_len).val_loss
 
-    loader = DistributedTokenLoader(session.corpus.train_files, dist.rank, dist.world_size, dist.device)
+    loader = DistributedTokenLoader(session.corpus.train_files, dist.rank, dist.world_size, dist.device,
+                                    session.corpus.vocab_size)
     checkpoints = Checkpoints(run_dir, config, code.modules_sha256()) if run_dir else None
     trainer = Trainer(config, model, session.host, session.quantizer, loader, dist, validate, log.record,
                       progress=progress_factory("train", config.train.iterations), checkpoints=checkpoints)

@@ -299,8 +299,6 @@ class NotTextError(DataError):
     """An input file is not UTF-8 text (binary, another encoding, broken gzip); raised instead
     of skipping the file when the build is strict."""
 
-    exit_code = 2
-
 
 @dataclass
 class TextInputs:

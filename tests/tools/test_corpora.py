@@ -237,7 +237,7 @@ def test_text_corpus_strict_refuses_what_is_not_text(tmp_path):
     folder, _ = _mixed_folder(tmp_path)
     with pytest.raises(NotTextError, match=r"image\.bin is binary \(NUL byte at offset 3\) \(--strict") as e:
         build_text_corpus([folder], "strict", tmp_path / "data", strict=True)
-    assert e.value.exit_code == 2
+    assert e.value.exit_code == 1  # a data error, not a recipe error
     (folder / "image.bin").unlink()
     (folder / "broken.txt.gz").write_bytes(b"\x1f\x8b not really gzip")
     with pytest.raises(NotTextError, match=r"broken\.txt\.gz is not valid gzip"):
