@@ -297,6 +297,14 @@ def corpus_command(corpus: str, root: Path) -> str:
     return f"golf data text FILES... --name {corpus.removeprefix('text:')}{root_flag}"
 
 
+def data_root(data: DataSection) -> Path:
+    """The folder holding the corpora; DataError when data.root names a file."""
+    root = Path(data.root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data.root={root}: not a folder (it holds the corpora, e.g. data.root = \"data\")")
+    return root
+
+
 def resolve_corpus(data: DataSection) -> Corpus:
     """The already built or downloaded corpus a recipe's [data] names; never builds or downloads.
 
@@ -305,9 +313,7 @@ def resolve_corpus(data: DataSection) -> Corpus:
     """
     if data.shards:
         return open_shard_folder(data.corpus, Path(data.shards), Path(data.tokenizer), data.max_train_shards)
-    root = Path(data.root)
-    if root.exists() and not root.is_dir():
-        raise DataError(f"data.root={root}: not a folder (it holds the corpora: data.root = \"data\")")
+    root = data_root(data)
     if data.corpus in ("pystdlib", FINEWEB_CORPUS):
         directory = root / data.corpus
     elif data.corpus.startswith("text:") and data.corpus != "text:":

@@ -279,7 +279,7 @@ class Session:
         if corpus.vocab_size != self.config.model.vocab_size:
             raise ConfigError(
                 f"{self.config.source}: [model] vocab_size {self.config.model.vocab_size} does not match "
-                f"the {corpus.name} tokenizer's {corpus.vocab_size} pieces"
+                f"the {corpus.name} tokenizer's {corpus.vocab_size} pieces (set model.vocab_size = {corpus.vocab_size})"
             )
         return corpus
 
@@ -756,6 +756,7 @@ def rescore(run_dir: Path, available: dict[str, PluginInfo], echo: Callable[[str
         partial = claim_run_dir(Path(out_dir)) if out_dir is not None and session.dist.is_main else None
         log = RunLog(partial, echo if session.dist.is_main else (lambda _: None))
         where = f"(the re-score in {partial} stays unfinished)" if partial else ""
+        log.line(f"re-scoring {run_dir / ARTIFACT_NAME} ({len(blob)} bytes) on {session.data_label(val_tokens.numel() - 1)}")
         try:
             scorer = Scorer(session)
             stages = score_stages(scorer, blob, val_tokens, log, _interruptible(progress_factory or (lambda s, t: None), where))

@@ -27,7 +27,7 @@ import numpy as np
 
 from golfcore.config import DataSection
 from golfcore.data import (
-    BOS_ID, PYSTDLIB_BUILDER, Corpus, corpus_command, open_corpus, resolve_corpus, shard_files, shard_num_tokens,
+    BOS_ID, PYSTDLIB_BUILDER, Corpus, corpus_command, data_root, open_corpus, resolve_corpus, shard_files, shard_num_tokens,
     write_shard,
 )
 from golfcore.errors import DataError
@@ -61,7 +61,7 @@ def ensure_corpus(data: DataSection) -> Corpus:
     or stale (seconds, no network). Other corpora must exist already: resolving a missing one
     raises a DataError naming the `golf data` command that creates it."""
     if data.corpus == "pystdlib":
-        build_pystdlib(Path(data.root))
+        build_pystdlib(data_root(data))
     return resolve_corpus(data)
 
 
