@@ -67,7 +67,10 @@ def golf(
     debug: Annotated[bool, typer.Option("--debug", envvar="GOLF_DEBUG",
                                         help="print the full traceback of an error instead of one line")] = False,
 ):
-    """golf: plugin-based ablations for parameter-golf small-GPT training."""
+    """golf: plugin-based ablations for parameter-golf small-GPT training.
+
+    Exit codes: 0 done; 1 a user error (data, files, a plugin); 2 a recipe or option error;
+    3 not a legal score; 4 training diverged; 75 interrupted by SIGTERM/SIGINT (resume later)."""
 
 
 def _progress_factory(progress: Progress):
@@ -106,15 +109,16 @@ def _check_before_launch(config, available, nproc: int) -> None:
     after launching them: devices, the batch split, plugin config checks, the corpus."""
     import torch
 
+    from golfcore.memory import check_fits
     from golfcore.run import Session
     from golfcore.train import Dist, micro_batches_per_rank
 
     device = config.train.device
-    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
-        gpus = torch.cuda.device_count()
-        if gpus < nproc:
-            raise ConfigError(f"--nproc {nproc}: only {gpus} CUDA device(s) available")
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if cuda and torch.cuda.device_count() < nproc:
+        raise ConfigError(f"--nproc {nproc}: only {torch.cuda.device_count()} CUDA device(s) available")
     micro_batches_per_rank(config, nproc)
+    check_fits(config, nproc, torch.device("cuda:0" if cuda else "cpu"))
     Session(config, available, dist=Dist(0, 1, 0, torch.device("cpu")))  # the parent never touches a GPU
 
 
