@@ -161,10 +161,10 @@ def load_recipe(
     """Read, merge, override and validate a recipe file."""
     source = str(path)
     recipe = read_recipe(Path(path))
+    raw = apply_overrides(recipe, list(sets), list(with_), list(without), source)
     if not any(recipe.values()) and not (sets or with_):
         raise ConfigError(f"{source}: the recipe sets nothing, so it would train the full-size defaults (17M parameters, "
                           f"524,288-token batches); set its sections or start from one: extends = \"quickstart.toml\"")
-    raw = apply_overrides(recipe, list(sets), list(with_), list(without), source)
     return resolve(raw, available, source)
 
 

@@ -97,8 +97,9 @@ def test_only_enabled_plugins_run():
 
 
 def test_collect_sorts_by_order_then_recipe_order():
-    class Tagged:
+    class Tagged(torch.nn.Module):  # what the hook answers: a module
         def __init__(self, tag, order):
+            super().__init__()
             self.tag, self.order = tag, order
 
     def make(name, order):

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +75,6 @@ class Case:
     setup: object = None
     after: object = None
     slow: bool = False
-    marks: list = field(default_factory=list)
 
 
 class World:

@@ -275,10 +275,10 @@ def test_cli_text_prints_counts_and_warnings(tmp_path):
     assert result.exit_code == 0 and "files_used: 3" in result.stdout and "files_skipped: 0" in result.stdout
 
 
-def test_cli_text_strict_is_one_line_exit_2(tmp_path):
+def test_cli_text_strict_is_one_line_exit_1(tmp_path):
     folder, _ = _mixed_folder(tmp_path)
     result = CliRunner().invoke(golf_app, ["data", "text", str(folder), "--name", "x", "--root", str(tmp_path / "data"), "--strict"])
-    assert result.exit_code == 2
+    assert result.exit_code == 1  # a data error (not a recipe error)
     assert result.stderr.startswith("error: ") and "image.bin is binary" in result.stderr and result.stderr.count("\n") == 1
     assert not (tmp_path / "data").exists()
 
