@@ -25,6 +25,7 @@ from .ablate_cmd import ablate
 from .audit_cmd import register as register_audit
 from .data_cmd import app as data_app
 from .launch import launch, leave_error_for_launcher
+from .model_cmd import register as register_model
 from .options import DirsOpt, SetOpt, WithOpt, WithoutOpt, console
 from .plugins_cmd import app as plugins_app
 
@@ -60,6 +61,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(plugins_app, name="plugins")
 app.command()(ablate)
 register_audit(app)
+register_model(app)
 
 
 @app.callback()

@@ -206,6 +206,11 @@ class TrainSection(Section):
     iterations: int = option(20000, "step cap", at_least=1)
     max_wallclock_seconds: float = option(600.0, "training time cap (0 = none; warmdown then counts iterations)", at_least=0)
     warmdown_iters: int = option(1200, "lr decays linearly to 0 over the last this-many steps (converted to wallclock under a cap)", at_least=0)
+    warmdown_frac: float = option(0.0, "lr decays linearly to 0 over the last this fraction of training (of max_wallclock_seconds "
+                                       "under a cap, else of iterations; PR #1855: 0.85); needs warmdown_iters = 0; 0 = off",
+                                  at_least=0, at_most=1)
+    min_lr_scale: float = option(0.0, "floor of the warmdown's lr scale: lr never falls below this times base_lr (PR #1787's MIN_LR, 0.1)",
+                                 at_least=0, below=1)
     warmup_steps: int = option(20, "compile warm-up steps; model and optimizer state are restored afterwards", at_least=0)
     batch_tokens: int = option(524288, "tokens per optimizer step, across all processes", at_least=1)
     seq_len: int = option(1024, "training sequence length", at_least=1)
@@ -231,6 +236,8 @@ class TrainSection(Section):
             raise self.invalid("max_loss_spike", f"{self.max_loss_spike} must be > 1 (or 0 = off)")
         if self.batch_tokens % (self.micro_batches * self.seq_len):
             raise self.invalid("batch_tokens", f"{self.batch_tokens} is not a multiple of micro_batches*seq_len")
+        if self.warmdown_frac and self.warmdown_iters:
+            raise self.invalid("warmdown_frac", f"set warmdown_iters = 0 to warm down by fraction (it is {self.warmdown_iters}); one warmdown at a time")
 
     @property
     def checkpoint_interval(self) -> tuple[int, float]:

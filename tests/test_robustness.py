@@ -31,20 +31,20 @@ import golfcore as golf
 
 class StrActivation(golf.Plugin):
     name = "str_activation"
-    description = "answers golf_mlp_activation with a str"
+    description = "puts a str where a layer's activation Part goes"
 
     @golf.hookimpl
-    def golf_mlp_activation(self, config, layer):
-        return "relu"
+    def golf_edit_model(self, description, config, quantizer):
+        description.layers[1].activation = "relu"
 
 
 class StrAddition(golf.Plugin):
     name = "str_addition"
-    description = "answers golf_embedding_addition with a str"
+    description = "adds a str to the embedding additions"
 
     @golf.hookimpl
-    def golf_embedding_addition(self, config):
-        return "bigram"
+    def golf_edit_model(self, description, config, quantizer):
+        description.embedding.additions.append("bigram")
 
 
 class StrOptimizers(golf.Plugin):
@@ -241,9 +241,9 @@ CASES = [
     Case("vocab-size-huge", [*RUN, "--set", "model.vocab_size=1000000000"], 2,
          MUST_BE.format(section="model", key="vocab_size", value="1000000000") + ">= 2 and <= 65536"),
     Case("hook-activation-str", [*RUN, "--plugins-dir", "{bad}", "--with", "str_activation"], 1,
-         r"plugin 'str_activation': golf_mlp_activation returned str 'relu'; the hook expects .*Module"),
+         r"plugin 'str_activation': golf_edit_model put str 'relu' into slot layers\[1\]\.activation; a slot holds a golfcore\.Part"),
     Case("hook-addition-str", [*RUN, "--plugins-dir", "{bad}", "--with", "str_addition"], 1,
-         r"plugin 'str_addition': golf_embedding_addition returned str 'bigram'; the hook expects .*Module"),
+         r"plugin 'str_addition': golf_edit_model put str 'bigram' into slot embedding\.additions\[0\]; a slot holds"),
     Case("hook-optimizers-str", [*RUN, "--plugins-dir", "{bad}", "--with", "str_optimizers"], 1,
          r"plugin 'str_optimizers': golf_optimizers returned str 'adam'; the hook expects list\[.*Optimizer\]"),
     Case("new-plugin-unwritable", ["new-plugin", "foo", "--dir", "/proc/golf-test"], 1, r"--dir /proc/golf-test: cannot create"),
