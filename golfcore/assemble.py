@@ -62,14 +62,15 @@ def _misplaced(description: ModelDescription) -> list[tuple[str, Any]]:
     """(path, value) of every slot value no slot holds: a plugin's mistake, named before the build."""
     found: list[tuple[str, Any]] = []
 
-    def walk(path: str, value: Any) -> None:
+    def walk(path: str, value: Any, names: bool = False) -> None:  # names: the slot is declared to hold a str
         if dataclasses.is_dataclass(value) and not isinstance(value, (type, LayerInfo, ModelSection)):
             for f in dataclasses.fields(value):
-                walk(f"{path}.{f.name}" if path else f.name, getattr(value, f.name))
+                walk(f"{path}.{f.name}" if path else f.name, getattr(value, f.name), "str" in str(f.type))
         elif isinstance(value, list):
             for j, item in enumerate(value):
-                walk(f"{path}[{j}]", item)
-        elif not isinstance(value, (Part, type, bool, int, float, type(None), LayerInfo, ModelSection)):
+                walk(f"{path}[{j}]", item, names)
+        elif not (isinstance(value, (Part, type, bool, int, float, type(None), LayerInfo, ModelSection))
+                  or (names and isinstance(value, str))):
             found.append((path, value))
 
     walk("", description)
