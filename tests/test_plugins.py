@@ -5,7 +5,6 @@ import pytest
 import golfcore as golf
 from golfcore.errors import ConfigError
 from golfcore.plugins import Host, PluginInfo, discover
-import torch
 from golf_plugins.leaky_relu2 import LeakyRelu2
 from golf_plugins.smear_gate import SmearGatePlugin
 from torch import nn
