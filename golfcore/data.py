@@ -120,8 +120,9 @@ def shard_num_tokens(path: Path) -> int:
     return num_tokens
 
 
-def read_shard(path: Path) -> np.ndarray:
-    """Read a shard's tokens (num_tokens,) uint16; DataError naming the file if it is malformed."""
+def read_shard(path: Path, vocab_size: int = 0) -> np.ndarray:
+    """Read a shard's tokens (num_tokens,) uint16; DataError naming the file if it is malformed or,
+    with vocab_size, holds a token id outside the vocabulary (the embedding would fail on it)."""
     path = Path(path)
     num_tokens = shard_num_tokens(path)
     try:
@@ -130,6 +131,9 @@ def read_shard(path: Path) -> np.ndarray:
         raise DataError(f"cannot read shard {path}: {e.strerror or e}") from None
     if tokens.size != num_tokens:
         raise DataError(f"shard {path} is truncated: read {tokens.size} of {num_tokens} tokens")
+    if vocab_size and tokens.size and int(tokens.max()) >= vocab_size:
+        raise DataError(f"shard {path} holds token id {int(tokens.max())}, outside the tokenizer's vocabulary of "
+                        f"{vocab_size}: it was made with another tokenizer")
     return tokens.astype(np.uint16, copy=False)
 
 
@@ -147,10 +151,11 @@ def shard_files(directory: Path, split: Literal["train", "val"]) -> list[Path]:
 class TokenStream:
     """The shards' tokens in order, wrapping around forever; holds one shard in memory."""
 
-    def __init__(self, files: list[Path]):
+    def __init__(self, files: list[Path], vocab_size: int = 0):
         if not files:
             raise DataError("no shard files to stream")
         self.files = [Path(f) for f in files]
+        self.vocab_size = vocab_size
         for path in self.files:  # headers and sizes, before training: a truncated shard is named now, not hours in
             shard_num_tokens(path)
         self.file_idx, self.pos = -1, 0
@@ -168,12 +173,12 @@ class TokenStream:
     def restore(self, state: tuple[int, int]) -> None:
         file_idx, pos = state
         if file_idx != self.file_idx:
-            self.tokens = read_shard(self.files[file_idx])
+            self.tokens = read_shard(self.files[file_idx], self.vocab_size)
         self.file_idx, self.pos = file_idx, pos
 
     def _advance_file(self) -> None:
         self.file_idx = (self.file_idx + 1) % len(self.files)
-        self.tokens = read_shard(self.files[self.file_idx])
+        self.tokens = read_shard(self.files[self.file_idx], self.vocab_size)
         self.pos = 0
 
     def take(self, n: int) -> np.ndarray:
@@ -203,11 +208,11 @@ class DistributedTokenLoader:
     uses span r. The +1 token gives the last input its target; consecutive spans do not overlap.
     """
 
-    def __init__(self, files: list[Path], rank: int, world_size: int, device: torch.device):
+    def __init__(self, files: list[Path], rank: int, world_size: int, device: torch.device, vocab_size: int = 0):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.rank, self.world_size, self.device = rank, world_size, torch.device(device)
-        self.stream = TokenStream(files)
+        self.stream = TokenStream(files, vocab_size)
 
     def next_batch(self, global_tokens: int, seq_len: int, micro_batches_per_rank: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One micro-batch: x, y (local_tokens // seq_len, seq_len) int64 on the device; y is x shifted by one."""
@@ -237,12 +242,13 @@ class DistributedTokenLoader:
         self.stream.reset()
 
 
-def _read_prefix(files: list[Path], max_targets: int) -> np.ndarray:
-    """The files' tokens (n,) in order; with max_targets > 0, the first max_targets + 1."""
+def _read_prefix(files: list[Path], max_targets: int, vocab_size: int = 0) -> np.ndarray:
+    """The files' tokens (n,) in order; with max_targets > 0, the first max_targets + 1; with
+    vocab_size, every id checked against it (read_shard)."""
     parts = []
     have = 0
     for path in files:
-        parts.append(read_shard(path))
+        parts.append(read_shard(path, vocab_size))
         have += parts[-1].size
         if max_targets and have > max_targets:
             break
@@ -252,7 +258,7 @@ def _read_prefix(files: list[Path], max_targets: int) -> np.ndarray:
 
 def load_val_tokens(corpus: Corpus, max_targets: int = 0) -> torch.Tensor:
     """All validation tokens (n,) int64 in shard order; with max_targets > 0, the first max_targets + 1."""
-    tokens = _read_prefix(corpus.val_files, max_targets)
+    tokens = _read_prefix(corpus.val_files, max_targets, corpus.vocab_size)
     if tokens.size < 2:
         raise DataError(f"corpus {corpus.name}: validation split has {tokens.size} tokens, need at least 2")
     return torch.from_numpy(tokens.astype(np.int64))
@@ -365,6 +371,14 @@ def corpus_directory(corpus: str, root: Path) -> Path:
                     f"fineweb10B_sp8192_caseops or text:NAME)")
 
 
+def data_root(data: DataSection) -> Path:
+    """The folder holding the corpora; DataError when data.root names a file."""
+    root = Path(data.root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data.root={root}: not a folder (it holds the corpora, e.g. data.root = \"data\")")
+    return root
+
+
 def resolve_corpus(data: DataSection) -> Corpus:
     """The already built or downloaded corpus a recipe's [data] names; never builds or downloads.
 
@@ -373,7 +387,7 @@ def resolve_corpus(data: DataSection) -> Corpus:
     """
     if data.shards:
         return open_shard_folder(data.corpus, Path(data.shards), Path(data.tokenizer), data.max_train_shards)
-    root = Path(data.root)
+    root = data_root(data)
     directory = corpus_directory(data.corpus, root)
     fetched = bool(FINEWEB_CORPUS.fullmatch(data.corpus))
     verb = "fetch" if fetched else "build"

@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 
 from golfcore.config import DataSection
 from golfcore.data import (
-    EMBEDDED_CORPORA, PYSTDLIB_BUILDER, Corpus, corpus_command, open_corpus, resolve_corpus, shard_files,
+    EMBEDDED_CORPORA, PYSTDLIB_BUILDER, Corpus, corpus_command, data_root, open_corpus, resolve_corpus, shard_files,
     shard_num_tokens, sidecar_name,
 )
 from golfcore.errors import DataError
@@ -51,7 +51,7 @@ def ensure_corpus(data: DataSection) -> Corpus:
     missing or stale (seconds, no network). Other corpora must exist already: resolving a
     missing one raises a DataError naming the `golf data` command that creates it."""
     if data.corpus in EMBEDDED_CORPORA and not data.shards:
-        build_pystdlib(Path(data.root), caseops=bool(EMBEDDED_CORPORA[data.corpus]))
+        build_pystdlib(data_root(data), caseops=bool(EMBEDDED_CORPORA[data.corpus]))
     return resolve_corpus(data)
 
 
@@ -185,8 +185,6 @@ def build_pystdlib(root: Path, force: bool = False, caseops: bool = False) -> Co
 class NotTextError(DataError):
     """An input file is not UTF-8 text (binary, another encoding, broken gzip); raised instead
     of skipping the file when the build is strict."""
-
-    exit_code = 2
 
 
 @dataclass
