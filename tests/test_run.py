@@ -33,7 +33,7 @@ def test_model_vocab_size_must_match_the_tokenizer(pystdlib_root):
     with pytest.raises(ConfigError) as e:
         Session(config, discover())
     assert str(e.value) == (f"quick.toml: [model] vocab_size 2048 does not match the pystdlib tokenizer's 1024 pieces "
-                            f"({pystdlib_root / 'pystdlib' / 'tokenizer.model'})")
+                            f"({pystdlib_root / 'pystdlib' / 'tokenizer.model'}; set model.vocab_size = 1024)")
 
 
 def test_plugins_get_the_bos_id_of_the_run_tokenizer(tmp_path):
