@@ -56,6 +56,17 @@ def test_v4_is_pr549_plus_the_six_techniques():
     assert set(load_recipe(RECIPES / "pr549-quick.toml", available).plugins) == set(pr549.plugins)
 
 
+def test_caseops_quick_is_quickstart_on_the_caseops_corpus_whole_split():
+    available = discover()
+    caseops = load_recipe(RECIPES / "caseops-quick.toml", available).to_dict()
+    quick = load_recipe(RECIPES / "quickstart.toml", available).to_dict()
+    assert caseops["data"]["corpus"] == "pystdlib_caseops" and caseops["data"]["max_val_tokens"] == 0
+    for section in ("data", "run"):
+        for key in ("corpus", "max_val_tokens", "name"):
+            caseops[section].pop(key, None), quick[section].pop(key, None)
+    assert caseops == quick
+
+
 @pytest.mark.parametrize("technique", ["xsa", "value_residual", "gated_attention", "crownq", "recurrence", "ttt", "hedge_mixer"])
 def test_every_v4_technique_switches_off(technique):
     config, model = model_of("v4-quick.toml", technique)
