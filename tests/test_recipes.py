@@ -174,3 +174,27 @@ def test_pr1855_is_the_records_architecture_and_count():
     assert type(block.kernel).__name__ == "DocumentMaskedAttention" and block.rotary.dims == 16
     assert [b.input_scale for b in model.blocks[6:9]] == [1 / 4 ** 0.5, 1 / 5 ** 0.5, 1 / 6 ** 0.5]  # LN scale by physical layer
     assert config.model.qk_gain_init == 5.0 and config.model.mlp_hidden == 2048 and config.model.logit_softcap == 30.0
+
+
+def test_pr2135_is_pr1855_with_its_launch_line_and_count():
+    # PR #2135's log: model_params:35945673, PR #1855's count plus the asymmetric softcap's two caps
+    available = discover()
+    config = load_recipe(RECIPES / "pr2135.toml", available)
+    host = Host(config, available)
+    check_config(config, host)
+    with torch.device("meta"):
+        model = build_model(config, host, host.first("golf_quantizer", config=config))
+    assert count_parameters(model) == 35_945_671 + 2 == 35_945_673
+    assert (config.eval_seq_len, config.train.seq_len, config.optim.matrix_lr) == (2560, 2048, 0.028)
+    assert config.plugins["gated_smear"].mask_bos is False  # SMEAR_GATE_BOS_FIX=0, as it ran
+    tilt = config.plugins["ngram_tilt"]
+    assert (tilt.order, tilt.boost, tilt.threshold) == (16, 2.625, 0.8)
+
+
+@pytest.mark.parametrize("recipe", ["pr1855-quick.toml", "pr2135-quick.toml"])
+def test_frontier_quick_recipes_keep_every_technique_and_score_finite(recipe):
+    full = load_recipe(RECIPES / recipe.replace("-quick", ""), discover())
+    config, model = model_of(recipe)
+    assert set(config.plugins) == set(full.plugins) and config.data.corpus == "pystdlib"
+    assert config.eval_seq_len >= config.train.seq_len
+    assert torch.isfinite(model.logits(torch.randint(0, 1024, (1, config.eval_seq_len)))).all()
