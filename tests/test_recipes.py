@@ -80,7 +80,7 @@ def test_model_compiles_fullgraph_and_matches_eager(recipe):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["quickstart.toml", "pr549-quick.toml", "v4-quick.toml"])
+@pytest.mark.parametrize("recipe", ["quickstart.toml", "pr549-quick.toml", "v4-quick.toml", "pr2135-quick.toml"])
 def test_quick_recipe_runs_end_to_end_and_passes_every_probe(recipe, tmp_path, pystdlib_root):
     from tests.test_cli import golf
 
@@ -90,7 +90,8 @@ def test_quick_recipe_runs_end_to_end_and_passes_every_probe(recipe, tmp_path, p
     (run_dir,) = tmp_path.iterdir()
     result = json.loads((run_dir / "result.json").read_text())
     expected = {"quickstart.toml": ["roundtrip"], "pr549-quick.toml": ["roundtrip", "roundtrip+ttt"],
-                "v4-quick.toml": ["roundtrip", "roundtrip+ttt", "roundtrip+ttt+hedge_mixer"]}[recipe]
+                "v4-quick.toml": ["roundtrip", "roundtrip+ttt", "roundtrip+ttt+hedge_mixer"],
+                "pr2135-quick.toml": ["roundtrip", "roundtrip+ngram_tilt"]}[recipe]
     assert list(result["stages"]) == expected
     assert result["legal"] and run_dir.name.startswith(result["name"]) and not run_dir.name.endswith(".invalid")
     for name in ("c1_causal", "c2_normalized", "c3_score_before_update", "c4_each_target_once", "artifact_budget"):
@@ -100,7 +101,7 @@ def test_quick_recipe_runs_end_to_end_and_passes_every_probe(recipe, tmp_path, p
     if len(expected) > 1:  # the probe crossed a chunk boundary (chunk_tokens=512 here)
         assert 511 in c1["cut_points"] and c1["prefix_targets"] > 512
     assert c1["reach"] > 0  # perturbing after each cut point visibly changed the later scores
-    if recipe != "quickstart.toml":
+    if recipe in ("pr549-quick.toml", "v4-quick.toml"):
         assert result["artifact"]["quantizer"] == "gptq_lite" and result["artifact"]["compressor"] == "lzma"
 
 
