@@ -41,17 +41,9 @@ import golfcore as golf
 
 @dataclass
 class Config(golf.Section):
-    order: int = golf.option(16, "n-gram order k: the context is the k-1 previous tokens (PR #2135: 16)")
+    order: int = golf.option(16, "n-gram order k: the context is the k-1 previous tokens (PR #2135: 16)", at_least=2)
     boost: float = golf.option(2.625, "beta: the hint's probability is multiplied by exp(beta), then renormalized")
-    threshold: float = golf.option(0.8, "propose h(c) only when n(c, h) / n(c) >= threshold")
-
-    def check(self) -> None:
-        if self.order < 2:
-            raise self.invalid("order", f"{self.order} must be >= 2 (a context of at least one token)")
-        if not math.isfinite(self.boost):
-            raise self.invalid("boost", f"{self.boost} must be finite")
-        if not 0 < self.threshold <= 1:
-            raise self.invalid("threshold", f"{self.threshold} must be in (0, 1]")
+    threshold: float = golf.option(0.8, "propose h(c) only when n(c, h) / n(c) >= threshold", above=0, at_most=1)
 
 
 class NgramTilt:
