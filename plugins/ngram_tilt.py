@@ -23,9 +23,10 @@ word-start channels predicted from the current word and were ruled out (PR #1420
 adapter declares `ngram_channel = "token"` for the compliance record.
 
 Every rank observes the whole chunk, so the tables are identical on every rank. The table
-is a Python dict of exact contexts (no hashing, no collisions): memory grows with the number
-of distinct contexts (one entry per observed target at worst), and counting costs ~1 us per
-target on one CPU core (about a minute for the 47.9M validation targets at full scale).
+is a Python dict of exact contexts (no hashing, no collisions), one entry per distinct
+context. Cost on a loaded CPU (docs/techniques.md §14): ~5 us per observed target and ~55 us
+per scored position, minutes at the 47.9M validation targets; full scale needs the table on
+the accelerator.
 """
 
 from __future__ import annotations
