@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from golfcore.audit import FAIL, OVERLAP_SPAN, PASS, overlap_cache
-from golfcore.data import BOS_ID, Corpus, read_shard, write_shard
+import sentencepiece as spm
+
+from golfcore.data import Corpus, SpecialTokens, read_shard, write_shard
 from golfcore.files import write_json
 
 BASE = np.uint64(0x9E3779B97F4A7C15)  # odd: invertible mod 2^64
@@ -65,9 +67,9 @@ class Hasher:
         return s
 
 
-def _documents(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _documents(tokens: np.ndarray, bos_id: int) -> tuple[np.ndarray, np.ndarray]:
     """(starts, ends) of the documents of a stream: each starts at a BOS (or the stream start)."""
-    starts = np.flatnonzero(tokens == BOS_ID)
+    starts = np.flatnonzero(tokens == bos_id)
     if starts.size == 0 or starts[0] != 0:
         starts = np.concatenate([[0], starts])
     return starts, np.concatenate([starts[1:], [tokens.size]])
@@ -95,10 +97,10 @@ def _blocks(hasher: Hasher, tokens: np.ndarray, starts: np.ndarray, ends: np.nda
 class Overlap:
     """The validation split's span and short-document hashes, and what training matched."""
 
-    def __init__(self, val: np.ndarray, span: int, sample: int = SAMPLE):
-        self.span, self.mask = span, np.uint64(sample - 1)
+    def __init__(self, val: np.ndarray, span: int, bos_id: int, sample: int = SAMPLE):
+        self.span, self.mask, self.bos_id = span, np.uint64(sample - 1), bos_id
         self.hasher = Hasher(span, BLOCK)
-        starts, ends = _documents(val)
+        starts, ends = _documents(val, bos_id)
         self.docs, self.doc_starts, self.val_tokens = starts.size, starts, val.size
         doc_of = np.repeat(np.arange(starts.size), ends - starts)  # [n] document of each token
         short = (ends - starts) < span
@@ -126,7 +128,7 @@ class Overlap:
     def scan(self, name: str, tokens: np.ndarray) -> None:
         """Mark the validation spans and short documents found in one training shard."""
         self.tokens += tokens.size
-        starts, ends = _documents(tokens)
+        starts, ends = _documents(tokens, self.bos_id)
         short = np.isin(ends - starts, self.short_lengths)
         for lo, spans, short_at, short_hashes in _blocks(self.hasher, tokens, starts[short], ends[short]):
             at = np.flatnonzero((spans & self.mask) == 0)
@@ -188,13 +190,16 @@ def _scan_one(path: Path) -> tuple[np.ndarray, np.ndarray, dict, int]:
 
 
 def check(corpus: Corpus, span: int = OVERLAP_SPAN, max_copied: float = MAX_COPIED, workers: int | None = None,
-          progress=None) -> dict:
+          progress=None, bos_id: int | None = None) -> dict:
     """The overlap entry of a corpus (its val split against the train shards it uses), the
-    shards scanned by `workers` processes (default: one per CPU)."""
+    shards scanned by `workers` processes (default: one per CPU). Documents start at the
+    tokenizer's BOS (`bos_id`, default: read from the corpus's tokenizer)."""
+    if bos_id is None:
+        bos_id = SpecialTokens.of(spm.SentencePieceProcessor(model_file=str(corpus.tokenizer_path))).bos_id
     global _SHARED
     t0 = time.perf_counter()
     val = np.concatenate([read_shard(p) for p in corpus.val_files])
-    overlap = Overlap(val, span)
+    overlap = Overlap(val, span, bos_id)
     workers = min(workers or os.cpu_count() or 1, len(corpus.train_files))
     if workers <= 1:
         results = map(_scan_one, corpus.train_files)
@@ -230,23 +235,26 @@ def cached_check(corpus: Corpus, data_root: Path, progress=None) -> tuple[dict, 
     return entry, False
 
 
+BENCH_BOS = 1
+
+
 def bench(train_tokens: int, val_tokens: int, workers: int, vocab: int = 1024, shard_tokens: int = 100_000_000) -> dict:
     """Throughput on synthetic shards of random documents, with two validation documents planted."""
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         val = rng.integers(2, vocab, val_tokens, dtype=np.uint16)
-        val[:: 1000] = BOS_ID
+        val[:: 1000] = BENCH_BOS
         write_shard(Path(tmp) / "bench_val_000000.bin", val)
         files = []
         for i in range(0, train_tokens, shard_tokens):
             tokens = rng.integers(2, vocab, min(shard_tokens, train_tokens - i), dtype=np.uint16)
-            tokens[:: 1000] = BOS_ID
+            tokens[:: 1000] = BENCH_BOS
             if i == 0:
                 tokens[5000:7000] = val[3000:5000]  # two documents copied
             files.append(Path(tmp) / f"bench_train_{len(files):06d}.bin")
             write_shard(files[-1], tokens)
         corpus = Corpus("bench", Path(tmp), files, [Path(tmp) / "bench_val_000000.bin"], Path(tmp), vocab, {})
-        return check(corpus, workers=workers)
+        return check(corpus, workers=workers, bos_id=BENCH_BOS)
 
 
 def main() -> None:

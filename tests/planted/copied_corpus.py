@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from golfcore.data import BOS_ID, Corpus, read_shard, write_shard
+from golfcore.data import Corpus, read_shard, write_shard
+
+
+BOS_ID = 1  # the id golf's tokenizers give BOS (golf_tools.tokenizer.train_tokenizer)
 
 
 def copy_with_leak(corpus: Corpus, out: Path, documents: int) -> Path:

@@ -16,9 +16,12 @@ import golf_tools.overlap as overlap
 from golf_cli.main import app as golf_app
 from golfcore import audit
 from golfcore.config import DataSection
-from golfcore.data import BOS_ID, open_shard_folder, resolve_corpus
+from golfcore.data import open_shard_folder, resolve_corpus
 
 PLANTED = Path(__file__).resolve().parent.parent / "planted"
+
+
+BOS_ID = 1  # the id golf's tokenizers give BOS (golf_tools.tokenizer.train_tokenizer)
 
 
 def copied_corpus():
@@ -35,7 +38,7 @@ def stream(rng, n, vocab=300, doc=400):
 
 
 def scan(val, *shards, span=64, sample=8):
-    found = overlap.Overlap(val, span, sample)
+    found = overlap.Overlap(val, span, BOS_ID, sample)
     for i, tokens in enumerate(shards):
         found.scan(f"train_{i}", tokens)
     return found.result(overlap.MAX_COPIED, 1.0)
