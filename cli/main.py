@@ -22,6 +22,7 @@ from golfcore.errors import ComplianceError, ConfigError, GolfError
 from golfcore.result import RunResult
 
 from .ablate_cmd import ablate
+from .audit_cmd import print_overlap
 from .audit_cmd import register as register_audit
 from .data_cmd import app as data_app
 from .launch import launch, leave_error_for_launcher
@@ -99,11 +100,16 @@ def _load(recipe: Path, sets, with_, without, plugins_dir):
 def _ensure_data(config) -> None:
     """Build the embedded corpus if the recipe needs it and it is missing, on rank 0 only (the
     others wait for it in the run's session); a missing downloaded corpus is an error naming
-    the command that fetches it."""
+    the command that fetches it. The corpus's training/validation overlap check is computed
+    once per corpus fingerprint and cached (golf_tools.overlap)."""
     from golf_tools.corpora import ensure_corpus
+    from golf_tools.overlap import cached_check
 
     if int(os.environ.get("RANK", "0")) == 0:
-        ensure_corpus(config.data)
+        corpus = ensure_corpus(config.data)
+        entry, cached = cached_check(corpus, Path(config.data.root))  # the run's compliance record reads it
+        if not cached:
+            print_overlap(corpus.name, entry, cached)
 
 
 def _check_before_launch(config, available, nproc: int) -> None:
@@ -209,6 +215,9 @@ def _summary(result: RunResult) -> None:
     from golfcore.audit import summary
 
     console.print(f"compliance {summary(result.compliance)}")
+    closed = result.compliance.get("closed_techniques", {})
+    if closed.get("status") == "closed":
+        console.print(f"[yellow]not record-eligible: {closed['message']}[/]")
     console.print(f"run directory: {result.run_dir}")
 
 

@@ -17,7 +17,7 @@ party can copy. docs/hooks.md lists these names.
 """
 
 # the contract: hooks, where a layer sits, what a forward pass and an eval adapter are given
-from .contract import Compressor, EvalAdapter, EvalContext, ForwardContext, LayerInfo, Quantizer
+from .contract import Calibration, Compressor, EvalAdapter, EvalContext, ForwardContext, LayerInfo, Quantizer
 from .description import EmbeddingSlots, Head, Layer, ModelDescription, Part, PhysicalLayer, Skips
 from .hookspecs import hookimpl
 
@@ -36,7 +36,7 @@ from .optim import Muon, Orthogonalization, build_optimizers, zeropower_newton_s
 from .switch import BatchShape, ModuleSwitch, TrainingSwitch
 
 __all__ = [
-    "BatchShape", "Block", "CLIP_PERCENTILE", "CausalAttention", "Compressor", "ComplianceError", "ConfigError",
+    "BatchShape", "Block", "CLIP_PERCENTILE", "Calibration", "CausalAttention", "Compressor", "ComplianceError", "ConfigError",
     "EmbeddingSlots", "EvalAdapter", "EvalContext", "ForwardContext", "GolfError", "Head", "Int8Quantizer", "Layer",
     "LayerInfo", "LayerSelection", "ModelDescription", "ModuleSwitch", "Muon", "Orthogonalization", "Part", "PhysicalLayer", "Plugin",
     "Projection", "Quantizer", "RMSNorm", "Rotary", "RunConfig", "Section", "Skips", "SoftcapHead", "SpecialTokens", "Switch",

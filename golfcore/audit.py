@@ -20,8 +20,12 @@ a failing one adds "message" (one line) and "culprit" (the plugin or adapter, wh
 
 from __future__ import annotations
 
+import hashlib
+import json
+import secrets
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable, Protocol
 
 import torch
@@ -29,12 +33,13 @@ from torch import Tensor
 
 from .config import RunConfig
 from .errors import ComplianceError, GolfError
-from .eval import NORMALIZATION_TOL, plan_windows
+from .eval import NORMALIZATION_TOL, Unit, plan_windows
 
 TIME_CAP_SECONDS = 600.0
 """The challenge's training and evaluation caps, each on 8xH100."""
 
 PASS, FAIL, NOT_CHECKED = "pass", "fail", "not checked"
+CLOSED = "closed"  # legal under C1-C4, in a technique class the challenge closed: never record-eligible
 
 
 @dataclass(frozen=True)
@@ -261,6 +266,111 @@ def run_probes(path: ScoringPath, val_tokens: Tensor, seed: int) -> dict[str, di
         return {"c1_causal": skipped, "c3_score_before_update": skipped, "probe_error": e}
 
 
+class PassProbe:
+    """C1 and C3 on units drawn over the whole real pass (golfcore.eval.Unit: the first windows
+    of a batch; with adapters, of a random batch of a drawn chunk, the adapters' state copied
+    before the chunk). `draw` picks one chunk (or batch) at random in each of `max_units` equal
+    stretches of the pass, from a seed drawn then, so no plugin can know it earlier (the ranks
+    take the largest of their draws). `admit` lets a drawn unit be probed only while the
+    probes' time so far plus this unit's estimate stays within `share` of the projected eval
+    time. `check` re-scores the unit with another first batch size (no score may move beyond
+    the C3 tolerance), then twice with the same batching, the second time with the stream after
+    a random cut point p perturbed (no score at positions <= p may move: C1); a failure names
+    the first adapter whose addition makes it appear."""
+
+    def __init__(self, path: ScoringPath, share: float, max_units: int):
+        self.path, self.share, self.max_units = path, share, max_units
+        self.tol = tolerance(path.device)
+        self.seed: int | None = None
+        self.units = self.drawn = self.seen = 0
+        self.probed, self.cuts = [], []
+        self.worst = {"c1": 0.0, "c3": 0.0}
+        self.failures: dict[str, dict] = {}
+        self.uncopyable: str | None = None  # why the adapters' state could not be copied
+
+    def draw(self, units: int) -> list[int]:
+        units = int(-self.path.reduce_max(-float(units)))  # ranks may hold a batch more or less: every rank has these
+        self.units = units
+        self.seed = int(self.path.reduce_max(float(secrets.randbits(52))))
+        self.generator = torch.Generator().manual_seed(self.seed)
+        k = self.drawn = min(self.max_units, units) if self.share > 0 else 0
+        return [self._random(i * units // k, (i + 1) * units // k) for i in range(k)]  # one per stretch
+
+    def _random(self, lo: int, hi: int) -> int:
+        """Uniform in [lo, hi); lo when the range is empty (one draw either way: ranks stay in step)."""
+        return lo + int(torch.randint(max(hi - lo, 1), (1,), generator=self.generator))
+
+    def pick(self, batches: int) -> int:
+        return self._random(0, batches)
+
+    def admit(self, unit_seconds: float, elapsed: float, done: int, units: int, spent: float) -> bool:
+        """Each drawn stretch gets an equal part of the budget, unspent parts carried forward, so
+        the probes spread over the pass rather than spend it all at the start."""
+        self.seen += 1
+        cost = spent / len(self.probed) if self.probed else 3 * unit_seconds * Unit.WINDOWS / self.path.batch_seqs
+        budget = self.share * elapsed / done * units * self.seen / self.drawn
+        ok = unit_seconds > 0 and not self.failures and spent + cost <= budget  # 0: a rank has no unit here
+        return self.path.reduce_max(0.0 if ok else 1.0) == 0.0  # every rank probes the same units
+
+    def check(self, unit: Unit) -> None:
+        if unit.copy_error is not None:
+            self.uncopyable = unit.copy_error
+            return
+        first = unit.targets.start
+        p = self._random(first, unit.targets.stop - 1)  # at least one position after p
+        stream = _perturbed(unit.val, p + 1, min(unit.val.numel(), unit.targets.stop + 1), self.path.vocab_size, self.seed)
+        split = self._random(1, len(unit.windows))  # 1 for a unit of one window: then only the pass is redone
+
+        def c3(k: int | None) -> float:
+            if k is None:  # the pass against another batching
+                return self.path.reduce_max(_max_abs(unit.reference, unit.rows(first=split)))
+            # the first k adapters: another batching, and the same copies asked twice (a state change shows)
+            once = unit.rows(adapters=k)
+            return self.path.reduce_max(max(_max_abs(once, unit.rows(first=split, adapters=k)),
+                                            _max_abs(once, unit.rows(adapters=k, twice=True))))
+
+        def c1(k: int | None) -> float:
+            return self.path.reduce_max(_max_abs(unit.rows(adapters=k)[: p + 1 - first],
+                                                 unit.rows(stream, adapters=k)[: p + 1 - first]))
+
+        where = f"{'chunk' if self.path.adapter_names else 'batch'} {unit.index} of {self.units} (targets {first}..{unit.targets.stop - 1})"
+        self.cuts.append(p)
+        for name, deviation, tol, what in (
+                ("c3", c3, self.tol.c3, f"scores moved by {{:.3g}} nats when the first batch held {split} of its "
+                                        f"{len(unit.windows)} windows"),
+                ("c1", c1, self.tol.c1, f"scores at positions <= {p} moved by {{:.3g}} nats when the stream after {p} changed")):
+            worst = deviation(None)
+            self.worst[name] = max(self.worst[name], worst)
+            if worst > tol:
+                self.failures[name] = {"unit": unit.index, "worst_deviation": worst, "culprit": self._isolate(deviation, tol),
+                                       "message": f"in the pass, {where}: {what.format(worst)} (tolerance {tol:g})"}
+                break  # state changed inside adjust would read as a C1 failure too
+        self.probed.append(unit.index)
+
+    def _isolate(self, deviation: Callable[[int], float], tol: float) -> str:
+        """The first eval adapter whose addition makes the unit fail; the model with
+        golf_before_eval when it fails alone (in the pass the model cannot be rebuilt)."""
+        names = self.path.adapter_names
+        for k in range(len(names) + 1):
+            if deviation(k) > tol:
+                if k:
+                    return f"eval adapter {names[k - 1]!r}"
+                hooks = self.path.model_plugins + self.path.before_eval_plugins
+                return f"the model (plugins: {', '.join(dict.fromkeys(hooks)) or 'none'})"
+        return f"not isolated: only the whole path ({describe(self.path)}) fails"
+
+    def record(self, eval_seconds: float, probe_seconds: float) -> dict:
+        """The probes' figures for the stage's record: what was probed, where, and the cost
+        (`seconds`: the eval loop's time in the probes, state copies included)."""
+        return {"probed_units": len(self.probed), "units": self.units, "unit": "chunk" if self.path.adapter_names else "batch",
+                "windows_per_unit": Unit.WINDOWS,
+                "drawn_seed": self.seed, "cut_points": self.cuts, "worst_c1": self.worst["c1"], "worst_c3": self.worst["c3"],
+                "seconds": probe_seconds, "share_of_eval": probe_seconds / eval_seconds if eval_seconds > 0 else 0.0,
+                "share_cap": self.share, "failures": self.failures,
+                **({"note": f"units not probed: the adapters' state cannot be copied ({self.uncopyable})"}
+                   if self.uncopyable else {})}
+
+
 # ----------------------------------------------------------------------------- the record
 
 
@@ -288,30 +398,37 @@ def time_entry(seconds: float, recipe_cap: float, cap_key: str, hw: dict, slack:
 
 
 def compliance_record(config: RunConfig, stages: dict, probes: dict, artifact, train_seconds: float | None,
-                      train_steps: int, hw: dict) -> dict:
-    """The compliance record stored with a run's result (every figure measured in this run)."""
+                      train_steps: int, hw: dict, rulings: dict[str, dict] | None = None) -> dict:
+    """The compliance record stored with a run's result (every figure measured in this run);
+    `rulings`: the entries of the challenge's later rulings (the functions below)."""
     scored = [s for s in stages.values() if s.get("legal", True)]
     errors = [s for s in stages.values() if not s.get("legal", True)]
     c2 = {"status": PASS, "max_abs_logsumexp": max((s["checks"]["c2_max_deviation"] for s in scored), default=None),
           "tolerance": NORMALIZATION_TOL, "batches_checked": sum(s["checks"]["c2_normalized_batches"] for s in scored)}
     c4 = {"status": PASS, "scored": [s["targets"] for s in scored], "expected": stages_expected(stages)}
     for stage in errors:
+        if stage["condition"] == "files":  # golfcore.guard stopped it: the files_and_network entry says so
+            continue
         if stage["condition"] == "C4":
             c4 = _fail(c4, stage["error"], _adapter(stage["culprit"]) or "the eval loop")
         else:
             c2 = _fail(c2, stage["error"], _adapter(stage["culprit"]) or "the model")
     probe_error = probes.get("probe_error")
-    if probe_error is not None and c2["status"] == PASS:
+    if probe_error is not None and c2["status"] == PASS and probe_error.condition != "files":  # files: its own entry
         c2 = _fail(c2, f"probe: {probe_error}", _adapter(probe_error.culprit) or "the model")
     final = list(stages.values())[-1]
     budget = {"status": PASS if artifact.within_budget else FAIL, "bytes": artifact.total_bytes, "budget": artifact.budget_bytes}
     if not artifact.within_budget:
         budget = _fail(budget, f"artifact is {artifact.total_bytes:,} bytes, {artifact.total_bytes - artifact.budget_bytes:,} "
                                f"over the {artifact.budget_bytes:,}-byte budget", "the artifact (model + code)")
+    c1, c3 = probes["c1_causal"], probes["c3_score_before_update"]
+    in_pass = final.get("probes_in_pass")
+    if in_pass is not None:
+        c1, c3 = _with_pass(c1, in_pass, "c1"), _with_pass(c3, in_pass, "c3")
     return {
-        "c1_causal": probes["c1_causal"],
+        "c1_causal": c1,
         "c2_normalized": c2,
-        "c3_score_before_update": probes["c3_score_before_update"],
+        "c3_score_before_update": c3,
         "c4_each_target_once": c4,
         "artifact_budget": budget,
         "train_time": time_entry(train_seconds, config.train.max_wallclock_seconds, "[train] max_wallclock_seconds", hw,
@@ -320,9 +437,24 @@ def compliance_record(config: RunConfig, stages: dict, probes: dict, artifact, t
         "eval_time": {**time_entry(final["eval_seconds"] + final["warmup_seconds"], config.eval.time_cap_seconds,
                                    "[eval] time_cap_seconds", hw),
                       "stage": list(stages)[-1], "scoring_seconds": final["eval_seconds"],
-                      "warmup_seconds": final["warmup_seconds"]},
+                      "warmup_seconds": final["warmup_seconds"],
+                      "golf_seconds": final["eval_seconds"] + final["warmup_seconds"],
+                      "challenge_seconds": final["eval_seconds"],
+                      "counted": "the budget checks golf_seconds (warm-up inside); challenge_seconds starts the clock "
+                                 "after warm-up, as records after April did (docs/compliance.md)"},
+        **(rulings or {}),
         "hardware": hw,
     }
+
+
+def _with_pass(entry: dict, in_pass: dict, name: str) -> dict:
+    """A prefix probe's entry with the in-pass probes' figures (and their failure, if any)."""
+    entry = {**entry, "in_pass": {k: v for k, v in in_pass.items() if k not in ("failures", "worst_c1", "worst_c3")}
+             | {"worst_deviation": in_pass[f"worst_{name}"]}}
+    failure = in_pass["failures"].get(name)
+    if failure is not None and entry["status"] != FAIL:
+        entry = _fail(entry, failure["message"], failure["culprit"])
+    return entry
 
 
 def _adapter(name: str | None) -> str | None:
@@ -338,6 +470,12 @@ def entries(record: dict) -> dict[str, dict]:
     return {name: item for name, item in record.items() if isinstance(item, dict) and "status" in item}
 
 
+def record_eligible(record: dict) -> bool:
+    """Whether a score may be presented as a challenge record: every check passed or was not
+    checked, and no technique the challenge closed was used."""
+    return all(item["status"] in (PASS, NOT_CHECKED) for item in entries(record).values())
+
+
 def violations(record: dict) -> list[str]:
     """One line per failed check: the condition, what was measured and the culprit."""
     return [f"{name}: {item['message']}" for name, item in entries(record).items() if item["status"] == FAIL]
@@ -346,6 +484,80 @@ def violations(record: dict) -> list[str]:
 def summary(record: dict) -> str:
     """One line: each check's name and PASS / FAIL / NOT-CHECKED."""
     return " ".join(f"{name}:{item['status'].upper().replace(' ', '-')}" for name, item in entries(record).items())
+
+
+# ----------------------------------------------------------------------------- the challenge's rulings
+
+
+def calibration_entry(quantizer) -> dict:
+    """Calibration from training data only (PR #728) and inside the training time (PR #1868),
+    from the quantizer's own declaration (golfcore.contract.Calibration)."""
+    cal = getattr(quantizer, "calibration", None)
+    if cal is None:
+        return {"status": PASS, "source": "none", "note": f"quantizer {quantizer.name!r} uses no calibration data"}
+    entry = {"status": PASS, "source": cal.source, "tokens": cal.tokens, "seconds": cal.seconds,
+             "in_train_clock": cal.in_train_clock}
+    culprit = f"quantizer {quantizer.name!r}"
+    if cal.source != "train":
+        return _fail(entry, f"{culprit} calibrated on {cal.source} data; only training data may calibrate (PR #728)", culprit)
+    if not cal.in_train_clock:
+        return _fail(entry, f"{culprit} calibrated for {cal.seconds:.1f} s outside the training time (PR #1868)", culprit)
+    return entry
+
+
+def ngram_entry(adapters) -> dict:
+    """n-gram adapters predict through the token channel only (PR #1514; within-word and
+    word-start channels leaked targets, PR #1420)."""
+    channels = {a.name: a.ngram_channel for a in adapters if getattr(a, "ngram_channel", None)}
+    entry = {"status": PASS, "channels": channels}
+    bad = {name: channel for name, channel in channels.items() if channel != "token"}
+    if bad:
+        name, channel = next(iter(bad.items()))
+        entry = _fail(entry, f"eval adapter {name!r} predicts through the {channel!r} channel; only the token channel "
+                             f"is allowed (PR #1514)", f"eval adapter {name!r}")
+    return entry
+
+
+def closed_entry(plugins: dict) -> dict:
+    """Plugins in a technique class the challenge closed: legal by C1-C4, never record-eligible."""
+    closed = {name: plugin.closed_by_challenge for name, plugin in plugins.items() if plugin.closed_by_challenge}
+    if not closed:
+        return {"status": PASS, "closed": {}}
+    return {"status": CLOSED, "closed": closed, "culprit": ", ".join(closed),
+            "message": "closed by the challenge: " + "; ".join(f"{n}: {why}" for n, why in closed.items())}
+
+
+def files_entry(watch) -> dict:
+    """What golfcore.guard saw while the run trained, calibrated and evaluated."""
+    if watch is None:
+        return {"status": NOT_CHECKED, "note": "not watched"}
+    def who(name: str) -> str:
+        return f"plugin {name!r}" if name else "a plugin on another rank"
+
+    entry = {"status": PASS, "protected_files": len(watch.protected),
+             "violations": [f"{who(name)} {what}" for name, what in watch.violations]}
+    if watch.violations:
+        name, what = watch.violations[0]
+        more = len(watch.violations) - 1
+        entry = _fail(entry, f"{who(name)} {what}" + (f" (and {more} more)" if more else ""), who(name))
+    return entry
+
+
+OVERLAP_SPAN = 64  # tokens: a validation span this long found in training is an overlap
+
+
+def overlap_cache(data_root: Path, fingerprint: dict) -> Path:
+    """Where `golf audit --data` (golf_tools.overlap) keeps a corpus's overlap check."""
+    key = hashlib.sha256(json.dumps([fingerprint, OVERLAP_SPAN], sort_keys=True).encode()).hexdigest()[:16]
+    return Path(data_root) / "overlap" / f"{key}.json"
+
+
+def overlap_entry(data_root: Path, fingerprint: dict) -> dict:
+    """The training/validation overlap entry from the cached check (PR #2018, #2130, issue #2127)."""
+    path = overlap_cache(data_root, fingerprint)
+    if not path.is_file():
+        return {"status": NOT_CHECKED, "note": "no overlap check cached for this corpus; run golf audit --data"}
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 # ----------------------------------------------------------------------------- `golf audit`: the deeper probes

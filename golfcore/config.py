@@ -269,6 +269,10 @@ class EvalSection(Section):
     chunk_tokens: int = option(32768, "targets per score-then-observe chunk for eval adapters", at_least=1)
     adapter_prefixes: bool = option(True, "score every prefix of the eval adapters (each one's gain visible); false: only the full list")
     time_cap_seconds: float = option(0.0, "fail the run when the final stage's evaluation takes longer (0 = only the challenge's 600 s, checked on 8xH100)", at_least=0)
+    probe_share: float = option(0.05, "largest share of the final stage's eval time the in-pass C1/C3 probes may take (0 = none)",
+                                at_least=0, below=1)
+    probe_units: int = option(16, "in-pass probes: units drawn over the pass (one per equal stretch), probed while within probe_share",
+                              at_least=0)
 
     def check(self) -> None:
         if self.seq_len and self.stride > self.seq_len:

@@ -97,7 +97,9 @@ class EvalAdapter(Protocol):
     on the model, what was observed, and that position's own row (the eval loop checks this
     by scoring with different batchings). `observe` receives each target exactly once, in
     stream order, after it was scored; the first token it ever receives is target 0.
-    Adapters are ordered by their `order` attribute (default 0).
+    Adapters are ordered by their `order` attribute (default 0). An n-gram adapter declares
+    the channel its tables predict through as `ngram_channel`: "token" (the next token from
+    previous tokens) is the only one the challenge allows (docs/compliance.md, "Rulings").
     """
 
     name: str
@@ -110,11 +112,22 @@ class EvalAdapter(Protocol):
     def observe(self, tokens: Tensor) -> None: ...  # [M]
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """Where a quantizer's calibration data came from, as it declares it after `quantize`."""
+
+    source: str  # "train": batches of the training stream, the only legal source
+    tokens: int  # tokens its forward passes saw
+    seconds: float  # its time
+    in_train_clock: bool  # whether `seconds` ran inside the training time cap
+
+
 class Quantizer(Protocol):
     """Turns one state tensor into stored tensors and back; chosen by the export hook.
 
     Stored tensor names must start with the state key (e.g. "blocks.0.w.q", "blocks.0.w.scale")
-    so names never collide in the container.
+    so names never collide in the container. A quantizer that calibrates on data sets
+    `calibration` (a Calibration) once it has; one without it is data-free.
     """
 
     name: str

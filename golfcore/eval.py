@@ -12,10 +12,11 @@ rather than by review (docs/architecture.md, "The eval adapter contract"):
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -211,11 +212,12 @@ class _Scorer:
         self.logprob_fn, self.val, self.plan = logprob_fn, val, plan
         self.batch_seqs, self.static = batch_seqs, static
 
-    def batches(self, windows: range):
-        """Runs of at most batch_seqs consecutive windows of one width."""
+    def batches(self, windows: range, first: int | None = None):
+        """Runs of at most batch_seqs consecutive windows of one width (the first run of at
+        most `first`: another batching of the same windows, for the in-pass C3 probe)."""
         i = windows.start
         while i < windows.stop:
-            end = min(windows.stop, i + self.batch_seqs)
+            end = min(windows.stop, i + (first if i == windows.start and first else self.batch_seqs))
             if i == 0 and self.plan.width(0) != self.plan.stride:
                 end = 1  # window 0 is wider than the overlapping windows after it
             yield range(i, end)
@@ -264,6 +266,80 @@ class _Scorer:
         return torch.arange(lo, hi, device=self.val.device), lp
 
 
+def _adjust(lp: Tensor, pos: Tensor, val: Tensor, adapters: Sequence[EvalAdapter], max_dev: Tensor) -> Tensor:
+    """The eval adapters, in order, on one batch's log-probabilities [N,V]; max_dev[s] keeps
+    stage s's largest |logsumexp| (C2)."""
+    max_dev[0] = torch.maximum(max_dev[0], torch.logsumexp(lp, -1).abs().max())
+    histories: dict[int, Tensor] = {}
+    for s, adapter in enumerate(adapters, start=1):
+        k = adapter.history_len
+        if k not in histories:
+            histories[k] = _history(val, pos, k)
+        out = adapter.adjust(lp, histories[k], pos)
+        if out.shape != lp.shape:
+            raise ComplianceError(
+                f"eval adapter {adapter.name!r} returned shape {tuple(out.shape)}, "
+                f"expected {tuple(lp.shape)} (C2)", condition="C2", culprit=adapter.name
+            )
+        lp = out.float()
+        max_dev[s] = torch.maximum(max_dev[s], torch.logsumexp(lp, -1).abs().max())
+    return lp
+
+
+class Unit:
+    """A few windows of the real pass that an in-pass probe re-scores (golfcore.audit.PassProbe):
+    the first windows of a batch, with adapters a batch of a drawn chunk. `reference` [M,V] holds
+    the distributions of its targets `targets` as the pass scored them; `rows` scores the same
+    windows again, on another stream or with another batching, with copies of the adapters as
+    they were before the chunk (adjust may not change an adapter's state; a probe must not
+    depend on that)."""
+
+    WINDOWS = 4  # a unit's windows: a small share of a batch, so probing is cheap
+
+    def __init__(self, index: int, windows: range, score: _Scorer, val: Tensor, adapters: Sequence[EvalAdapter]):
+        self.index, self.windows, self.val, self.score = index, windows, val, score
+        self.targets = range(score.plan.lo(windows.start), score.plan.hi(windows.stop - 1))
+        self.reference: Tensor | None = None
+        self.copy_error: str | None = None
+        try:
+            self.saved = copy.deepcopy(list(adapters))
+        except Exception as e:  # an adapter holding what cannot be copied: the unit cannot be probed
+            self.saved, self.copy_error = [], f"{type(e).__name__}: {e}"
+
+    def keep(self, lp: Tensor) -> None:
+        """Keep the unit's rows [M,V] of the scored batch [N,V] that holds it (the unit starts it)."""
+        self.reference = lp[: len(self.targets)].clone()
+
+    def rows(self, stream: Tensor | None = None, first: int | None = None, adapters: int | None = None,
+             twice: bool = False) -> Tensor:
+        """[M,V] the unit's distributions scored again (`stream`: a perturbed copy of the
+        validation tokens; `first`: the first batch's size; `adapters`: only the first k;
+        `twice`: scored twice by the same adapter copies, the second time returned)."""
+        val = self.val if stream is None else stream
+        score = _Scorer(self.score.logprob_fn, val, self.score.plan, self.score.batch_seqs, self.score.static)
+        adapters = copy.deepcopy(self.saved[:adapters])
+        scratch = torch.zeros(len(adapters) + 1, device=val.device)
+        for _ in range(1 + twice):
+            out = []
+            with torch.inference_mode():
+                for batch in score.batches(self.windows, first):
+                    pos, lp = score(batch)
+                    out.append(_adjust(lp, pos, val, adapters, scratch))
+        return torch.cat(out)
+
+
+class PassProbe(Protocol):
+    """Checks drawn units of the real pass (implemented by golfcore.audit.PassProbe)."""
+
+    def draw(self, units: int) -> list[int]: ...  # candidate unit indices (chunks or batches), drawn at this call
+
+    def pick(self, batches: int) -> int: ...  # which of a drawn chunk's batches holds the unit
+
+    def admit(self, unit_seconds: float, elapsed: float, done: int, units: int, spent: float) -> bool: ...
+
+    def check(self, unit: Unit) -> None: ...
+
+
 def _check_normalized(max_dev: Tensor, stages: list[str], world_size: int) -> None:
     """C2: raise when any stage's largest |logsumexp| so far exceeds the tolerance. Reduced
     across ranks first, so that every rank stops together. Reads the device (a sync)."""
@@ -294,6 +370,7 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
     record: Callable[[Tensor, Tensor], None] | None = None,
     token_bytes: Tensor | None = None,
+    probe: PassProbe | None = None,
 ) -> EvalResult:
     """Score every target of ``val_tokens`` once and return val_loss/val_bpb with its checks.
 
@@ -312,6 +389,11 @@ def evaluate(
     as scored, after all adapters (the legality probes compare them, golfcore.audit).
     ``token_bytes`` ([N+1], a corpus's byte sidecar, golfcore.data.load_val_bytes), when given,
     is what each target is charged instead of ``luts``: the original bytes of a transformed text.
+    ``probe``, when given, re-checks C1 and C3 on units of the pass it draws (the first few
+    windows of a drawn batch; with adapters, of a random batch of a drawn chunk, the adapters
+    copied before it): each unit is kept as scored and, before any adapter observes it, handed
+    to ``probe.check``; its time is left out of ``seconds`` and reported as
+    ``checks["probe_seconds"]`` (docs/compliance.md, "Probes across the whole pass").
     """
     if val_tokens.dim() != 1 or val_tokens.is_floating_point() or val_tokens.numel() < 2:
         raise DataError(
@@ -346,28 +428,45 @@ def evaluate(
     total = sum(plan.hi(w.stop - 1) - plan.lo(w.start) for w in mine if w)
     done = 0
     phases = dict.fromkeys(["score", *(f"observe:{a.name}" for a in adapters)], 0.0)
+    # what the probe draws from: the chunks with adapters, else the batches
+    units = len(chunks) if adapters else sum(1 for _ in score.batches(mine[0]))
+    drawn = set(probe.draw(units)) if probe is not None else set()
+    probe_seconds, probed = 0.0, 0
+
+    def check(unit: Unit | None, unit_seconds: float | None, done_units: int) -> None:
+        """Probe `unit` when the budget admits it. Every rank calls this at the same drawn units;
+        a rank without a unit there (None) makes the budget refuse it on every rank."""
+        nonlocal probe_seconds, probed
+        _sync(device)
+        t_probe = time.perf_counter()
+        elapsed = t_probe - t0 - probe_seconds
+        seconds = 0.0 if unit is None else unit_seconds if unit_seconds is not None else elapsed / done_units
+        if probe.admit(seconds, elapsed, done_units, units, probe_seconds):
+            probe.check(unit)
+            probed += 1
+        _sync(device)
+        probe_seconds += time.perf_counter() - t_probe
+
     t0 = time.perf_counter()
-    for chunk, windows in zip(chunks, mine):
+    for c, (chunk, windows) in enumerate(zip(chunks, mine)):
         t_chunk = time.perf_counter()
+        unit, at = None, None  # a probe's unit and the batch that starts it
+        if adapters and c in drawn:
+            batches = list(score.batches(windows))
+            if batches:
+                at = batches[probe.pick(len(batches))]
+                unit = Unit(c, at[: Unit.WINDOWS], score, val, adapters)
+            probe_seconds += time.perf_counter() - t_chunk  # copying the adapters is the probe's cost
         with torch.inference_mode():
-            for batch in score.batches(windows):
+            for b, batch in enumerate(score.batches(windows)):
+                if not adapters and b in drawn:
+                    unit, at = Unit(b, batch[: Unit.WINDOWS], score, val, ()), batch
                 pos, lp = score(batch)  # [N] input positions j (target j+1), [N,V]
-                max_dev[0] = torch.maximum(max_dev[0], torch.logsumexp(lp, -1).abs().max())
-                histories: dict[int, Tensor] = {}
-                for s, adapter in enumerate(adapters, start=1):
-                    k = adapter.history_len
-                    if k not in histories:
-                        histories[k] = _history(val, pos, k)
-                    out = adapter.adjust(lp, histories[k], pos)
-                    if out.shape != lp.shape:
-                        raise ComplianceError(
-                            f"eval adapter {adapter.name!r} returned shape {tuple(out.shape)}, "
-                            f"expected {tuple(lp.shape)} (C2)", condition="C2", culprit=adapter.name
-                        )
-                    lp = out.float()
-                    max_dev[s] = torch.maximum(max_dev[s], torch.logsumexp(lp, -1).abs().max())
+                lp = _adjust(lp, pos, val, adapters, max_dev)
                 if record is not None:
                     record(pos, lp)
+                if batch == at:
+                    unit.keep(lp)
                 lo, hi = plan.lo(batch.start), plan.hi(batch.stop - 1)
                 targets = val[lo + 1 : hi + 1]  # [N]
                 sums[0] -= lp.gather(1, targets[:, None]).double().sum()
@@ -377,6 +476,12 @@ def evaluate(
                 done += hi - lo
                 if progress is not None:
                     progress(done, total)
+                if not adapters and unit is not None:
+                    check(unit, None, b + 1)
+                    unit = at = None
+        if adapters and c in drawn:
+            _check_normalized(max_dev, stages, world_size)  # a probe re-scores only a normalized chunk
+            check(unit, time.perf_counter() - t_chunk, c + 1)
         if adapters:
             _check_normalized(max_dev, stages, world_size)  # before any adapter observes the chunk
             phases["score"] += time.perf_counter() - t_chunk
@@ -389,7 +494,9 @@ def evaluate(
                 phases[f"observe:{adapter.name}"] += time.perf_counter() - t_obs
     if not adapters:
         _check_normalized(max_dev, stages, world_size)
-        phases["score"] = time.perf_counter() - t0
+        phases["score"] = time.perf_counter() - t0 - probe_seconds
+    if adapters:
+        phases["score"] -= probe_seconds
 
     if world_size > 1:
         torch.distributed.all_reduce(sums)
@@ -403,7 +510,7 @@ def evaluate(
         val_bpb=nll / math.log(2) / nbytes,
         targets=int(scored),
         bytes=int(nbytes),
-        seconds=time.perf_counter() - t0,
+        seconds=time.perf_counter() - t0 - probe_seconds,
         warmup_seconds=warmup_seconds,
         phase_seconds=phases,
         checks={
@@ -413,6 +520,8 @@ def evaluate(
             "c4_targets_expected": num_targets,
             "adapters": [a.name for a in adapters],
             "bytes_from": "tokenizer byte table" if token_bytes is None else "sidecar",
+            "probe_seconds": probe_seconds,
+            "probed_units": probed,
         },
     )
 

@@ -58,6 +58,10 @@ class Plugin:
     """True (or a property reading the config) when the plugin claims that nothing it computes
     after a BOS depends on the previous document; `golf audit` probes the claim."""
 
+    closed_by_challenge: ClassVar[str] = ""
+    """The technique class the challenge closed to records, with its source, when this plugin is
+    in one: its scores are never presented as record-eligible (docs/compliance.md)."""
+
     def __init__(self, config: Section | None = None):
         self.config = config if config is not None else self.Config()
 

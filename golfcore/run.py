@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import fcntl
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -31,7 +32,7 @@ import sentencepiece as spm
 import torch
 from torch import nn
 
-from . import audit, hookspecs
+from . import audit, guard, hookspecs
 from .artifact import Int8Quantizer, ZstdCompressor, group_bytes, pack, project, report, unpack
 from .bundle import Bundle
 from .config import RunConfig
@@ -265,11 +266,14 @@ class Session:
         self.compressor = self.host.first("golf_compressor", config=config) or ZstdCompressor(config.export.zstd_level)
         self.corpus: Corpus | None = None
         self._val_bytes: torch.Tensor | None = None
+        self.watch: guard.Watch | None = None  # plugin code's file and network use (golfcore.guard)
         if build_data:
             self.corpus = self._corpus()
             self.tokenizer = _load_tokenizer(self.corpus)
             config.tokens = SpecialTokens.of(self.tokenizer)  # before any plugin builds a module
             self._val_bytes = load_val_bytes(self.corpus, config.data.max_val_tokens)
+            self.watch = guard.Watch(guard.protected_files(self.corpus.val_files),
+                                     guard.plugin_files((n, available[n].module) for n in config.plugins))
 
     def _corpus(self) -> Corpus:
         # the CLI has rank 0 build a missing embedded corpus before the session starts
@@ -368,8 +372,9 @@ class Scorer:
 
     def score(self, model: nn.Module, val_tokens: torch.Tensor, adapters: list = (), stride: int | None = None,
               progress: Callable[[int, int], None] | None = None, batch_seqs: int | None = None,
-              chunk_tokens: int | None = None, record: Callable | None = None) -> EvalResult:
-        """Score `val_tokens` as the run does; the probes override batch_seqs / chunk_tokens and record."""
+              chunk_tokens: int | None = None, record: Callable | None = None, probe=None) -> EvalResult:
+        """Score `val_tokens` as the run does; the probes override batch_seqs / chunk_tokens and record
+        (`probe`: golfcore.audit.PassProbe, checking units of this pass)."""
         config, dist = self.session.config, self.session.dist
         luts = self.luts()
         model.eval()
@@ -389,7 +394,7 @@ class Scorer:
             seq_len=config.eval_seq_len, stride=stride or config.eval_stride,
             batch_seqs=batch_seqs or config.eval.batch_seqs, adapters=list(adapters), chunk_tokens=chunk_tokens,
             rank=dist.rank, world_size=dist.world_size, static=ctx.compile, progress=progress, record=record,
-            token_bytes=self.session.token_bytes(val_tokens),
+            token_bytes=self.session.token_bytes(val_tokens), probe=probe,
         )
         result.warmup_seconds += started
         return result
@@ -416,9 +421,11 @@ def score_stages(scorer: Scorer, blob: bytes, val_tokens: torch.Tensor, log: Run
         model = session.load_artifact(blob)
         host.call("golf_before_eval", model=model, config=config)
         adapters = host.collect("golf_eval_adapter", config=config)[:count]
+        probe = audit.PassProbe(ScoringPath(scorer, blob), config.eval.probe_share, config.eval.probe_units) \
+            if count == counts[-1] else None  # the final stage, the score of record
         t0 = time.perf_counter()
         try:
-            result = scorer.score(model, val_tokens, adapters, progress=progress_factory(stage, targets))
+            result = scorer.score(model, val_tokens, adapters, progress=progress_factory(stage, targets), probe=probe)
         except ComplianceError as e:
             stages[stage] = {"val_bpb": None, "val_loss": None, "eval_seconds": time.perf_counter() - t0,
                              "warmup_seconds": 0.0, "legal": False, "error": str(e), "condition": e.condition,
@@ -430,6 +437,8 @@ def score_stages(scorer: Scorer, blob: bytes, val_tokens: torch.Tensor, log: Run
             "warmup_seconds": result.warmup_seconds, "phase_seconds": result.phase_seconds,
             "targets": result.targets, "bytes": result.bytes, "checks": result.checks, "legal": True,
         }
+        if probe is not None:
+            stages[stage]["probes_in_pass"] = probe.record(result.seconds, result.checks["probe_seconds"])
         phases = " ".join(f"{k}:{v * 1000:.0f}ms" for k, v in result.phase_seconds.items())
         log.line(
             f"final stage:{stage} val_loss:{result.val_loss:.6f} val_bpb:{result.val_bpb:.6f} "
@@ -443,9 +452,22 @@ def check_compliance(scorer: Scorer, blob: bytes, val_tokens: torch.Tensor, stag
                      train_seconds: float | None = None, train_steps: int = 0) -> dict:
     """Probe the scoring path, build the compliance record, mark the stages' legality and log it."""
     session = scorer.session
-    probes = audit.run_probes(ScoringPath(scorer, blob), val_tokens, session.config.run.seed)
+    path = ScoringPath(scorer, blob)
+    probes = audit.run_probes(path, val_tokens, session.config.run.seed)
+    watch = session.watch
+    if watch is not None and path.reduce_max(float(len(watch.violations))) and not watch.violations:
+        watch.violations.append(("", "opened validation data or the network (see that rank's output)"))
+    config = session.config
+    rulings = {
+        "calibration": audit.calibration_entry(session.quantizer) if train_seconds is not None else
+                       {"status": audit.NOT_CHECKED, "note": "no export here (a re-score); see the run's own result.json"},
+        "ngram_channels": audit.ngram_entry(session.host.collect("golf_eval_adapter", config=config)),
+        "closed_techniques": audit.closed_entry(session.host.plugins),
+        "files_and_network": audit.files_entry(watch),
+        "train_val_overlap": audit.overlap_entry(Path(config.data.root), session.corpus.fingerprint),
+    }
     record = audit.compliance_record(session.config, stages, probes, art, train_seconds, train_steps,
-                                     audit.hardware(session.dist.device, session.dist.world_size))
+                                     audit.hardware(session.dist.device, session.dist.world_size), rulings)
     record["data"] = session.corpus.record()  # what was scored, and where its bytes came from
     legal = not audit.violations(record)
     for stage in stages.values():
@@ -454,6 +476,8 @@ def check_compliance(scorer: Scorer, blob: bytes, val_tokens: torch.Tensor, stag
     log.line(f"compliance: {audit.summary(record)} probes:{probe_seconds * 1000:.0f}ms")
     for problem in audit.violations(record):
         log.line(f"NOT A LEGAL SCORE: {problem}")
+    if record["closed_techniques"]["status"] == audit.CLOSED:
+        log.line(f"NOT RECORD-ELIGIBLE: {record['closed_techniques']['message']}")
     return record
 
 
@@ -494,7 +518,6 @@ class ScoringPath:
         session = scorer.session
         config, host = session.config, session.host
         self.scorer, self.session, self.blob = scorer, session, blob
-        self.state = session.unpack(blob) if blob is not None else None  # unpacked once for every probe
         self.adapter_names = [a.name for a in host.collect("golf_eval_adapter", config=config)]
         self.model_plugins = _implementers(host, hookspecs.hooks_in("build"))
         self.before_eval_plugins = _implementers(host, ("golf_before_eval",))
@@ -505,6 +528,10 @@ class ScoringPath:
         self.bos_id = config.tokens.bos_id
         self.device = session.dist.device
         self.source = "artifact" if blob is not None else "random-init"
+
+    @functools.cached_property
+    def state(self) -> dict | None:
+        return self.session.unpack(self.blob) if self.blob is not None else None  # unpacked once for every probe
 
     def model(self, variant: audit.Variant) -> nn.Module:
         if self.blob is not None and not variant.random_init:
@@ -586,7 +613,8 @@ def run(config: RunConfig, available: dict[str, PluginInfo], recipe_text: str,
             if run_dir and resume_dir is None:
                 _write(run_dir / RECIPE_NAME, recipe_text.encode("utf-8"))
             code = Bundle.for_run(session.plugin_modules(), recipe_text)
-            result = _run_steps(session, run_dir, log, progress_factory, code, resuming=resume_dir is not None)
+            with guard.watching(session.watch):
+                result = _run_steps(session, run_dir, log, progress_factory, code, resuming=resume_dir is not None)
             result.recipe_sha256 = recipe_sha256(recipe_text)
         except DivergedError as e:
             if dist.is_main:
@@ -772,10 +800,11 @@ def rescore(run_dir: Path, available: dict[str, PluginInfo], echo: Callable[[str
         log.line(f"re-scoring {run_dir / ARTIFACT_NAME} ({len(blob)} bytes) on {session.data_label(val_tokens.numel() - 1)}")
         try:
             scorer = Scorer(session)
-            stages = score_stages(scorer, blob, val_tokens, log, _interruptible(progress_factory or (lambda s, t: None), where))
-            code = Bundle.for_run(session.plugin_modules(), (run_dir / RECIPE_NAME).read_text(encoding="utf-8"))
-            art = report(blob, code.code_bytes, config.export.budget_bytes)
-            compliance = check_compliance(scorer, blob, val_tokens, stages, art, log)
+            with guard.watching(session.watch):
+                stages = score_stages(scorer, blob, val_tokens, log, _interruptible(progress_factory or (lambda s, t: None), where))
+                code = Bundle.for_run(session.plugin_modules(), (run_dir / RECIPE_NAME).read_text(encoding="utf-8"))
+                art = report(blob, code.code_bytes, config.export.budget_bytes)
+                compliance = check_compliance(scorer, blob, val_tokens, stages, art, log)
         finally:
             log.close()
     result = new_result(session, "rescored", stages=stages, compliance=compliance, val_tokens=val_tokens,
@@ -808,5 +837,6 @@ def audit_target(target: Path, available: dict[str, PluginInfo], sets: list[str]
     session = Session(config, available)
     val_tokens = load_val_tokens(session.corpus, config.data.max_val_tokens).to(session.dist.device)
     path = ScoringPath(Scorer(session), blob)
-    rows = audit.deep_audit(path, val_tokens, config.run.seed, result)
+    with guard.watching(session.watch):
+        rows = audit.deep_audit(path, val_tokens, config.run.seed, result)
     return rows, f"{target} ({audit.describe(path)}; {session.data_label(val_tokens.numel() - 1)})"

@@ -114,6 +114,7 @@ class HedgeMixer:
     name = "hedge_mixer"
     history_len = 2
     order = 10  # after TTT (order 0): it mixes the adapted model's distribution
+    ngram_channel = "token"  # its experts predict the next token from previous tokens
 
     def __init__(self, cfg: Config, bos_id: int = 1):
         self.cfg, self.bos_id = cfg, bos_id
@@ -281,6 +282,7 @@ class HedgeMixerPlugin(golf.Plugin):
     name = "hedge_mixer"
     description = "online Hedge mixture of the model with unigram/bigram/hashed-trigram experts (PR #688; D1, D8-D11 fixed)"
     Config = Config
+    closed_by_challenge = "hashed n-gram caches (PR #720, closed 27 March)"
 
     @property
     def document_aware(self) -> bool:

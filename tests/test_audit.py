@@ -153,3 +153,154 @@ def test_golf_run_and_audit_refuse_a_planted_violation(args, check, named, tmp_p
     proc = golf("audit", run_dir, "--plugins-dir", PLANTED, check=False)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "FAIL" in proc.stdout and proc.stderr.startswith("error: not a legal score:")
+
+
+# --- in-pass probes: units drawn over the whole stream ------------------------------------------
+
+
+class AlwaysAdmit(audit.PassProbe):
+    """The budget aside (tested below): every drawn unit is probed."""
+
+    def admit(self, *args):
+        self.seen += 1
+        return not self.failures
+
+
+def in_pass(adapter_classes, share=0.99, probe_cls=AlwaysAdmit, units=8):
+    path = ToyPath(adapter_classes)
+    probe = probe_cls(path, share=share, max_units=units)
+    adapters = [cls() for cls in adapter_classes]
+    for a in adapters:
+        a.start(None, golf.EvalContext.local(V, STREAM.numel() - 1, path.chunk_tokens, path.seq_len))
+    result = evaluate(path.model, STREAM, LUTS, seq_len=16, stride=8, batch_seqs=4, adapters=adapters,
+                      chunk_tokens=path.chunk_tokens, probe=probe)
+    return probe.record(result.seconds, result.checks["probe_seconds"]), result
+
+
+def test_a_leak_in_the_second_half_escapes_the_prefix_probe_but_not_the_pass():
+    late = planted("late_peek").Adapter  # leaks from target 150 on, of 300
+    assert audit.run_probes(ToyPath([late]), STREAM, seed=0)["c1_causal"]["status"] == "pass"
+    record, _ = in_pass([late])
+    (name, failure), = record["failures"].items()
+    assert failure["culprit"] == "eval adapter 'planted_late_peek'" and failure["worst_deviation"] > 1
+    assert failure["unit"] * ToyPath.chunk_tokens >= 120 and "in the pass, chunk" in failure["message"]
+
+
+@pytest.mark.parametrize("adapters", [[], ["pass"]])
+def test_clean_passes_are_probed_over_the_whole_stream_and_pass(adapters):
+    class Passthrough:
+        name, history_len = "pass", 1
+        start = observe = lambda self, *a: None
+        adjust = lambda self, lp, h, p: lp  # noqa: E731
+
+    record, result = in_pass([Passthrough] * len(adapters))
+    assert record["failures"] == {} and record["worst_c1"] == 0.0 and record["worst_c3"] <= 1e-4
+    assert record["probed_units"] == 8 and record["unit"] == ("chunk" if adapters else "batch")
+    assert max(record["cut_points"]) >= 150 and min(record["cut_points"]) < 150  # both halves
+    assert result.checks["probed_units"] == 8 and result.targets == 300
+
+
+def test_a_state_changing_adjust_fails_c3_in_the_pass():
+    record, _ = in_pass([planted("stateful_adjust").Adapter])
+    assert record["failures"]["c3"]["culprit"] == "eval adapter 'planted_stateful_adjust'"
+
+
+def test_the_probes_stay_within_their_share_and_none_run_at_zero():
+    record, _ = in_pass([], share=0.0, probe_cls=audit.PassProbe)
+    assert record["probed_units"] == 0 and record["seconds"] == 0.0
+    draws = {tuple(audit.PassProbe(ToyPath(), 0.5, 4).draw(40)) for _ in range(5)}
+    assert len(draws) > 1 and all(len(d) == 4 and all(10 * i <= u < 10 * (i + 1) for i, u in enumerate(d)) for d in draws)
+
+
+# --- the guard: plugin code reading validation data or using the network ------------------------
+
+
+def test_guard_names_the_plugin_reading_a_protected_file_and_lets_golf_and_other_files_through(tmp_path):
+    from golfcore import guard
+    from golfcore.data import write_shard
+
+    shards = tmp_path / "datasets" / "c"
+    shards.mkdir(parents=True)
+    val, tokenizer = shards / "c_val_000000.bin", shards / "tokenizer.model"
+    write_shard(val, torch.arange(10).numpy())
+    tokenizer.write_bytes(b"spm")
+    (shards / "c_val_bytes_000000.bin").write_bytes(b"\0")  # a byte sidecar
+    (tmp_path / "docs_selected.jsonl").write_text("{}")  # the documents file, two folders up
+    module = planted("reads_val")
+    watch = guard.Watch(guard.protected_files([val]), {module.__file__: "planted_reads_val"})
+    assert sorted(watch.protected.values()) == ["documents file", "validation data", "validation shard"]
+    adapter = module.Adapter(None)
+    with guard.watching(watch):
+        open(val, "rb").close()  # golf's own code: no plugin on the stack
+        with pytest.raises(golf.ComplianceError, match=r"plugin 'planted_reads_val' opened validation shard .*c_val_000000"):
+            module.resolve_corpus = lambda data: type("C", (), {"val_files": [val]})
+            adapter.start(None, None)
+        module.resolve_corpus = lambda data: type("C", (), {"val_files": [tokenizer]})
+        adapter.start(None, None)  # a file that holds no validation data
+    open(val, "rb").close()
+    assert watch.violations == [("planted_reads_val", f"opened validation shard {val}")]
+    entry = audit.files_entry(watch)
+    assert entry["status"] == "fail" and entry["culprit"] == "plugin 'planted_reads_val'"
+
+
+def test_guard_catches_a_connection_even_when_the_plugin_swallows_the_error():
+    from golfcore import guard
+
+    module = planted("phones_home")
+    watch = guard.Watch({}, {module.__file__: "planted_phones_home"})
+    with guard.watching(watch):
+        module.PhonesHome().golf_model_built(None, None)  # catches the error itself
+    assert watch.violations == [("planted_phones_home", "opened a network connection to ('127.0.0.1', 9)")]
+    assert audit.files_entry(watch)["status"] == "fail"
+
+
+# --- the challenge's rulings -------------------------------------------------------------------
+
+
+def test_rulings_calibration_ngram_channels_and_closed_techniques():
+    q = golf.Int8Quantizer(4096)
+    assert audit.calibration_entry(q)["status"] == "pass"
+    q.calibration = golf.Calibration("train", 1000, 2.0, in_train_clock=True)
+    assert audit.calibration_entry(q)["status"] == "pass"
+    q.calibration = golf.Calibration("validation", 1000, 2.0, in_train_clock=True)
+    assert "PR #728" in audit.calibration_entry(q)["message"]
+    q.calibration = golf.Calibration("train", 1000, 2.0, in_train_clock=False)
+    assert "PR #1868" in audit.calibration_entry(q)["message"]
+
+    class Ngram:
+        name, ngram_channel = "ngram", "within-word"
+
+    assert audit.ngram_entry([Ngram()])["culprit"] == "eval adapter 'ngram'"
+    Ngram.ngram_channel = "token"
+    assert audit.ngram_entry([Ngram()])["status"] == "pass"
+
+    from golf_plugins.hedge_mixer import HedgeMixerPlugin
+
+    entry = audit.closed_entry({"hedge_mixer": HedgeMixerPlugin()})
+    assert entry["status"] == "closed" and "PR #720" in entry["message"]
+    record = {"closed_techniques": entry, "c1_causal": {"status": "pass"}}
+    assert not audit.violations(record) and not audit.record_eligible(record)
+
+
+NEW_PLANTS = [
+    (["--with", "planted_late_peek", "--set", "data.max_val_tokens=4096", "--set", "eval.chunk_tokens=512",
+      "--set", "eval.probe_share=0.9", "--set", "eval.probe_units=4"],
+     "in the pass, chunk", "culprit: eval adapter 'planted_late_peek'"),
+    (["--with", "planted_reads_val"], "files_and_network: plugin 'planted_reads_val' opened validation shard", ""),
+    (["--with", "planted_phones_home"], "files_and_network: plugin 'planted_phones_home' opened a network connection "
+                                        "to ('127.0.0.1', 9)", ""),
+    (["--with", "planted_val_calibrated"], "not a legal run: plugin 'planted_val_calibrated' opened validation shard", ""),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, said, named", NEW_PLANTS, ids=[p[0][1] for p in NEW_PLANTS])
+def test_golf_run_refuses_leaks_the_prefix_probe_cannot_see(args, said, named, tmp_path, pystdlib_root):
+    from tests.test_cli import golf, tiny_recipe
+
+    recipe = tiny_recipe(tmp_path, pystdlib_root)
+    small = ["--set", "train.iterations=2", "--set", "train.val_every=0", "--set", "data.max_val_tokens=1024"]
+    proc = golf("run", recipe, "--plugins-dir", PLANTED, *small, *args, check=False)
+    assert proc.returncode == 3, proc.stderr
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert said in error and named in error

@@ -31,7 +31,7 @@ from golfcore.eval import _Scorer, build_byte_luts
 import golfcore as golf
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import load_recipe
-from golfcore.run import Session
+from golfcore.run import Scorer, Session
 from golfcore.train import Trainer
 
 from .helpers import CPU, FINEWEB_TOKENIZER, synthetic_loader
@@ -126,7 +126,8 @@ def score_without_recompiling(available, config) -> None:
     """Score the way a run does (static shapes; adapters started, then both window shapes run
     once, before the clock); from the end of that warm-up on, nothing may compile."""
     session = Session(config, available, dist=CPU, build_data=False)
-    session._luts = build_byte_luts(spm.SentencePieceProcessor(model_file=str(FINEWEB_TOKENIZER)), config.model.vocab_size)
+    scorer = Scorer(session)
+    scorer._luts = build_byte_luts(spm.SentencePieceProcessor(model_file=str(FINEWEB_TOKENIZER)), config.model.vocab_size)
     val = torch.randint(0, config.model.vocab_size, (VAL_TOKENS,), generator=torch.Generator().manual_seed(0))
     warm_up = _Scorer.warm_up
     compiled = {}
@@ -139,7 +140,7 @@ def score_without_recompiling(available, config) -> None:
     model = session.build_model()
     adapters = session.host.collect("golf_eval_adapter", config=config)
     with mock.patch.object(_Scorer, "warm_up", then_forbid):
-        session.score(model, val, adapters)
+        scorer.score(model, val, adapters)
     assert graphs() == compiled["warm-up"] > 0
 
 

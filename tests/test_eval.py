@@ -500,3 +500,55 @@ def test_two_ranks_match_one(tmp_path):
             assert got.val_bpb == pytest.approx(single[key].val_bpb, rel=1e-9)
     assert all(torch.equal(out["observed"], val[1:]) for out in ranks)  # every rank observes every chunk
     assert sum(out["rows"] for out in ranks) == 1000 and all(out["rows"] > 0 for out in ranks)
+
+
+class RecordingProbe:
+    """A PassProbe that probes every drawn unit and keeps what it was handed."""
+
+    def __init__(self, picks=0):
+        self.units, self.picks = [], picks
+
+    def draw(self, units):
+        self.total = units
+        return list(range(units))
+
+    def pick(self, batches):
+        return min(self.picks, batches - 1)
+
+    def admit(self, unit_seconds, elapsed, done, units, spent):
+        assert unit_seconds > 0 and elapsed > 0 and 1 <= done <= units == self.total
+        return True
+
+    def check(self, unit):
+        self.units.append((unit.index, unit.targets, unit.reference.clone(), unit.rows(), unit.rows(first=1)))
+
+
+@pytest.mark.parametrize("adapters", [0, 1])
+def test_a_probe_sees_units_as_scored_and_changes_no_score(adapters):
+    val = random_tokens(161)
+    kwargs = dict(seq_len=16, stride=4, batch_seqs=3, chunk_tokens=40)
+    plain = evaluate(unigram_model(), val, toy_luts(), adapters=[UnigramMix()] * adapters, **kwargs)
+    probe = RecordingProbe(picks=1)
+    probed = evaluate(unigram_model(), val, toy_luts(), adapters=[UnigramMix()] * adapters, probe=probe, **kwargs)
+    assert probed.val_bpb == plain.val_bpb and probed.checks["probed_units"] == len(probe.units) == probe.total
+    assert probed.checks["probe_seconds"] > 0
+    for index, targets, reference, again, regrouped in probe.units:
+        assert reference.shape == (len(targets), V) and len(targets) <= 4 * 4 + 12  # at most 4 windows
+        assert torch.equal(reference, again) and torch.allclose(reference, regrouped, atol=1e-6)
+    starts = [t.start for _, t, *_ in probe.units]
+    assert starts == sorted(starts) and starts[-1] >= 120  # units all along the stream
+
+
+def test_a_unit_rescores_from_the_adapters_state_before_its_chunk():
+    """The mixer learns in observe; a unit re-scored after its chunk was observed still gives
+    the scores of the pass, because it uses the state copied before the chunk."""
+    kept = []
+
+    class Late(RecordingProbe):
+        def check(self, unit):
+            kept.append(unit)
+
+    mix = UnigramMix()
+    evaluate(unigram_model(), random_tokens(161), toy_luts(), seq_len=16, stride=4, batch_seqs=3, adapters=[mix],
+             chunk_tokens=40, probe=Late())
+    assert len(kept) == 4 and all(torch.equal(u.reference, u.rows()) for u in kept)

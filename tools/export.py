@@ -76,6 +76,9 @@ def _legal_result(run_dir: Path) -> RunResult:
     if result.status != "finished" or result.val_bpb is None or not result.legal:
         why = "; ".join(result.violations) or result.error or "no val_bpb"
         raise GolfError(f"{run_dir}: not a finished legal score (status {result.status}: {why})")
+    closed = result.compliance.get("closed_techniques", {})
+    if closed.get("status") == "closed":
+        raise GolfError(f"{run_dir}: not record-eligible: {closed['message']}")
     return result
 
 

@@ -134,6 +134,13 @@ def test_export_refusals_are_one_line(finished_run, tmp_path):
     (illegal / "result.json").write_text(json.dumps(result))
     assert "not a finished legal score (status finished: C1 causal: FAIL)" in refused(illegal)
 
+    closed = tmp_path / "closed"
+    shutil.copytree(run_dir, closed)
+    result = json.loads((closed / "result.json").read_text())
+    result["compliance"]["closed_techniques"] = {"status": "closed", "message": "closed by the challenge: x: y (PR #720)"}
+    (closed / "result.json").write_text(json.dumps(result))
+    assert "not record-eligible: closed by the challenge: x: y (PR #720)" in refused(closed)
+
     changed = tmp_path / "changed_plugins"
     shutil.copytree(plugins, changed)
     (changed / "noop.py").write_text(NOOP_PLUGIN + "# edited after the run\n")
