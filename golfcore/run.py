@@ -52,11 +52,15 @@ BUILD_HOOKS = ("golf_layer_schedule", "golf_weight_transform", "golf_sublayer_in
 
 
 class RunLog:
-    """The run's log (challenge line format), metrics.jsonl and console echo, on rank 0."""
+    """The run's log (challenge line format), metrics.jsonl and console echo, on rank 0.
 
-    def __init__(self, directory: Path | None, echo: Callable[[str], None]):
+    `listeners` receive every metrics record as it is written (the CLI's trackers,
+    golf_tools.trackers); the records are documented in docs/reports.md."""
+
+    def __init__(self, directory: Path | None, echo: Callable[[str], None], listeners: list[Callable[[dict], None]] = ()):
         self.directory = directory
         self.echo = echo
+        self.listeners = list(listeners)
         self._log = open(directory / "log.txt", "a", encoding="utf-8") if directory else None
         self._metrics = open(directory / "metrics.jsonl", "a", encoding="utf-8") if directory else None
 
@@ -70,6 +74,8 @@ class RunLog:
         if self._metrics:
             self._metrics.write(json.dumps(record) + "\n")
             self._metrics.flush()
+        for listener in self.listeners:
+            listener(record)
         event = record.get("event")
         if event == "train":
             self.line(
@@ -80,6 +86,8 @@ class RunLog:
             self.line(record["text"])
         elif event == "checkpoint":
             self.line(f"step:{record['step']}/{record['of']} checkpoint:{record['path']}")
+        elif event == "switch":
+            self.line(f"step:{record['step']} switch:{record['name']}={record['value']}")
         elif event == "val":  # live weights, before export: a loss, never presented as a score
             self.line(
                 f"step:{record['step']}/{record['of']} val_loss:{record['val_loss']:.4f} "
@@ -379,7 +387,8 @@ def silence_blocks(model: nn.Module) -> None:
 
 def run(config: RunConfig, available: dict[str, PluginInfo], recipe_text: str,
         echo: Callable[[str], None] = print, progress_factory=None, trace_hooks: bool = False,
-        run_dir: Path | None = None, resume_dir: Path | None = None) -> tuple[Path | None, RunResult]:
+        run_dir: Path | None = None, resume_dir: Path | None = None,
+        listeners: list[Callable[[dict], None]] = ()) -> tuple[Path | None, RunResult]:
     """Train, export, round-trip and score one recipe; returns (run directory, result) on rank 0.
 
     The run lands in `run_dir` when given, else in a new `<out_dir>/<name>-<timestamp>`. With
@@ -387,7 +396,8 @@ def run(config: RunConfig, available: dict[str, PluginInfo], recipe_text: str,
     loaded from) training continues from its checkpoint, or from step 0 when it has none.
     A diverged run raises DivergedError after writing result.json with status "diverged"; an
     interrupted one raises TrainingInterrupted and stays `.incomplete`, ready to resume. With
-    `trace_hooks`, every hook call is echoed with the plugins that answered it."""
+    `trace_hooks`, every hook call is echoed with the plugins that answered it. `listeners`
+    receive rank 0's metrics records (RunLog)."""
     progress_factory = progress_factory or (lambda stage, total: None)
     session = Session(config, available, trace_hooks=echo if trace_hooks else None)
     dist = session.dist
@@ -396,10 +406,14 @@ def run(config: RunConfig, available: dict[str, PluginInfo], recipe_text: str,
         recipe_text = (run_dir / RECIPE_NAME).read_text(encoding="utf-8")  # the recipe the run started with
     else:
         run_dir = _new_run_dir(config, run_dir) if dist.is_main else None
-    log = RunLog(run_dir if dist.is_main else None, echo if dist.is_main else (lambda _: None))
+    log = RunLog(run_dir if dist.is_main else None, echo if dist.is_main else (lambda _: None),
+                 listeners if dist.is_main else ())
     try:
         if run_dir and resume_dir is None:
             (run_dir / RECIPE_NAME).write_text(recipe_text, encoding="utf-8")
+            source = Path(config.source)
+            log.record({"event": "start", "recipe": str(source.resolve()) if source.is_file() else config.source,
+                        "run_dir": str(run_dir), "time": time.time()})
         result = _run_in(session, run_dir, log, progress_factory, Bundle.for_run(session.plugin_modules(), recipe_text),
                          resuming=resume_dir is not None)
     except DivergedError as e:

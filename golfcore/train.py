@@ -100,6 +100,17 @@ def compile_switches(model: nn.Module) -> list[nn.Module]:
     return list(found.values())
 
 
+def switch_states(switches: list[nn.Module], owners: dict[str, str]) -> dict[str, bool]:
+    """The compile switches' states by the plugin whose module defines them (`owners`: module ->
+    plugin name; else the class name): on when any of its modules is on. The trainer logs a
+    `switch` record whenever one changes (docs/reports.md)."""
+    states: dict[str, bool] = {}
+    for m in switches:
+        name = owners.get(type(m).__module__, type(m).__name__)
+        states[name] = states.get(name, False) or m.compile_switch
+    return states
+
+
 def lr_scale_at(config: RunConfig, step: int, elapsed_ms: float) -> float:
     """The challenge's warmdown: linear to 0 over the last warmdown_iters steps, measured in
     wallclock (warmdown_iters x the running step time) when a wallclock cap is set."""
@@ -273,6 +284,7 @@ class Trainer:
         self.loader = loader  # next_batch(global_tokens, seq_len, micro_batches_per_rank) -> (x, y); reset(); state()/restore() to checkpoint
         self.first_bad_step = torch.full((), NO_BAD_STEP, dtype=torch.int64, device=dist.device)  # first non-finite step on this rank
         self.logged_losses: deque[float] = deque(maxlen=SPIKE_WINDOW)
+        self.switch_owners = {type(plugin).__module__: name for name, plugin in host.plugins.items()}
 
     def train_step(self, step: int, lr_scale: float) -> torch.Tensor:
         """One optimizer step; returns this rank's mean micro-batch loss, still on the device."""
@@ -396,9 +408,15 @@ class Trainer:
             step, elapsed_ms = self.load_state_dict(resume)
         resumed_from, last_checkpoint_ms = step, elapsed_ms
         self.clock.start(step, elapsed_ms)
+        switch_modules, in_warmdown = compile_switches(self.model), False
+        switches = switch_states(switch_modules, self.switch_owners)
         with StopSignals() as signals:
             while step < t.iterations:
                 scale = lr_scale_at(self.config, step, elapsed_ms)
+                momentum = muon_momentum_at(step, self.config.optim)
+                if scale < 1.0 and not in_warmdown:
+                    in_warmdown = True
+                    self.on_log({"event": "warmdown", "step": step, "train_time_ms": elapsed_ms})
                 loss = self.train_step(step, scale)
                 step += 1
                 self.host.call("golf_step_end", model=self.model, step=step, lr_scale=scale)
@@ -414,11 +432,17 @@ class Trainer:
                     elapsed_ms = self.clock.estimate(step)
                 if self.progress:
                     self.progress(step, t.iterations)
+                if switches:  # a plugin flips them in golf_step_end: the next step runs in the new state
+                    now = switch_states(switch_modules, self.switch_owners)
+                    for name in (name for name in now if now[name] != switches[name]):
+                        self.on_log({"event": "switch", "step": step, "train_time_ms": elapsed_ms, "name": name, "value": now[name]})
+                    switches = now
                 if logging:
                     logged = self._read_loss(loss.clone())
                     self._check_health(step, logged)
                     self.on_log({"event": "train", "step": step, "of": t.iterations, "train_loss": logged,
-                                 "train_time_ms": elapsed_ms, "step_avg_ms": elapsed_ms / step, "lr_scale": scale})
+                                 "train_time_ms": elapsed_ms, "step_avg_ms": elapsed_ms / step, "lr_scale": scale,
+                                 "muon_momentum": momentum})
                 if stop:
                     self._check_health(step)
                     if t.checkpoint_every:
