@@ -16,7 +16,7 @@ import base64
 import datetime as dt
 from pathlib import Path
 
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, PackageLoader
 
 from golfcore.audit import entries
 
@@ -245,7 +245,7 @@ def render(run_dirs: list[Path], out: Path) -> Path:
         else:
             (out / file).unlink(missing_ok=True)  # a chart from an earlier report of other runs
             missing.append(title)
-    env = Environment(loader=PackageLoader("golf_tools", "templates"), autoescape=select_autoescape())
+    env = Environment(loader=PackageLoader("golf_tools", "templates"), autoescape=True)
     page = env.get_template("report.html.j2").render(
         runs=[{"run": r, "note": STATUS_NOTE[r.status], "compliance": compliance_rows(r), "events": _events(r),
                "violations": (r.result or {}).get("violations") or [], "error": (r.result or {}).get("error"),
