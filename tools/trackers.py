@@ -43,11 +43,12 @@ def scalars(record: dict) -> tuple[int, dict[str, float]] | None:
 
 
 def final_figures(result: dict) -> dict[str, float]:
-    """The result's numbers as `final/...` scalars: val_bpb per stage (legal ones), bytes, times."""
+    """The result's numbers as `final/...` scalars: val_bpb per stage (legal ones; roundtrip+ttt reads
+    final/stage/roundtrip.ttt/val_bpb), bytes, times."""
     out: dict[str, float] = {}
     for stage, s in (result.get("stages") or {}).items():
         if s.get("val_bpb") is not None:
-            out[f"final/val_bpb/{stage}"] = float(s["val_bpb"])
+            out[f"final/stage/{stage.replace('+', '.')}/val_bpb"] = float(s["val_bpb"])  # '+' is no MLflow name
     if result.get("val_bpb") is not None:
         out["final/val_bpb"] = float(result["val_bpb"])
     art = result.get("artifact") or {}
@@ -138,7 +139,8 @@ class WandB(Tracker):
 
 
 class MLflow(Tracker):
-    """An MLflow run in experiment `[log] project`, in MLFLOW_TRACKING_URI or a file store at <dir>/mlruns."""
+    """An MLflow run in experiment `[log] project`, in MLFLOW_TRACKING_URI or else a local file store
+    at <dir>/mlruns (`mlflow ui --backend-store-uri <dir>/mlruns`)."""
 
     name = "mlflow"
 
@@ -146,7 +148,10 @@ class MLflow(Tracker):
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (self.directory / "mlruns").resolve().as_uri()
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:  # a local file store: kept by MLflow 3 in maintenance mode, behind this opt-in
+            uri = (self.directory / "mlruns").resolve().as_uri()
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(tracking_uri=uri)
         experiment = self.client.get_experiment_by_name(self.project)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.project)
