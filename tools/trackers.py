@@ -12,7 +12,7 @@ default <run.out_dir>/trackers. docs/reports.md has the names of what is logged.
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import json
 import os
 import time
@@ -178,11 +178,12 @@ class MLflow(Tracker):
 
 
 class Trackio(Tracker):
-    """A trackio run in project `[log] project`, stored locally (TRACKIO_DIR, else trackio's default)."""
+    """A trackio run in project `[log] project`, in trackio's local store at TRACKIO_DIR, else <dir>/trackio."""
 
     name = "trackio"
 
     def start(self, run_name, recipe):
+        os.environ.setdefault("TRACKIO_DIR", str((self.directory / "trackio").resolve()))  # read when trackio is imported
         import trackio
 
         self.trackio = trackio
@@ -205,10 +206,8 @@ def check_installed(name: str) -> None:
     """A one-line error naming the extra when the tracker's library is missing."""
     if name not in KINDS:
         raise ConfigError(f"--track {name}: not one of {', '.join(TRACKERS)}")
-    try:
-        importlib.import_module(LIBRARY[name])
-    except ImportError:
-        raise GolfError(f"tracker {name!r} needs the {LIBRARY[name]} library: pip install 'golf[{name}]'") from None
+    if importlib.util.find_spec(LIBRARY[name]) is None:  # found, not imported: trackio reads its settings on import
+        raise GolfError(f"tracker {name!r} needs the {LIBRARY[name]} library: pip install 'golf[{name}]'")
 
 
 class Tracking:
