@@ -47,8 +47,12 @@ def _mark_events(ax, runs: list[Run], x_key: str) -> None:
                         textcoords="offset points", fontsize=7, color=colour, rotation=0)
 
 
-def _label(run: Run, runs: list[Run]) -> str:
-    return run.name if len(runs) > 1 else "train"
+def _legend(ax, runs: list[Run]) -> None:
+    """Inside the axes for one run; below them for several (the event labels sit at the top)."""
+    if len(runs) == 1:
+        ax.legend(fontsize=7)
+    else:
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
 
 
 def _loss(runs: list[Run], x_key: str, path: Path) -> bool:
@@ -70,7 +74,7 @@ def _loss(runs: list[Run], x_key: str, path: Path) -> bool:
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(f"loss against {'step' if x_key == 'step' else 'training time'}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax, runs)
     return _save(fig, path)
 
 
@@ -93,7 +97,7 @@ def _schedule(runs: list[Run], path: Path) -> bool:
     bottom.set_xlabel("step (the value of the step logged; warmdown dotted, switches dash-dot)")
     top.set_title("schedules", fontsize=10)
     if len(runs) > 1:
-        top.legend(fontsize=7)
+        top.legend(fontsize=7, loc="lower left")  # the lr scale only falls, to the right
     return _save(fig, path)
 
 
@@ -118,7 +122,7 @@ def _step_time(runs: list[Run], path: Path) -> bool:
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     if len(runs) > 1:
-        ax.legend(fontsize=7)
+        _legend(ax, runs)
     return _save(fig, path)
 
 
