@@ -408,7 +408,8 @@ class Trainer:
             step, elapsed_ms = self.load_state_dict(resume)
         resumed_from, last_checkpoint_ms = step, elapsed_ms
         self.clock.start(step, elapsed_ms)
-        switch_modules, in_warmdown = compile_switches(self.model), False
+        switch_modules = compile_switches(self.model)
+        in_warmdown = step > 0 and lr_scale_at(self.config, step - 1, elapsed_ms) < 1.0  # a resumed run logged it before
         switches = switch_states(switch_modules, self.switch_owners)
         with StopSignals() as signals:
             while step < t.iterations:

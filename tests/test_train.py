@@ -156,3 +156,34 @@ def test_micro_batches_per_rank_keeps_the_global_batch(micro_batches, batch_toke
     assert (note is None) == (micro_batches % world_size == 0)
     if note:
         assert f"each process accumulates {accum} micro-batch" in note and f"batch_tokens {batch_tokens} unchanged" in note
+
+
+def test_warmdown_and_switch_records_are_logged_once_across_a_resume(tmp_path):
+    from golfcore.checkpoint import Checkpoints
+    from golfcore.errors import TrainingInterrupted
+    from golf_plugins.ema import Ema
+    from golf_plugins.late_qat import LateQat
+    from golf_plugins.swa import Swa
+    from tests.test_checkpoint import SignalAt, make, stateful_config
+
+    shard = [tmp_path / "t_train_000000.bin"]
+    write_shard(shard[0], np.random.default_rng(0).integers(0, 64, 3000).astype(np.uint16))
+    classes = (Ema, Swa, LateQat, SignalAt)
+    # 12 steps, warmdown_iters 8: lr scale (12 - s) / 8 is 7/8 on step s = 5, the first below 1 (and
+    # below late QAT's 0.9), so warmdown starts after 5 steps and QAT is on after 6
+    config, before, after = stateful_config(), [], []
+    store = Checkpoints(tmp_path / "run", config, "code")
+    store.run_dir.mkdir()
+    SignalAt.at = 6
+    try:
+        with pytest.raises(TrainingInterrupted):
+            make(config, shard, *classes, checkpoints=store, records=before)[2].run()
+    finally:
+        SignalAt.at = 0
+    make(stateful_config(), shard, *classes, checkpoints=store, records=after)[2].run(store.load(torch.device("cpu")))
+    events = lambda records: [(r["event"], r["step"], r.get("name"), r.get("value")) for r in records
+                              if r["event"] in ("warmdown", "switch")]
+    assert events(before) == [("warmdown", 5, None, None), ("switch", 6, "late_qat", True)]
+    assert events(after) == []  # the resumed run starts in warmdown with QAT on: nothing changed
+    momentum = [r["muon_momentum"] for r in before + after if r["event"] == "train"]
+    assert momentum == pytest.approx([0.85 + 0.1 * min(s / 500, 1) for s in (0, 3, 7, 11)])  # the steps logged, less one

@@ -149,16 +149,25 @@ def find_runs(root: Path) -> list[Run]:
     return sorted(runs, key=lambda r: r.started, reverse=True)
 
 
+def _rescored_from(run: Run) -> Path | None:
+    source = ((run.result or {}).get("rescored_from") or {}).get("run_dir")
+    return Path(source) if source else None
+
+
 def plugin_changes(run: Run) -> tuple[list[str], list[str]] | None:
-    """(added, removed) plugins against the recipe file the run was started from; None when that
-    file is not known or no longer readable."""
-    if not run.source or not Path(run.source).is_file():
-        return None
+    """(added, removed) plugins against the recipe file the run was started from (a re-score:
+    against the run it re-scored); None when that is not known or no longer readable."""
+    source = _rescored_from(run)
     try:
-        raw = read_recipe(Path(run.source))
+        if source is not None:
+            listed = read_run(source).plugins
+        elif run.source and Path(run.source).is_file():
+            raw = read_recipe(Path(run.source))
+            listed = [n for n, t in raw.get("plugins", {}).items() if t.get("enabled", True) is not False]
+        else:
+            return None
     except GolfError:
         return None
-    listed = [n for n, t in raw.get("plugins", {}).items() if t.get("enabled", True) is not False]
     return [p for p in run.plugins if p not in listed], [p for p in listed if p not in run.plugins]
 
 
@@ -171,6 +180,8 @@ def describe_changes(run: Run) -> str:
 
 
 def recipe_label(run: Run) -> str:
+    if _rescored_from(run) is not None:
+        return f"eval of {_rescored_from(run).name}"
     return Path(run.source).name if run.source else "?"
 
 

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from golf_tools.runs import describe_changes, find_runs, headline, read_run, recipe_differences
+from golf_tools.runs import describe_changes, find_runs, headline, read_run, recipe_differences, recipe_label
 from golfcore.errors import GolfError
 from golfcore.result import RunResult
 from tests.test_cli import golf
@@ -32,7 +32,8 @@ def test_plugins_added_and_removed_against_the_recipe(run_folder):
     assert describe_changes(read_run(run_folder["finished"])) == "="
     assert describe_changes(read_run(run_folder["other"])) == "-late_qat"
     assert describe_changes(read_run(run_folder["interrupted"])) == "+stop_at"
-    assert describe_changes(read_run(run_folder["invalid"])) == "?"  # a re-score records no recipe file
+    assert describe_changes(read_run(run_folder["invalid"])) == "+planted_unnormalized"  # against the run it re-scored
+    assert recipe_label(read_run(run_folder["invalid"])) == f"eval of {run_folder['finished'].name}"
 
 
 def test_headline_figures_come_from_the_result(run_folder):
