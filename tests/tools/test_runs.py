@@ -7,7 +7,16 @@ import pytest
 from golf_tools.runs import describe_changes, find_runs, headline, read_run, recipe_differences, recipe_label
 from golfcore.errors import GolfError
 from golfcore.result import RunResult
-from tests.test_cli import golf
+from typer.testing import CliRunner
+
+from golf_cli.main import app
+
+
+def golf(*args, check=True):
+    """The golf command in-process (these commands only read files)."""
+    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+    assert not check or result.exit_code == 0, result.output
+    return result
 
 
 def test_each_run_reads_with_its_status(run_folder):
@@ -64,7 +73,6 @@ def test_a_torn_metrics_line_is_skipped_and_a_non_run_is_refused(run_folder, tmp
         read_run(tmp_path)
 
 
-@pytest.mark.slow
 def test_golf_compare_and_golf_runs(run_folder):
     proc = golf("compare", run_folder["finished"], run_folder["other"])
     assert "val_bpb roundtrip" in proc.stdout and "tokens/s" in proc.stdout and "plugins.late_qat" in proc.stdout
@@ -72,7 +80,7 @@ def test_golf_compare_and_golf_runs(run_folder):
     assert f"| figure | {run_folder['finished'].name} | {run_folder['other'].name} |" in md
     assert "| plugins.late_qat | on | off |" in md and "| train.iterations | 12 | 10 |" in md
     one = golf("compare", run_folder["finished"], check=False)
-    assert one.returncode == 1 and one.stderr.strip() == "error: golf compare needs two or more run directories"
+    assert one.exit_code == 1 and one.stderr.strip() == "error: golf compare needs two or more run directories"
 
     listing = golf("runs", run_folder["root"], "--md").stdout.splitlines()
     rows = {line.split(" | ")[0].removeprefix("| "): line.split(" | ") for line in listing[2:]}
