@@ -144,8 +144,7 @@ def find_runs(root: Path) -> list[Run]:
     root = Path(root)
     if not root.is_dir():
         raise GolfError(f"{root}: no such directory")
-    runs = [read_run(f.parent) for f in root.rglob(RECIPE_NAME)
-            if f.parent != root and "checkpoint" not in f.parent.name]
+    runs = [read_run(f.parent) for f in root.rglob(RECIPE_NAME) if f.parent != root]
     return sorted(runs, key=lambda r: r.started, reverse=True)
 
 
