@@ -22,6 +22,7 @@ from golfcore.result import RunResult
 from .audit_cmd import register as register_audit
 from .data_cmd import app as data_app
 from .launch import launch, leave_error_for_launcher
+from .model_cmd import register as register_model
 from .plugins_cmd import app as plugins_app
 from .report_cmd import register as register_reports
 
@@ -321,6 +322,7 @@ from .ablate_cmd import ablate  # noqa: E402  (below: it reuses this module's op
 app.command()(ablate)
 
 register_audit(app)
+register_model(app)
 register_reports(app)
 
 

@@ -187,6 +187,9 @@ class TrainSection(Section):
     iterations: int = option(20000, "step cap")
     max_wallclock_seconds: float = option(600.0, "training time cap (0 = none; warmdown then counts iterations)")
     warmdown_iters: int = option(1200, "lr decays linearly to 0 over the last this-many steps (converted to wallclock under a cap)")
+    warmdown_frac: float = option(0.0, "lr decays linearly to 0 over the last this fraction of training (of max_wallclock_seconds "
+                                       "under a cap, else of iterations; PR #1855: 0.85); needs warmdown_iters = 0; 0 = off")
+    min_lr_scale: float = option(0.0, "floor of the warmdown's lr scale: lr never falls below this times base_lr (PR #1787's MIN_LR, 0.1)")
     warmup_steps: int = option(20, "compile warm-up steps; model and optimizer state are restored afterwards")
     batch_tokens: int = option(524288, "tokens per optimizer step, across all processes")
     seq_len: int = option(1024, "training sequence length")
@@ -215,6 +218,12 @@ class TrainSection(Section):
             raise self.invalid("batch_tokens", f"{self.batch_tokens} is not a multiple of micro_batches*seq_len")
         if self.warmdown_iters < 0 or self.warmup_steps < 0 or self.max_wallclock_seconds < 0:
             raise self.invalid("warmdown_iters", "warmdown_iters, warmup_steps and max_wallclock_seconds must be >= 0")
+        if not 0 <= self.warmdown_frac <= 1:
+            raise self.invalid("warmdown_frac", f"{self.warmdown_frac} is not in [0, 1]")
+        if self.warmdown_frac and self.warmdown_iters:
+            raise self.invalid("warmdown_frac", f"set warmdown_iters = 0 to warm down by fraction (it is {self.warmdown_iters}); one warmdown at a time")
+        if not 0 <= self.min_lr_scale < 1:
+            raise self.invalid("min_lr_scale", f"{self.min_lr_scale} is not in [0, 1)")
 
     @property
     def checkpoint_interval(self) -> tuple[int, float]:

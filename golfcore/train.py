@@ -36,8 +36,10 @@ from .config import RunConfig
 from .attention import attention_kernel
 from .checkpoint import Checkpoints, load_model_state, model_state, rng_state, set_rng_state
 from .errors import ConfigError, DivergedError, TrainingInterrupted
-from .optim import apply_lr_scale, build_optimizers, clip_grad_norm, muon_momentum_at, ns_dtype_for, set_muon_momentum
+from .optim import (Orthogonalization, apply_lr_scale, build_optimizers, clip_grad_norm, muon_momentum_at, ns_dtype_for,
+                    set_muon_momentum)
 from .plugins import Host
+from .switch import BatchShape, TrainingSwitch, module_switches, reachable
 
 CLOCK_SYNC_EVERY = 10
 """Steps between exact clock readings (a device sync and, with several ranks, an all-reduce)."""
@@ -93,37 +95,34 @@ def autocast_for(device: torch.device, activation_dtype: torch.dtype = torch.flo
     return nullcontext()
 
 
-def compile_switches(model: nn.Module) -> list[nn.Module]:
-    """Modules holding a Python-level switch the forward branches on (`compile_switch: bool`,
-    e.g. late QAT's FakeQuantize). torch.compile guards on it and keeps one graph per state."""
-    found = {id(m): m for m in model.modules() if isinstance(getattr(m, "compile_switch", None), bool)}
-    return list(found.values())
-
-
-def switch_states(switches: list[nn.Module], owners: dict[str, str]) -> dict[str, bool]:
-    """The compile switches' states by the plugin whose module defines them (`owners`: module ->
-    plugin name; else the class name): on when any of its modules is on. The trainer logs a
-    `switch` record whenever one changes (docs/reports.md)."""
-    states: dict[str, bool] = {}
-    for m in switches:
-        name = owners.get(type(m).__module__, type(m).__name__)
-        states[name] = states.get(name, False) or m.compile_switch
-    return states
+def training_fraction(config: RunConfig, step: int, elapsed_ms: float) -> float:
+    """How far training is before step `step`, in [0, 1]: training time over the wallclock
+    cap when there is one, else steps over `iterations` (as the records' `training_frac`)."""
+    t = config.train
+    if t.max_wallclock_seconds > 0:
+        return min(elapsed_ms / (t.max_wallclock_seconds * 1000), 1.0)
+    return min(step / t.iterations, 1.0)
 
 
 def lr_scale_at(config: RunConfig, step: int, elapsed_ms: float) -> float:
-    """The challenge's warmdown: linear to 0 over the last warmdown_iters steps, measured in
-    wallclock (warmdown_iters x the running step time) when a wallclock cap is set."""
+    """The warmdown, floored at `min_lr_scale` (PR #1787's MIN_LR). With `warmdown_frac`: linear
+    to 0 over that last fraction of training (`training_fraction`; PR #1855). Else the
+    challenge's: linear to 0 over the last warmdown_iters steps, measured in wallclock
+    (warmdown_iters x the running step time) when a wallclock cap is set."""
     t = config.train
-    if t.warmdown_iters <= 0:
+    if t.warmdown_frac > 0:
+        scale = min((1 - training_fraction(config, step, elapsed_ms)) / t.warmdown_frac, 1.0)
+    elif t.warmdown_iters <= 0:
         return 1.0
-    if t.max_wallclock_seconds <= 0:
+    elif t.max_wallclock_seconds <= 0:
         start = max(t.iterations - t.warmdown_iters, 0)
-        return max((t.iterations - step) / t.warmdown_iters, 0.0) if step >= start else 1.0
-    step_ms = elapsed_ms / max(step, 1)
-    warmdown_ms = t.warmdown_iters * step_ms
-    remaining_ms = max(t.max_wallclock_seconds * 1000 - elapsed_ms, 0.0)
-    return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+        scale = max((t.iterations - step) / t.warmdown_iters, 0.0) if step >= start else 1.0
+    else:
+        step_ms = elapsed_ms / max(step, 1)
+        warmdown_ms = t.warmdown_iters * step_ms
+        remaining_ms = max(t.max_wallclock_seconds * 1000 - elapsed_ms, 0.0)
+        scale = remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+    return max(scale, t.min_lr_scale)
 
 
 def should_compile(config: RunConfig, device: torch.device) -> bool:
@@ -264,8 +263,12 @@ class Trainer:
         self.progress = progress
         self.checkpoints = checkpoints
         compile = should_compile(config, dist.device)
-        self.optimizers = host.first("golf_optimizers", model=model, config=config) or build_optimizers(
-            model, config.optim, compile=compile, rank=dist.rank, world_size=dist.world_size)
+        orthogonalization = Orthogonalization()
+        self.optimizers = host.first("golf_optimizers", model=model, config=config)
+        if not self.optimizers:
+            host.call("golf_orthogonalization", config=config, orthogonalization=orthogonalization)
+            self.optimizers = build_optimizers(model, config.optim, compile=compile, rank=dist.rank, world_size=dist.world_size,
+                                               orthogonalization=orthogonalization)
         self.penalties = host.collect("golf_loss_penalty", model=model, config=config, quantizer=quantizer)
         self.activation_dtype = activation_dtype_for(config, dist.device)
         self.execution = {
@@ -274,7 +277,11 @@ class Trainer:
             "attention": attention_kernel(dist.device, torch.bfloat16 if dist.device.type == "cuda" else self.activation_dtype),
             "muon_ns_dtype": str(ns_dtype_for(config.optim, dist.device)).removeprefix("torch."),
             "muon_sharded_over": dist.world_size,
+            "muon_normalize": orthogonalization.normalize,
+            "muon_ns_coefficient_triples": len(orthogonalization.coefficients),
         }
+        self.shape = BatchShape(config.train.seq_len)
+        self.switches = self._collect_switches()
         self.clock = TrainClock(dist)
         compiled = torch.compile(model, fullgraph=True) if compile else model
         if dist.world_size > 1:
@@ -284,7 +291,36 @@ class Trainer:
         self.loader = loader  # next_batch(global_tokens, seq_len, micro_batches_per_rank) -> (x, y); reset(); state()/restore() to checkpoint
         self.first_bad_step = torch.full((), NO_BAD_STEP, dtype=torch.int64, device=dist.device)  # first non-finite step on this rank
         self.logged_losses: deque[float] = deque(maxlen=SPIKE_WINDOW)
-        self.switch_owners = {type(plugin).__module__: name for name, plugin in host.plugins.items()}
+        self.logged_switches = {sw.name: sw.state for sw in self.switches}  # as the last `switch` records left them
+
+    def _collect_switches(self) -> list[TrainingSwitch]:
+        """The plugins' switches in their first state, then the model's other compile_switch modules."""
+        declared = [s for answer in self.host.collect("golf_switches", model=self.model, config=self.config, shape=self.shape)
+                    for s in (answer if isinstance(answer, list) else [answer])]
+        switches = declared + module_switches(self.model, declared)
+        names = [s.name for s in switches]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{self.config.source}: two training-time switches share a name: {names}")
+        for s in declared:
+            s.set(s.states[0])
+        if should_compile(self.config, self.dist.device):  # one graph per combination of states, none evicted
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(reachable(switches)))
+        return switches
+
+    def follow_schedules(self, step: int, fraction: float, elapsed_ms: float) -> None:
+        """Move every switch with `at` fractions to the state its schedule gives (before `step`)."""
+        for s in self.switches:
+            if s.at and s.scheduled(fraction) != s.state:
+                s.set(s.scheduled(fraction))
+        self.log_switches(step, elapsed_ms)
+
+    def log_switches(self, step: int, elapsed_ms: float) -> None:
+        """A `switch` record for each switch whose state changed since the last: after `step` steps,
+        the next step runs with `name` = `value` (docs/reports.md)."""
+        for s in self.switches:
+            if s.state != self.logged_switches[s.name]:
+                self.logged_switches[s.name] = s.state
+                self.on_log({"event": "switch", "step": step, "train_time_ms": elapsed_ms, "name": s.name, "value": s.state})
 
     def train_step(self, step: int, lr_scale: float) -> torch.Tensor:
         """One optimizer step; returns this rank's mean micro-batch loss, still on the device."""
@@ -293,7 +329,7 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.dist.device)
         for micro in range(self.accum):
-            x, y = self.loader.next_batch(t.batch_tokens, t.seq_len, self.accum)
+            x, y = self.loader.next_batch(t.batch_tokens, self.shape.seq_len, self.accum)
             sync = nullcontext() if (not ddp or micro == self.accum - 1) else self.forward.no_sync()
             with sync:
                 with autocast_for(self.dist.device, self.activation_dtype):
@@ -341,24 +377,25 @@ class Trainer:
         return float(loss)
 
     def warm_up(self) -> None:
-        """Run warm-up steps (they trigger compilation), then restore model, optimizers and data.
+        """Run warm-up steps (they trigger compilation), then restore model, optimizers, data and switches.
 
-        The last warm-up step runs with every compile switch flipped (late QAT on), so the graph
-        of each state is compiled here and switching mid-run recompiles nothing."""
+        `warmup_steps` steps run in the switches' current states, then one step in each other
+        combination of states the run can reach (late QAT on, a longer sequence, recurrence on),
+        so every graph is compiled here and switching mid-run recompiles nothing."""
         n = self.config.train.warmup_steps
         if n == 0:
             return
         model_state_before = copy.deepcopy(self.model.state_dict())
         optim_states = [copy.deepcopy(opt.state_dict()) for opt in self.optimizers]
-        switches = compile_switches(self.model)
-        for step in range(n):
-            flip = n > 1 and step == n - 1
-            for m in switches if flip else ():
-                m.compile_switch = not m.compile_switch
+        start = tuple(s.state for s in self.switches)
+        others = [c for c in reachable(self.switches) if c != start]
+        for step, states in enumerate([start] * n + others):
+            for s, state in zip(self.switches, states):
+                s.set(state)
             self.train_step(step, 1.0)
-            self.on_log({"event": "warmup", "step": step + 1, "of": n})
-        for m in switches if n > 1 else ():
-            m.compile_switch = not m.compile_switch
+            self.on_log({"event": "warmup", "step": step + 1, "of": n + len(others)})
+        for s, state in zip(self.switches, start):
+            s.set(state)
         self.model.load_state_dict(model_state_before)
         for opt, state in zip(self.optimizers, optim_states):
             opt.load_state_dict(state)
@@ -375,6 +412,7 @@ class Trainer:
             "loader": list(self.loader.state()),
             "rng": rng_state(),
             "plugins": {name: plugin.state_dict() for name, plugin in self.host.plugins.items()},
+            "switches": {s.name: s.state for s in self.switches},
             "logged_losses": list(self.logged_losses),
         }
 
@@ -387,6 +425,8 @@ class Trainer:
         set_rng_state(state["rng"])
         for name, plugin in self.host.plugins.items():
             plugin.load_state_dict(state["plugins"].get(name, {}))
+        for s in self.switches:
+            s.set(state["switches"][s.name])
         self.logged_losses.extend(state["logged_losses"])
         return state["step"], state["elapsed_ms"]
 
@@ -408,11 +448,11 @@ class Trainer:
             step, elapsed_ms = self.load_state_dict(resume)
         resumed_from, last_checkpoint_ms = step, elapsed_ms
         self.clock.start(step, elapsed_ms)
-        switch_modules = compile_switches(self.model)
-        in_warmdown = step > 0 and lr_scale_at(self.config, step - 1, elapsed_ms) < 1.0  # a resumed run logged it before
-        switches = switch_states(switch_modules, self.switch_owners)
+        self.logged_switches = {sw.name: sw.state for sw in self.switches}  # a resumed run logged its changes before
+        in_warmdown = step > 0 and lr_scale_at(self.config, step - 1, elapsed_ms) < 1.0
         with StopSignals() as signals:
             while step < t.iterations:
+                self.follow_schedules(step, training_fraction(self.config, step, elapsed_ms), elapsed_ms)
                 scale = lr_scale_at(self.config, step, elapsed_ms)
                 momentum = muon_momentum_at(step, self.config.optim)
                 if scale < 1.0 and not in_warmdown:
@@ -433,11 +473,7 @@ class Trainer:
                     elapsed_ms = self.clock.estimate(step)
                 if self.progress:
                     self.progress(step, t.iterations)
-                if switches:  # a plugin flips them in golf_step_end: the next step runs in the new state
-                    now = switch_states(switch_modules, self.switch_owners)
-                    for name in (name for name in now if now[name] != switches[name]):
-                        self.on_log({"event": "switch", "step": step, "train_time_ms": elapsed_ms, "name": name, "value": now[name]})
-                    switches = now
+                self.log_switches(step, elapsed_ms)  # those a plugin flipped in golf_step_end
                 if logging:
                     logged = self._read_loss(loss.clone())
                     self._check_health(step, logged)

@@ -1,10 +1,13 @@
 """`golf bench`: real training steps of a recipe's model on synthetic tokens, in the two regimes
 a run spends its time in, and side by side against another recipe or plugin set.
 
-Regimes: "full" (lr scale 1: late QAT off, CROWN-Q off) and "warmdown" (lr scale 0.1, every
-compile switch on: late QAT and CROWN-Q both run). Each is timed separately after the
-trainer's own compile warm-up; step time is the median of the timed steps (robust to a busy
-machine). On CPU the process's CPU time per step is reported too: on a shared machine the
+Regimes: "full" (lr scale 1, every training-time switch in its first state: late QAT off,
+CROWN-Q off, the shortest progressive context), "warmdown" (lr scale 0.1, every switch in its
+last state: late QAT and CROWN-Q both run, the longest context), and one regime per other
+combination of switch states a run can reach at lr scale 1, named by the states that differ from the first
+(e.g. "seq_len=2048"). Each is timed separately after the trainer's own compile warm-up
+(which compiled every combination); step time is the median of the timed steps (robust to a
+busy machine). On CPU the process's CPU time per step is reported too: on a shared machine the
 wall time mostly measures the other processes, the CPU time the step's own work (run with
 OMP_NUM_THREADS=1 so idle threads spinning are not counted).
 
@@ -27,12 +30,13 @@ import torch
 from golfcore.config import RunConfig
 from golfcore.plugins import PluginInfo
 from golfcore.run import Session
-from golfcore.train import Trainer, compile_switches, should_compile
+from golfcore.switch import reachable
+from golfcore.train import Trainer, should_compile
 
 # bf16 dense peak TFLOP/s by device-name fragment (vendor datasheets).
 PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
 
-REGIMES = {"full": 1.0, "warmdown": 0.1}  # lr scale of each timed regime
+FULL, WARMDOWN = 1.0, 0.1  # lr scale of the "full" and "warmdown" regimes
 
 
 class SyntheticLoader:
@@ -54,12 +58,12 @@ class SyntheticLoader:
         return tokens[:, :-1], tokens[:, 1:]
 
 
-def flops_per_token(model, config: RunConfig, causal: bool = False) -> float:
-    """Training FLOPs per token (module docstring); `causal` halves the attention term."""
+def flops_per_token(model, config: RunConfig, causal: bool = False, seq_len: int | None = None) -> float:
+    """Training FLOPs per token at `seq_len` (default train.seq_len; module docstring); `causal` halves the attention term."""
     m = config.model
     per_layer = {name: p.numel() for name, p in model.layers[0].named_parameters()}
     matmul = sum(per_layer.values()) * len(model.v2p) + m.vocab_size * m.model_dim
-    attention = 12 * len(model.v2p) * m.num_heads * m.head_dim * config.train.seq_len
+    attention = 12 * len(model.v2p) * m.num_heads * m.head_dim * (seq_len or config.train.seq_len)
     return 6.0 * matmul + (attention / 2 if causal else attention)
 
 
@@ -84,16 +88,20 @@ class Bench:
         self.trainer = Trainer(config, self.model, self.session.host, self.session.quantizer, loader, self.dist, None, lambda r: None)
         self.model.train()
         self.trainer.warm_up()
-        self.times: dict[str, list[float]] = {regime: [] for regime in REGIMES}
-        self.cpu_times: dict[str, list[float]] = {regime: [] for regime in REGIMES}  # this process's CPU seconds
+        self.regimes = regimes(self.trainer.switches)
+        self.seq_lens: dict[str, int] = {}
+        self.times: dict[str, list[float]] = {regime: [] for regime in self.regimes}
+        self.cpu_times: dict[str, list[float]] = {regime: [] for regime in self.regimes}  # this process's CPU seconds
 
     def timed_step(self, regime: str) -> None:
-        for m in compile_switches(self.model):
-            m.compile_switch = regime == "warmdown"
+        lr_scale, states = self.regimes[regime]
+        for switch, state in zip(self.trainer.switches, states):
+            switch.set(state)
+        self.seq_lens[regime] = self.trainer.shape.seq_len
         sync = torch.cuda.synchronize if self.dist.device.type == "cuda" else (lambda: None)
         sync()
         started, cpu_started = time.perf_counter(), time.process_time()
-        self.trainer.train_step(len(self.times[regime]), REGIMES[regime])
+        self.trainer.train_step(len(self.times[regime]), lr_scale)
         sync()
         self.times[regime].append(time.perf_counter() - started)
         self.cpu_times[regime].append(time.process_time() - cpu_started)
@@ -114,7 +122,11 @@ class Bench:
         for regime, times in self.times.items():
             step_s = statistics.median(times)
             tokens_per_s = t.batch_tokens / step_s
+            seq_len = self.seq_lens[regime]
+            fpt = flops_per_token(self.model, self.config, seq_len=seq_len)
+            fpt_causal = flops_per_token(self.model, self.config, causal=True, seq_len=seq_len)
             figures[f"{regime}.steps_timed"] = len(times)
+            figures[f"{regime}.seq_len"] = seq_len
             figures[f"{regime}.step_ms"] = step_s * 1000
             if self.dist.device.type == "cpu":
                 figures[f"{regime}.cpu_step_ms"] = statistics.median(self.cpu_times[regime]) * 1000
@@ -129,13 +141,24 @@ class Bench:
         return figures
 
 
+def regimes(switches: list) -> dict[str, tuple[float, tuple]]:
+    """Regime name -> (lr scale, a state per switch): "full", one per other reachable combination, "warmdown"."""
+    first, last = tuple(s.states[0] for s in switches), tuple(s.states[-1] for s in switches)
+    out = {"full": (FULL, first)}
+    for states in reachable(switches):
+        if states not in (first, last):
+            out[",".join(f"{s.name}={x}" for s, x, x0 in zip(switches, states, first) if x != x0)] = (FULL, states)
+    out["warmdown"] = (WARMDOWN, last)
+    return out
+
+
 def bench(config: RunConfig, available: dict[str, PluginInfo], steps: int = 5, warmup: int = 2,
           peak_tflops: float | None = None) -> dict:
     """Figures for `steps` timed steps in each regime (full lr scale, then warmdown)."""
     b = Bench(config, available, warmup)
     if b.dist.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(b.dist.device)
-    for regime in REGIMES:
+    for regime in b.regimes:
         for _ in range(steps):
             b.timed_step(regime)
     return b.figures(peak_tflops)
@@ -147,12 +170,14 @@ def compare(first: RunConfig, second: RunConfig, available: dict[str, PluginInfo
     order swapped every round so neither always runs on a warmer cache; returns both figure sets and
     second/first step-time ratios."""
     a, b = Bench(first, available, warmup), Bench(second, available, warmup)
-    for regime in REGIMES:
+    for regime in list(a.regimes) + [r for r in b.regimes if r not in a.regimes]:
         for i in range(steps):
             for x in ((a, b) if i % 2 == 0 else (b, a)):
-                x.timed_step(regime)
+                if regime in x.regimes:
+                    x.timed_step(regime)
     fa, fb = a.figures(peak_tflops), b.figures(peak_tflops)
-    ratios = {f"{regime}.step_time_ratio": fb[f"{regime}.step_ms"] / fa[f"{regime}.step_ms"] for regime in REGIMES}
+    shared = [r for r in a.regimes if r in b.regimes]  # "full" and "warmdown" always
+    ratios = {f"{regime}.step_time_ratio": fb[f"{regime}.step_ms"] / fa[f"{regime}.step_ms"] for regime in shared}
     if a.dist.device.type == "cpu":
-        ratios |= {f"{regime}.cpu_time_ratio": fb[f"{regime}.cpu_step_ms"] / fa[f"{regime}.cpu_step_ms"] for regime in REGIMES}
+        ratios |= {f"{regime}.cpu_time_ratio": fb[f"{regime}.cpu_step_ms"] / fa[f"{regime}.cpu_step_ms"] for regime in shared}
     return {"first": fa, "second": fb, "ratios": ratios}

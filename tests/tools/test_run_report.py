@@ -55,10 +55,10 @@ def test_schedule_events_are_the_ones_the_run_logged(single, run_folder):
     # late QAT (threshold 0.5) latches after the first step below 0.5, s = 10, so 11 steps are done
     run = read_run(run_folder["finished"])
     assert [e["step"] for e in run.events("warmdown")] == [7]
-    assert [(e["name"], e["value"], e["step"]) for e in run.events("switch")] == [("late_qat", True, 11)]
+    assert [(e["name"], e["value"], e["step"]) for e in run.events("switch")] == [("FakeQuantize", True, 11)]
     assert [m["muon_momentum"] for m in run.events("train")][:2] == pytest.approx([0.85, 0.85 + 0.1 / 6])
     text = single.read_text()
-    assert "warmdown starts (lr scale &lt; 1)" in text and "late_qat -&gt; True" in text
+    assert "warmdown starts (lr scale &lt; 1)" in text and "FakeQuantize -&gt; True" in text
 
 
 def test_several_runs_in_every_state_on_one_page(several, run_folder):

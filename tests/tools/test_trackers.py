@@ -43,7 +43,7 @@ def test_records_become_scalars_at_their_step(run_folder):
                                               "train/muon_momentum": train["muon_momentum"],
                                               "train/step_avg_ms": train["step_avg_ms"],
                                               "train/time_s": train["train_time_ms"] / 1000})
-    assert scalars(run.events("switch")[0]) == (11, {"switch/late_qat": 1.0})
+    assert scalars(run.events("switch")[0]) == (11, {"switch/FakeQuantize": 1.0})
     assert scalars(run.events("start")[0]) is None
     figures = final_figures(run.result)
     assert figures["final/val_bpb"] == figures["final/stage/roundtrip/val_bpb"] == run.result["val_bpb"]
@@ -73,7 +73,7 @@ def test_tensorboard_event_files_read_back(run_folder, tmp_path, monkeypatch):
     assert logdir.name == run_folder["finished"].name  # the run directory's name, from its start record
     events = EventAccumulator(str(logdir))
     events.Reload()
-    for key in ("train/loss", "train/lr_scale", "train/muon_momentum", "val/loss_live_weights", "switch/late_qat"):
+    for key in ("train/loss", "train/lr_scale", "train/muon_momentum", "val/loss_live_weights", "switch/FakeQuantize"):
         assert same_series([(e.step, e.value) for e in events.Scalars(key)], logged(records, key)), key
     (final,) = events.Scalars("final/val_bpb")
     assert final.value == pytest.approx(result["val_bpb"]) and final.step == 12
