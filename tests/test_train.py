@@ -237,8 +237,8 @@ def test_switch_fires_at_its_training_fractions_and_warm_up_visits_every_state()
     assert visited[:3] == ["a", "b", "c"]  # warm-up: one step in the start state, then one in each other
     # fractions 0, 1/8, ..., 7/8 before steps 1..8: "b" from fraction 0.25 (step 3), "c" from 0.5 (step 5)
     assert ThreeWay.seen == [(1, "a"), (2, "a"), (3, "b"), (4, "b"), (5, "c"), (6, "c"), (7, "c"), (8, "c")]
-    notes = [r for r in records if r.get("switch") == "mode"]
-    assert [(r["step"], r["state"]) for r in notes] == [(2, "b"), (4, "c")]  # logged before steps 3 and 5
+    changes = [r for r in records if r.get("event") == "switch" and r["name"] == "mode"]
+    assert [(r["step"], r["value"]) for r in changes] == [(2, "b"), (4, "c")]  # logged before steps 3 and 5
     assert [(s.name, s.state) for s in trainer.switches] == [("mode", "c")]
 
 
