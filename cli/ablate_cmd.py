@@ -130,7 +130,7 @@ def ablate(
     import dataclasses
 
     from golf_tools.ablate import LocalLauncher, SlurmOptions, SubmititLauncher, plan_ablation, run_ablation
-    from golf_tools.report import render
+    from golf_tools.ablation_report import render
     from golf_tools.stats import Bar
     from golfcore.errors import ConfigError
 
@@ -164,14 +164,16 @@ def ablate(
     started = time.monotonic()
     try:
         with Progress(seed_values, min(runner.capacity, len(plan.variants) * len(seed_values))) as progress:
-            states, data = run_ablation(plan, directory, runner, progress, nproc,
-                                        notice=lambda line: console.print(line, markup=False, soft_wrap=True))
+            states = run_ablation(plan, directory, runner, progress, nproc,
+                                  notice=lambda line: console.print(line, markup=False, soft_wrap=True))
     except KeyboardInterrupt:
+        render(directory)  # with what finished
         console.print(f"interrupted: finished runs are kept; rerun the same command to resume ({directory})", markup=False)
         raise typer.Exit(130) from None
+    render(directory)
     console.print((directory / "table.md").read_text(encoding="utf-8"), markup=False)
     counts = {k: sum(s.status == k for s in states) for k in ("done", "reused", "failed", "skipped", "interrupted")}
     console.print(f"{', '.join(f'{v} {k}' for k, v in counts.items() if v)} in {time.monotonic() - started:.0f}s; "
-                  f"outputs in {directory} (ablation.json, table.md, results.csv, delta.png)", markup=False)
+                  f"outputs in {directory} (ablation.json, table.md, results.csv, delta.png, reports/)", markup=False)
     if counts["failed"] or counts["skipped"] or counts["interrupted"]:
         raise typer.Exit(1)

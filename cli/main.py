@@ -6,6 +6,7 @@ a legal score; 4 training diverged; 75 interrupted by SIGTERM/SIGINT (resume lat
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import sys
@@ -29,6 +30,7 @@ from .launch import launch, leave_error_for_launcher
 from .model_cmd import register as register_model
 from .options import DirsOpt, SetOpt, WithOpt, WithoutOpt, console
 from .plugins_cmd import app as plugins_app
+from .report_cmd import register as register_reports
 
 # errors of the machine the user gave golf (a full disk, a read-only or forbidden folder), not of golf
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}
@@ -63,6 +65,7 @@ app.add_typer(plugins_app, name="plugins")
 app.command()(ablate)
 register_audit(app)
 register_model(app)
+register_reports(app)
 
 
 @app.callback()
@@ -154,6 +157,7 @@ def run(
     trace_hooks: Annotated[bool, typer.Option("--trace-hooks", help="print every hook call and the plugins that answered it")] = False,
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="write the run to this directory (must not exist)")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="continue an interrupted run (RUN_DIR.incomplete) from its checkpoint, with its own recipe")] = None,
+    track: Annotated[Optional[list[str]], typer.Option("--track", help="also log to tracker NAME: tensorboard, wandb, mlflow, trackio (with [log] trackers)")] = None,
 ):
     """Train a recipe, export its artifact, and score the artifact (val_bpb after the round trip).
 
@@ -175,11 +179,14 @@ def run(
         _check_before_launch(config, available, nproc)
         raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:])))
     main = int(os.environ.get("RANK", "0")) == 0
-    with _progress(enabled=main) as progress:
+    from golf_tools.trackers import Tracking
+
+    with _progress(enabled=main) as progress, Tracking(config, track or [], resume and resume.name, enabled=main) as tracking:
         run_dir, result = run_recipe(config, available, dump_toml(config),
                                      echo=lambda s: progress.console.print(s, markup=False, soft_wrap=True),
                                      progress_factory=_progress_factory(progress), trace_hooks=trace_hooks,
-                                     run_dir=run_dir, resume_dir=resume)
+                                     run_dir=run_dir, resume_dir=resume, listeners=tracking.listeners)
+        tracking.result = result and dataclasses.asdict(result)
     if main:
         _summary(result)
         _refuse_illegal(result)

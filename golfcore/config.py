@@ -261,6 +261,22 @@ class TrainSection(Section):
         return 0, parsed
 
 
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
+
+
+@dataclass
+class LogSection(Section):
+    trackers: list[str] = option([], "also send metrics, the resolved recipe and the result to these (rank 0): "
+                                     + ", ".join(TRACKERS) + " (docs/reports.md)")
+    project: str = option("golf", "the W&B project, MLflow experiment or trackio project")
+    dir: str = option("", "where tracker files go ('' = <run.out_dir>/trackers)")
+
+    def check(self) -> None:
+        for name in self.trackers:
+            if name not in TRACKERS:
+                raise self.invalid("trackers", f"{name!r} is not one of {', '.join(TRACKERS)}")
+
+
 @dataclass
 class EvalSection(Section):
     seq_len: int = option(0, "eval window length (0 = train.seq_len)", at_least=0)
@@ -296,6 +312,7 @@ CORE_SECTIONS: dict[str, type[Section]] = {
     "train": TrainSection,
     "eval": EvalSection,
     "export": ExportSection,
+    "log": LogSection,
 }
 
 
@@ -310,6 +327,7 @@ class RunConfig:
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
     export: ExportSection = field(default_factory=ExportSection)
+    log: LogSection = field(default_factory=LogSection)
     plugins: dict[str, Section] = field(default_factory=dict)
     source: str = "<defaults>"
     tokens: SpecialTokens = field(default_factory=SpecialTokens)  # not a recipe key: the corpus tokenizer's (golfcore.run)

@@ -60,11 +60,15 @@ INVALID_SUFFIX = ".invalid"  # a finished run whose score is not a legal one
 
 
 class RunLog:
-    """The run's log (challenge line format), metrics.jsonl and console echo, on rank 0."""
+    """The run's log (challenge line format), metrics.jsonl and console echo, on rank 0.
 
-    def __init__(self, directory: Path | None, echo: Callable[[str], None]):
+    `listeners` receive every metrics record as it is written (the CLI's trackers,
+    golf_tools.trackers); the records are documented in docs/reports.md."""
+
+    def __init__(self, directory: Path | None, echo: Callable[[str], None], listeners: list[Callable[[dict], None]] = ()):
         self.directory = directory
         self.echo = echo
+        self.listeners = list(listeners)
         self._log = open(directory / "log.txt", "a", encoding="utf-8") if directory else None
         self._metrics = open(directory / "metrics.jsonl", "a", encoding="utf-8") if directory else None
 
@@ -78,6 +82,8 @@ class RunLog:
         if self._metrics:
             self._metrics.write(json.dumps(record) + "\n")
             self._metrics.flush()
+        for listener in self.listeners:
+            listener(record)
         event = record.get("event")
         if event == "train":
             self.line(
@@ -88,6 +94,8 @@ class RunLog:
             self.line(record["text"])
         elif event == "checkpoint":
             self.line(f"step:{record['step']}/{record['of']} checkpoint:{record['path']}")
+        elif event == "switch":
+            self.line(f"step:{record['step']} switch:{record['name']}={record['value']}")
         elif event == "val":  # live weights, before export: a loss, never presented as a score
             self.line(
                 f"step:{record['step']}/{record['of']} val_loss:{record['val_loss']:.4f} "
@@ -589,7 +597,8 @@ def silence_blocks(model: nn.Module) -> None:
 
 def run(config: RunConfig, available: dict[str, PluginInfo], recipe_text: str,
         echo: Callable[[str], None] = print, progress_factory=None, trace_hooks: bool = False,
-        run_dir: Path | None = None, resume_dir: Path | None = None) -> tuple[Path | None, RunResult]:
+        run_dir: Path | None = None, resume_dir: Path | None = None,
+        listeners: list[Callable[[dict], None]] = ()) -> tuple[Path | None, RunResult]:
     """Train, export, round-trip and score one recipe; returns (run directory, result) on rank 0.
 
     The run lands in `run_dir` when given, else in a new `<out_dir>/<name>-<timestamp>`. With
@@ -598,7 +607,8 @@ def run(config: RunConfig, available: dict[str, PluginInfo], recipe_text: str,
     A diverged run raises DivergedError after writing result.json with status "diverged"; an
     interrupted one (SIGTERM/SIGINT from the compile warm-up to the last score) raises
     TrainingInterrupted and stays `.incomplete`, ready to resume. With `trace_hooks`, every
-    hook call is echoed with the plugins that answered it."""
+    hook call is echoed with the plugins that answered it. `listeners` receive rank 0's metrics
+    records (RunLog)."""
     with StopSignals():
         session = Session(config, available, trace_hooks=echo if trace_hooks else None)
         dist = session.dist
@@ -607,11 +617,15 @@ def run(config: RunConfig, available: dict[str, PluginInfo], recipe_text: str,
             recipe_text = (run_dir / RECIPE_NAME).read_text(encoding="utf-8")  # the recipe the run started with
         else:
             run_dir = _new_run_dir(config, run_dir) if dist.is_main else None
-        log = RunLog(run_dir if dist.is_main else None, echo if dist.is_main else (lambda _: None))
+        log = RunLog(run_dir if dist.is_main else None, echo if dist.is_main else (lambda _: None),
+                     listeners if dist.is_main else ())
         progress_factory = _interruptible(progress_factory or (lambda stage, total: None), "after training")
         try:
             if run_dir and resume_dir is None:
                 _write(run_dir / RECIPE_NAME, recipe_text.encode("utf-8"))
+                source = Path(config.source)
+                log.record({"event": "start", "recipe": str(source.resolve()) if source.is_file() else config.source,
+                            "run_dir": str(run_dir), "time": time.time()})
             code = Bundle.for_run(session.plugin_modules(), recipe_text)
             with guard.watching(session.watch):
                 result = _run_steps(session, run_dir, log, progress_factory, code, resuming=resume_dir is not None)

@@ -308,6 +308,7 @@ class Trainer:
         self.loader = loader  # next_batch(global_tokens, seq_len, micro_batches_per_rank) -> (x, y); reset(); state()/restore() to checkpoint
         self.first_bad_step = torch.full((), NO_BAD_STEP, dtype=torch.int64, device=dist.device)  # first non-finite step on this rank
         self.logged_losses: deque[float] = deque(maxlen=SPIKE_WINDOW)
+        self.logged_switches = {sw.name: sw.state for sw in self.switches}  # as the last `switch` records left them
 
     def _collect_switches(self) -> list[TrainingSwitch]:
         """The plugins' switches in their first state, then the model's other compile_switch modules."""
@@ -323,13 +324,20 @@ class Trainer:
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(reachable(switches)))
         return switches
 
-    def follow_schedules(self, step: int, fraction: float) -> None:
+    def follow_schedules(self, step: int, fraction: float, elapsed_ms: float) -> None:
         """Move every switch with `at` fractions to the state its schedule gives (before `step`)."""
         for s in self.switches:
             if s.at and s.scheduled(fraction) != s.state:
                 s.set(s.scheduled(fraction))
-                self.on_log({"event": "note", "text": f"step:{step} switch {s.name}={s.state} at training fraction {fraction:.3f}",
-                             "switch": s.name, "state": s.state, "step": step})
+        self.log_switches(step, elapsed_ms)
+
+    def log_switches(self, step: int, elapsed_ms: float) -> None:
+        """A `switch` record for each switch whose state changed since the last: after `step` steps,
+        the next step runs with `name` = `value` (docs/reports.md)."""
+        for s in self.switches:
+            if s.state != self.logged_switches[s.name]:
+                self.logged_switches[s.name] = s.state
+                self.on_log({"event": "switch", "step": step, "train_time_ms": elapsed_ms, "name": s.name, "value": s.state})
 
     def train_step(self, step: int, lr_scale: float) -> torch.Tensor:
         """One optimizer step; returns this rank's mean micro-batch loss, still on the device."""
@@ -458,10 +466,16 @@ class Trainer:
             step, elapsed_ms = self.load_state_dict(resume)
         resumed_from, last_checkpoint_ms = step, elapsed_ms
         self.clock.start(step, elapsed_ms)
+        self.logged_switches = {sw.name: sw.state for sw in self.switches}  # a resumed run logged its changes before
+        in_warmdown = step > 0 and lr_scale_at(self.config, step - 1, elapsed_ms) < 1.0
         with StopSignals() as signals:
             while step < t.iterations:
-                self.follow_schedules(step, training_fraction(self.config, step, elapsed_ms))
+                self.follow_schedules(step, training_fraction(self.config, step, elapsed_ms), elapsed_ms)
                 scale = lr_scale_at(self.config, step, elapsed_ms)
+                momentum = muon_momentum_at(step, self.config.optim)
+                if scale < 1.0 and not in_warmdown:
+                    in_warmdown = True
+                    self.on_log({"event": "warmdown", "step": step, "train_time_ms": elapsed_ms})
                 loss = self.train_step(step, scale)
                 step += 1
                 self.host.call("golf_step_end", model=self.model, step=step, lr_scale=scale)
@@ -477,11 +491,13 @@ class Trainer:
                     elapsed_ms = self.clock.estimate(step)
                 if self.progress:
                     self.progress(step, t.iterations)
+                self.log_switches(step, elapsed_ms)  # those a plugin flipped in golf_step_end
                 if logging:
                     logged = self._read_loss(loss.clone())
                     self._check_health(step, logged)
                     self.on_log({"event": "train", "step": step, "of": t.iterations, "train_loss": logged,
-                                 "train_time_ms": elapsed_ms, "step_avg_ms": elapsed_ms / step, "lr_scale": scale})
+                                 "train_time_ms": elapsed_ms, "step_avg_ms": elapsed_ms / step, "lr_scale": scale,
+                                 "muon_momentum": momentum})
                 if stop:
                     self._check_health(step)
                     if t.checkpoint_every:

@@ -237,8 +237,8 @@ def test_switch_fires_at_its_training_fractions_and_warm_up_visits_every_state()
     assert visited[:3] == ["a", "b", "c"]  # warm-up: one step in the start state, then one in each other
     # fractions 0, 1/8, ..., 7/8 before steps 1..8: "b" from fraction 0.25 (step 3), "c" from 0.5 (step 5)
     assert ThreeWay.seen == [(1, "a"), (2, "a"), (3, "b"), (4, "b"), (5, "c"), (6, "c"), (7, "c"), (8, "c")]
-    notes = [r for r in records if r.get("switch") == "mode"]
-    assert [(r["step"], r["state"]) for r in notes] == [(2, "b"), (4, "c")]  # logged before steps 3 and 5
+    changes = [r for r in records if r.get("event") == "switch" and r["name"] == "mode"]
+    assert [(r["step"], r["value"]) for r in changes] == [(2, "b"), (4, "c")]  # logged before steps 3 and 5
     assert [(s.name, s.state) for s in trainer.switches] == [("mode", "c")]
 
 
@@ -314,3 +314,34 @@ def test_a_layer_slot_switch_turns_on_at_its_fraction():
         model.switches["late_layer"].compile_switch = False
     trainer.run()
     assert LastLayerLater.seen == [False, False, True, True]
+
+
+def test_warmdown_and_switch_records_are_logged_once_across_a_resume(tmp_path):
+    from golfcore.checkpoint import Checkpoints
+    from golfcore.errors import TrainingInterrupted
+    from golf_plugins.ema import Ema
+    from golf_plugins.late_qat import LateQat
+    from golf_plugins.swa import Swa
+    from tests.test_checkpoint import SignalAt, make, stateful_config
+
+    shard = [tmp_path / "t_train_000000.bin"]
+    write_shard(shard[0], np.random.default_rng(0).integers(0, 64, 3000).astype(np.uint16))
+    classes = (Ema, Swa, LateQat, SignalAt)
+    # 12 steps, warmdown_iters 8: lr scale (12 - s) / 8 is 7/8 on step s = 5, the first below 1 (and
+    # below late QAT's 0.9), so warmdown starts after 5 steps and QAT is on after 6
+    config, before, after = stateful_config(), [], []
+    store = Checkpoints(tmp_path / "run", config, "code")
+    store.run_dir.mkdir()
+    SignalAt.at = 6
+    try:
+        with pytest.raises(TrainingInterrupted):
+            make(config, shard, *classes, checkpoints=store, records=before)[2].run()
+    finally:
+        SignalAt.at = 0
+    make(stateful_config(), shard, *classes, checkpoints=store, records=after)[2].run(store.load(torch.device("cpu")))
+    events = lambda records: [(r["event"], r["step"], r.get("name"), r.get("value")) for r in records
+                              if r["event"] in ("warmdown", "switch")]
+    assert events(before) == [("warmdown", 5, None, None), ("switch", 6, "FakeQuantize", True)]
+    assert events(after) == []  # the resumed run starts in warmdown with QAT on: nothing changed
+    momentum = [r["muon_momentum"] for r in before + after if r["event"] == "train"]
+    assert momentum == pytest.approx([0.85 + 0.1 * min(s / 500, 1) for s in (0, 3, 7, 11)])  # the steps logged, less one

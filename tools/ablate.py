@@ -10,7 +10,8 @@ crashing run cannot take the ablation down. Layout of the ablation directory:
     runs/<variant>/seed-<S>.failed  the error of a failed run (removed when it is retried)
     logs/<variant>.seed-<S>.log   the run's console output
     sessions.jsonl                one line per `golf ablate` invocation: runs executed, reused, wall time
-    ablation.json, table.md, results.csv, delta.png   written by golf_tools.report
+    ablation.json, table.md, results.csv, delta.png, reports/<variant>/report.html
+                                  written by golf_tools.ablation_report (the CLI calls it)
 
 Resume: a finished run (its directory holds result.json) is reused when its recipe.toml is
 the planned resolved recipe, its seed is the planned seed and its code_sha256 is the hash of
@@ -487,11 +488,10 @@ def _settle(state: RunState, code: int, log: Path) -> None:
 
 
 def run_ablation(plan: Plan, directory: Path, launcher, on_change: Callable[[list[RunState]], None],
-                 nproc: int = 1, notice: Callable[[str], None] = lambda line: None) -> tuple[list[RunState], dict]:
-    """Save the plan, reuse or run every run, append this session to sessions.jsonl and write
-    the outputs (also after an interruption, with what finished). Returns (states, ablation.json)."""
-    from .report import render
-
+                 nproc: int = 1, notice: Callable[[str], None] = lambda line: None) -> list[RunState]:
+    """Save the plan, reuse or run every run and append this session to sessions.jsonl (also after
+    an interruption, with what finished). Returns the runs' states; the outputs are
+    golf_tools.ablation_report.render's."""
     directory = Path(directory)
     if (directory / "plan.json").is_file() and Plan.load(directory) != plan:
         notice(f"{directory}: the plan changed since the last session; finished runs of the earlier plan that do "
@@ -513,5 +513,4 @@ def run_ablation(plan: Plan, directory: Path, launcher, on_change: Callable[[lis
                    **counts, "runs": {f"{s.spec.variant.name}/seed-{s.spec.seed}": s.status for s in states}}
         with open(directory / "sessions.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(session) + "\n")
-        data = render(directory)
-    return states, data
+    return states

@@ -248,5 +248,5 @@ def test_the_trainer_switches_the_loop_on_at_its_fraction():
     records = []
     outcome = train_briefly(config, host, model, records=records)
     assert math.isfinite(outcome.last_train_loss) and model.switches["recurrence"].compile_switch
-    notes = [r["text"] for r in records if r.get("event") == "note" and "switch recurrence" in r.get("text", "")]
-    assert notes == ["step:2 switch recurrence=True at training fraction 0.500"]
+    switches = [(r["step"], r["name"], r["value"]) for r in records if r.get("event") == "switch"]
+    assert switches == [(2, "recurrence", True)]  # after 2 of 4 steps: training fraction 0.5

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from golf_tools.ablate import REFERENCE, plan_ablation, run_path
-from golf_tools.report import render
+from golf_tools.ablation_report import render
 from golfcore.errors import ConfigError
 from golfcore.plugins import discover
 

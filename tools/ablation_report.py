@@ -2,9 +2,10 @@
 
 `render(directory)` reads every run's result.json (or its `.failed` note), compares each
 variant with the reference (golf_tools.stats) and writes ablation.json (everything, per-seed
-values included), table.md, results.csv (one row per run) and delta.png (Δ bpb per variant
-with its 95% CI and the reference's seed-to-seed std as a band). `golf ablate --report DIR`
-is this function; so the files can always be rebuilt from the runs.
+values included), table.md, results.csv (one row per run), delta.png (Δ bpb per variant
+with its 95% CI and the reference's seed-to-seed std as a band) and, per variant,
+reports/<variant>/report.html (golf report of its seeds' runs, linked from table.md).
+`golf ablate --report DIR` is this function; so the files can always be rebuilt from the runs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 from pathlib import Path
 
 from .ablate import Plan, Variant, failed_marker, read_result, run_path
+from .run_report import render as render_report
 from .stats import Bar, Spread, compare, judge
 
 SIGN_NOTE = {
@@ -81,11 +83,22 @@ def render(directory: Path, bar: Bar | None = None) -> dict:
     """Collect and write every output file; returns what ablation.json holds."""
     directory = Path(directory)
     data = collect(directory, bar)
+    _variant_reports(directory, [data["reference"], *data["variants"]])
     (directory / "ablation.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     (directory / "table.md").write_text(table_markdown(data), encoding="utf-8")
     _write_csv(directory / "results.csv", data)
     _plot(directory / "delta.png", data)
     return data
+
+
+def _variant_reports(directory: Path, groups: list[dict]) -> None:
+    """golf report of each variant's run directories (every seed on one axis), as group["report"]."""
+    for group in groups:
+        runs = [directory / r["run_dir"] for r in group["runs"] if (directory / r["run_dir"] / "recipe.toml").is_file()]
+        group["report"] = None
+        if runs:
+            page = render_report(runs, directory / "reports" / group["name"])
+            group["report"] = str(page.relative_to(directory))
 
 
 # ----------------------------------------------------------------------------- table.md
@@ -129,25 +142,27 @@ def table_markdown(data: dict) -> str:
         "",
         f"Seeds {', '.join(map(str, data['seeds']))}. Reference ({data['recipe']}): val_bpb {_mean_std(ref['val_bpb'])}, "
         f"val_loss {_mean_std(ref['val_loss'])} nats ({ref_n} seeds). "
-        f"Noise floor (reference seed-to-seed std): {_num(floor['bpb'])} bpb, {_num(floor['nats'])} nats.",
+        f"Noise floor (reference seed-to-seed std): {_num(floor['bpb'])} bpb, {_num(floor['nats'])} nats."
+        + (f" Reference runs: [report]({ref['report']})." if ref.get("report") else ""),
         "",
         f"{data['sign']}. Bar: Holm-adjusted paired t-test p < {bar['alpha']} and |Δ| ≥ {bar['min_delta_nats']} nats. "
         "Re-scored variants re-evaluate the reference's artifact of the same seed (the plugin acts only at evaluation).",
         "",
-        "| variant | how | seeds | val_bpb | val_loss | Δ bpb [95% CI] | Δ nats [95% CI] | p paired | p Welch | p Holm | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | how | seeds | val_bpb | val_loss | Δ bpb [95% CI] | Δ nats [95% CI] | p paired | p Welch | p Holm | verdict | runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for group in data["variants"]:
         if group["impossible"]:
-            lines.append(f"| {_describe(group)} | – | – | – | – | – | – | – | – | – | impossible: {group['impossible']} |")
+            lines.append(f"| {_describe(group)} | – | – | – | – | – | – | – | – | – | impossible: {group['impossible']} | – |")
             continue
         done = sum(r["status"] == "done" for r in group["runs"])
         c = group["comparison"]
         cells = [_delta(c, "bpb"), _delta(c, "nats"), _p(c["p_paired"]), _p(c["p_welch"]), _p(c["p_adjusted"]),
                  c["verdict"]] if c else ["–"] * 5 + ["no finished pair"]
         how = "re-scored" if group["rescored"] else "retrained"
+        link = f"[report]({group['report']})" if group.get("report") else "–"
         lines.append(f"| {_describe(group)} | {how} | {done}/{len(group['runs'])} | {_mean_std(group['val_bpb'])} | "
-                     f"{_mean_std(group['val_loss'])} | " + " | ".join(cells) + " |")
+                     f"{_mean_std(group['val_loss'])} | " + " | ".join(cells) + f" | {link} |")
     problems = [r for g in [ref, *data["variants"]] for r in g["runs"] if r["status"] != "done"]
     if problems:
         lines += ["", "Runs without a result:", ""]
