@@ -27,12 +27,13 @@ from .plugins import Plugin
 
 # building blocks plugins reuse
 from .artifact import CLIP_PERCENTILE, Int8Quantizer, fp16_round, row_quantiles, to_float16
+from .calibration import InputStats
 from .data import BOS_ID
 from .model import Rotary, rms_norm
 
 __all__ = [
     "BOS_ID", "CLIP_PERCENTILE", "Compressor", "ComplianceError", "ConfigError", "EvalAdapter", "EvalContext",
-    "ForwardContext", "GolfError", "Int8Quantizer", "LayerInfo", "LayerSelection", "Plugin", "Quantizer", "Rotary",
+    "ForwardContext", "GolfError", "InputStats", "Int8Quantizer", "LayerInfo", "LayerSelection", "Plugin", "Quantizer", "Rotary",
     "RunConfig", "Section", "declare", "float_params", "fp16_round", "hookimpl", "option", "param_specs", "rms_norm",
     "row_quantiles", "spec_of", "to_float16", "WeightAverage",
 ]

@@ -259,6 +259,9 @@ def pack(state: dict[str, Tensor], specs: dict[str, ParamSpec], quantizer: Quant
             holders.setdefault(key, []).append(name)
     owner = {n: next((m for m in names if m in specs), names[0]) for names in holders.values() for n in names}
 
+    prepare = getattr(quantizer, "prepare", None)  # a quantizer that chooses across tensors (golf.Quantizer)
+    if prepare is not None:
+        prepare({n: t for n, t in state.items() if owner.get(n, n) == n}, specs)
     tensors: dict[str, Tensor] = {}
     entries: dict[str, dict] = {}
     for name, tensor in state.items():

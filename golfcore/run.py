@@ -29,6 +29,7 @@ from torch import nn
 from . import audit
 from .artifact import Int8Quantizer, ZstdCompressor, group_bytes, pack, project, report, unpack
 from .bundle import Bundle
+from .calibration import calibrate
 from .config import RunConfig
 from .contract import EvalContext
 from .checkpoint import DIR_NAME as CHECKPOINT_DIR
@@ -490,7 +491,7 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
 
     loader = DistributedTokenLoader(corpus.train_files, dist.rank, dist.world_size, dist.device)
     checkpoints = Checkpoints(run_dir, config, code.modules_sha256()) if run_dir else None
-    trainer = Trainer(config, model, session.host, session.quantizer, loader, dist, validate, log.record,
+    trainer = Trainer(_reserve_calibration(config, session.quantizer), model, session.host, session.quantizer, loader, dist, validate, log.record,
                       progress=progress_factory("train", config.train.iterations),
                       checkpoints=checkpoints)
     log.line("execution: " + " ".join(f"{k}:{v}" for k, v in trainer.execution.items()))
@@ -501,6 +502,13 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
         log.line(f"resuming from the checkpoint at step {resume['step']}")
     outcome = trainer.run(resume)
     log.line(f"stopped_by:{outcome.stopped_by} steps:{outcome.steps} train_time:{outcome.train_seconds * 1000:.0f}ms")
+    calibration = calibrate(
+        session.quantizer, model, lambda: loader.next_batch(config.train.batch_tokens, config.train.seq_len, trainer.accum)[0],
+        lambda x: _eager_logits(model, x, dist.device), _sum_across_ranks if dist.world_size > 1 else None)
+    if calibration is not None:  # inside the training clock: the quantizer's reserve kept time for it
+        outcome.train_seconds += calibration.seconds
+        log.line(f"calibration: {calibration.batches} training batches ({calibration.tokens} tokens, after the last step) "
+                 f"for {calibration.weights} weights in {calibration.seconds * 1000:.0f}ms; train_time:{outcome.train_seconds * 1000:.0f}ms")
 
     pre_export = session.score(model, val_tokens, stride=config.eval_seq_len)
     blob = pack(model.state_dict(), param_specs(model), session.quantizer, session.compressor, config.export.smallest_layout)
@@ -552,7 +560,8 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
                   "group_bytes_method": "each group's stored bytes compressed alone by the compressor",
                   "precision_bytes": projection.precision_bytes,
                   "compression_ratio": art.model_bytes / projection.precision_bytes,
-                  "projected_total_bytes": projection.total_bytes, "projection_ratio_source": projection.ratio_source},
+                  "projected_total_bytes": projection.total_bytes, "projection_ratio_source": projection.ratio_source,
+                  "calibration": dataclasses.asdict(calibration) if calibration else None},
         plugins=_plugin_records(config, session.available),
         seed=config.run.seed,
         world_size=dist.world_size,
@@ -563,6 +572,25 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
         compliance=compliance,
         config=config.to_dict(),
     )
+
+
+def _reserve_calibration(config: RunConfig, quantizer) -> RunConfig:
+    """The recipe the trainer runs: its wallclock cap less the quantizer's calibration reserve."""
+    reserve = getattr(quantizer, "calibration_reserve_seconds", 0.0) if getattr(quantizer, "calibration_batches", 0) else 0.0
+    if config.train.max_wallclock_seconds <= 0 or reserve <= 0:
+        return config
+    cap = max(config.train.max_wallclock_seconds - reserve, 0.0)
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, max_wallclock_seconds=cap))
+
+
+def _sum_across_ranks(t: torch.Tensor) -> torch.Tensor:
+    torch.distributed.all_reduce(t)
+    return t
+
+
+def _eager_logits(model: GPT, tokens: torch.Tensor, device: torch.device) -> torch.Tensor:
+    with autocast_for(device, model.activation_dtype):
+        return model.logits(tokens)
 
 
 def rescore(run_dir: Path, available: dict[str, PluginInfo], echo: Callable[[str], None] = print,
