@@ -135,7 +135,7 @@ def _git_revision() -> str | None:
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "torch": torch.__version__}
-    for dist in ("golf", "numpy", "pluggy", "sentencepiece", "zstandard", "safetensors"):
+    for dist in ("golf", "numpy", "pluggy", "sentencepiece", "zstandard", "safetensors", "brotli"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

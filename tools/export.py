@@ -30,7 +30,7 @@ from golfcore.result import RunResult
 from golfcore.run import INVALID_SUFFIX, RECIPE_NAME
 from golfcore.submission import DEFAULT_DATA_PATH, DEFAULT_TOKENIZER_PATH
 
-RUNTIME_PACKAGES = ("torch", "numpy", "sentencepiece", "pluggy", "safetensors", "zstandard")  # what golfcore imports
+RUNTIME_PACKAGES = ("torch", "numpy", "sentencepiece", "pluggy", "safetensors", "zstandard", "brotli")  # what golfcore imports
 
 
 def export(run_dir: Path, available: dict[str, PluginInfo], out: Path | None = None) -> Path:
