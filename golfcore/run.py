@@ -554,7 +554,7 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
         model_params=count_parameters(model),
         artifact={"model_bytes": art.model_bytes, "code_bytes": art.code_bytes, "total_bytes": art.total_bytes,
                   "budget_bytes": art.budget_bytes, "within_budget": art.within_budget,
-                  "code_files": code.code_files(),
+                  "code_files": code.code_files(), "code_files_raw": code.raw_files(),
                   "quantizer": session.quantizer.name, "compressor": session.compressor.name,
                   "groups": [dataclasses.asdict(g) for g in art.groups],
                   "group_bytes_method": "each group's stored bytes compressed alone by the compressor",
