@@ -252,7 +252,9 @@ class Session:
         stages: dict[str, dict] = {}
         for count in counts:
             stage = "+".join(["roundtrip", *names[:count]])
-            model = self.load_artifact(blob)
+            t_load = time.perf_counter()
+            model = self.load_artifact(blob)  # decompress and dequantize: part of the stage's warm-up, in its budget
+            load_seconds = time.perf_counter() - t_load
             self.host.call("golf_before_eval", model=model, config=self.config)
             adapters = self.host.collect("golf_eval_adapter", config=self.config)[:count]
             t0 = time.perf_counter()
@@ -266,13 +268,15 @@ class Session:
                 break
             stages[stage] = {
                 "val_bpb": result.val_bpb, "val_loss": result.val_loss, "eval_seconds": result.seconds,
-                "warmup_seconds": result.warmup_seconds, "phase_seconds": result.phase_seconds,
+                "warmup_seconds": result.warmup_seconds + load_seconds, "load_seconds": load_seconds,
+                "phase_seconds": result.phase_seconds,
                 "targets": result.targets, "bytes": result.bytes, "checks": result.checks, "legal": True,
             }
             phases = " ".join(f"{k}:{v * 1000:.0f}ms" for k, v in result.phase_seconds.items())
             log.line(
                 f"final stage:{stage} val_loss:{result.val_loss:.6f} val_bpb:{result.val_bpb:.6f} "
-                f"eval_time:{result.seconds * 1000:.0f}ms ({phases}) warmup:{result.warmup_seconds * 1000:.0f}ms "
+                f"eval_time:{result.seconds * 1000:.0f}ms ({phases}) warmup:{(result.warmup_seconds + load_seconds) * 1000:.0f}ms "
+                f"(artifact load {load_seconds * 1000:.0f}ms) "
                 f"data:{self.data_label(targets)}"
             )
         return stages
@@ -477,14 +481,11 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
         f"model_params:{count_parameters(model)} world_size:{dist.world_size} device:{dist.device} "
         f"plugins:{','.join(config.plugins) or 'none'} corpus:{corpus.name} val_targets:{targets}"
     )
-    projection = project(model, session.quantizer, config.export.float_max_numel, code.code_bytes,
-                         config.export.budget_bytes, Path(config.run.out_dir), config.run.name)
+    projection = project(model, session.quantizer, config.export.float_max_numel, code.code_bytes, config.export.budget_bytes)
+    log.line(f"projected artifact: model {projection.model_bytes} + code {code.code_bytes} = {projection.total_bytes} bytes "
+             f"(from the tensor shapes and the {session.quantizer.name} grid, margin included)")
     if not projection.fits:
-        log.line(
-            f"WARNING: projected artifact {projection.total_bytes} bytes exceeds the {projection.budget_bytes}-byte budget "
-            f"({projection.precision_bytes} precision bytes x compression ratio {projection.compression_ratio:.3f} "
-            f"from {projection.ratio_source}, + code)"
-        )
+        log.line(f"WARNING: projected artifact {projection.total_bytes} bytes exceeds the {projection.budget_bytes}-byte budget")
 
     def validate(m: nn.Module) -> float:
         return session.score(m, val_tokens, stride=config.eval_seq_len).val_loss
@@ -515,6 +516,8 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
     art = report(blob, code.code_bytes, config.export.budget_bytes, group_bytes(blob, session.compressor))
     if run_dir:
         (run_dir / ARTIFACT_NAME).write_bytes(blob)
+    if getattr(session.compressor, "report", ""):
+        log.line(session.compressor.report)
     log.line(
         f"artifact: model {art.model_bytes} + code {art.code_bytes} = {art.total_bytes} bytes "
         f"(budget {art.budget_bytes}: {'OK' if art.within_budget else 'OVER BUDGET'})"
@@ -560,7 +563,7 @@ def _run_in(session: Session, run_dir: Path | None, log: RunLog, progress_factor
                   "group_bytes_method": "each group's stored bytes compressed alone by the compressor",
                   "precision_bytes": projection.precision_bytes,
                   "compression_ratio": art.model_bytes / projection.precision_bytes,
-                  "projected_total_bytes": projection.total_bytes, "projection_ratio_source": projection.ratio_source,
+                  "projected_model_bytes": projection.model_bytes, "projected_total_bytes": projection.total_bytes,
                   "calibration": dataclasses.asdict(calibration) if calibration else None},
         plugins=_plugin_records(config, session.available),
         seed=config.run.seed,

@@ -291,6 +291,11 @@ class GptqQuantizer(golf.Int8Quantizer):
             return stored[f"{name}.q"].float() * stored[f"{name}.scale"].float().unsqueeze(1)
         return super().dequantize(name, stored, info)
 
+    def level_spread(self, name: str, export: str, cols: int) -> tuple[float, int]:
+        """(steps per row std, max level) of a tensor's grid: L / k (the artifact projection reads it)."""
+        top = levels_of(self.cfg.embedding_bits if export == "embedding" else self.cfg.matrix_bits)
+        return top / float(self.cfg.clip_sigmas.get(self.role(name, export), self.cfg.default_clip_sigmas)), top
+
     def row_step(self, weight: Tensor) -> Tensor:
         return sdclip_step(weight, self.cfg.default_clip_sigmas, self.max_level)
 
