@@ -90,12 +90,14 @@ def collect_input_stats(model: nn.Module, batches: Iterable[Tensor], forward: Ca
 
 @dataclass
 class CalibrationRecord:
-    """What the compliance record says about calibration."""
+    """Where a quantizer's calibration data came from: `calibrate` sets it as the quantizer's
+    `calibration`, which the compliance record reads (source "train", inside the training clock)."""
 
     source: str  # "train": micro-batches of the training stream after the last step
-    batches: int
     tokens: int
     seconds: float
+    in_train_clock: bool  # the run adds `seconds` to its training time, whose cap reserved them
+    batches: int
     weights: int  # weights with stats
 
 
@@ -111,4 +113,5 @@ def calibrate(quantizer, model: nn.Module, next_batch: Callable[[], Tensor], for
     quantizer.calibrate(stats)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return CalibrationRecord("train", n, sum(b.numel() for b in batches), time.perf_counter() - t0, len(stats))
+    quantizer.calibration = CalibrationRecord("train", sum(b.numel() for b in batches), time.perf_counter() - t0, True, n, len(stats))
+    return quantizer.calibration

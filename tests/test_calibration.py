@@ -66,6 +66,8 @@ def test_calibrate_asks_only_quantizers_that_want_it():
         fed.append(torch.randint(0, 10, (1, 4)))
         return fed[-1]
 
-    record = calibrate(Wants(), model, next_batch, model)
+    quantizer = Wants()
+    record = calibrate(quantizer, model, next_batch, model)
     assert record.source == "train" and record.batches == 2 and record.tokens == 8 and record.weights == 3 and len(fed) == 2
+    assert record.in_train_clock and quantizer.calibration is record  # what the compliance record reads
     assert calibrate(object(), model, next_batch, model) is None and len(fed) == 2
