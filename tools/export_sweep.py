@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], dest="sets")
     parser.add_argument("--out", default=None)
     parser.add_argument("--calibration-batches", type=int, default=16)
+    parser.add_argument("--quantizers", default="", help="comma-separated names from the table (default: all)")
+    parser.add_argument("--compressors", default="", help="comma-separated names from the table (default: all)")
     args = parser.parse_args(argv)
     available = discover()
     config = load_recipe(args.recipe, available, args.sets)
@@ -75,12 +77,18 @@ def main(argv: list[str] | None = None) -> int:
     pre = session.score(model, val_tokens, stride=config.eval_seq_len)
     print(f"pre-export val_bpb {pre.val_bpb:.4f} (live weights)", flush=True)
     rows = []
+    chosen_q = [n for n in args.quantizers.split(",") if n]
+    chosen_c = [n for n in args.compressors.split(",") if n]
     for qname, q in quantizers(config.export.float_max_numel).items():
+        if chosen_q and qname not in chosen_q:
+            continue
         if getattr(q, "calibration_batches", 0):
             q.calibrate(stats)
         projected = projected_model_bytes(model, q, config.export.float_max_numel)
         bpb = None
         for cname, (c, layout) in compressors().items():
+            if chosen_c and cname not in chosen_c:
+                continue
             t0 = time.perf_counter()
             blob = pack(state, specs, q, c, layout)
             pack_s = time.perf_counter() - t0
