@@ -21,6 +21,7 @@ from golfcore.result import RunResult
 from .audit_cmd import register as register_audit
 from .data_cmd import app as data_app
 from .launch import launch, leave_error_for_launcher
+from .model_cmd import register as register_model
 from .plugins_cmd import app as plugins_app
 
 
@@ -315,6 +316,7 @@ from .ablate_cmd import ablate  # noqa: E402  (below: it reuses this module's op
 app.command()(ablate)
 
 register_audit(app)
+register_model(app)
 
 
 def main() -> None:

@@ -11,11 +11,14 @@ party can copy. docs/hooks.md lists these names.
         description = "..."
         Config = MyConfig           # a @dataclass deriving from golf.Section, fields made with golf.option
         @golf.hookimpl
-        def golf_mlp_activation(self, config, layer): ...
+        def golf_edit_model(self, description, config, quantizer):
+            for layer in description.layers:
+                layer.activation = golf.Part(MyActivation)
 """
 
 # the contract: hooks, where a layer sits, what a forward pass and an eval adapter are given
 from .contract import Compressor, EvalAdapter, EvalContext, ForwardContext, LayerInfo, Quantizer
+from .description import EmbeddingSlots, Head, Layer, ModelDescription, Part, PhysicalLayer, Skips
 from .hookspecs import hookimpl
 
 # writing a plugin: its class, its typed config, its parameters, its errors
@@ -29,11 +32,13 @@ from .plugins import Plugin
 from .artifact import CLIP_PERCENTILE, Int8Quantizer, fp16_round, row_quantiles, to_float16
 from .calibration import InputStats
 from .data import BOS_ID
-from .model import Rotary, rms_norm
+from .model import Block, CausalAttention, Projection, RMSNorm, Rotary, SoftcapHead, Switch, WeightedSkips, rms_norm
 
 __all__ = [
-    "BOS_ID", "CLIP_PERCENTILE", "Compressor", "ComplianceError", "ConfigError", "EvalAdapter", "EvalContext",
-    "ForwardContext", "GolfError", "InputStats", "Int8Quantizer", "LayerInfo", "LayerSelection", "Plugin", "Quantizer", "Rotary",
-    "RunConfig", "Section", "declare", "float_params", "fp16_round", "hookimpl", "option", "param_specs", "rms_norm",
-    "row_quantiles", "spec_of", "to_float16", "WeightAverage",
+    "BOS_ID", "Block", "CLIP_PERCENTILE", "CausalAttention", "Compressor", "ComplianceError", "ConfigError",
+    "EmbeddingSlots", "EvalAdapter", "EvalContext", "ForwardContext", "GolfError", "Head", "InputStats", "Int8Quantizer", "Layer",
+    "LayerInfo", "LayerSelection", "ModelDescription", "Part", "PhysicalLayer", "Plugin", "Projection", "Quantizer",
+    "RMSNorm", "Rotary", "RunConfig", "Section", "Skips", "SoftcapHead", "Switch", "WeightedSkips", "declare",
+    "float_params", "fp16_round", "hookimpl", "option", "param_specs", "rms_norm", "row_quantiles", "spec_of",
+    "to_float16", "WeightAverage",
 ]

@@ -1,20 +1,19 @@
-"""Assembly: the one step that asks the enabled plugins for their modules and builds the GPT.
+"""Assembly: the one step that lets the enabled plugins edit the model description, then builds it.
 
-`golfcore.model` defines the network from already-resolved modules and never sees the plugin
-manager; this module is where the build hooks are called, once per model (or once per layer),
-never inside a forward pass.
+`golfcore.model` builds the network from a description and never sees the plugin manager; this
+module is where the build hooks are called, once per model build, never inside a forward pass.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from .config import RunConfig
-from .contract import LayerInfo, Quantizer
+from .contract import Quantizer
+from .description import ModelDescription, default_description
 from .errors import GolfError
 from .layers import LayerSelection
-from .model import GPT, Block, ReluSquared, Rotary
+from .model import GPT
 from .params import param_specs
 from .plugins import Host
 
@@ -39,37 +38,25 @@ def check_config(config: RunConfig, host: Host) -> list[int]:
     return schedule
 
 
-def build_model(config: RunConfig, host: Host, quantizer: Quantizer) -> GPT:
-    """Ask the enabled plugins for their modules and assemble the GPT (seeded by run.seed)."""
-    cfg = config.model
+def describe(config: RunConfig, host: Host, quantizer: Quantizer | None) -> tuple[ModelDescription, dict[str, str]]:
+    """The model description after every enabled plugin's golf_edit_model, and which plugin set
+    each slot (`path -> plugin`; slots no plugin changed are absent: the core's defaults)."""
+    description = default_description(config.model, layer_schedule(config, host))
+    setters: dict[str, str] = {}
+    before = description.slots()
+    for name in host.implementers("golf_edit_model"):
+        host.call_one(name, "golf_edit_model", description=description, config=config, quantizer=quantizer)
+        after = description.slots()
+        setters.update({path: name for path, value in after.items() if before.get(path) != value})
+        before = after
+    return description, {path: name for path, name in setters.items() if path in before}
+
+
+def build_model(config: RunConfig, host: Host, quantizer: Quantizer | None) -> GPT:
+    """Describe the model, let the plugins edit the description, build it (seeded by run.seed)."""
     torch.manual_seed(config.run.seed)
-    v2p = layer_schedule(config, host)
-    weight_transform = host.first("golf_weight_transform", config=config, quantizer=quantizer) or nn.Identity()
-    blocks = []
-    for i, p in enumerate(v2p):
-        layer = LayerInfo(virtual=i, physical=p, num_virtual=len(v2p), num_physical=cfg.num_layers)
-        scale = 1.0
-        for factor in host.collect("golf_sublayer_input_scale", config=config, layer=layer):
-            scale *= float(factor)
-        blocks.append(
-            Block(
-                cfg,
-                layer,
-                rotary=host.first("golf_rotary", config=config, layer=layer) or Rotary(cfg.head_dim, cfg.rope_base),
-                activation=host.first("golf_mlp_activation", config=config, layer=layer) or ReluSquared(),
-                value_transforms=host.collect("golf_value_transform", config=config, layer=layer),
-                output_transforms=host.collect("golf_attention_output_transform", config=config, layer=layer),
-                input_scale=scale,
-                weight_transform=weight_transform,
-            )
-        )
-    model = GPT(
-        cfg,
-        v2p,
-        blocks,
-        embedding_additions=host.collect("golf_embedding_addition", config=config),
-        embedding_transforms=host.collect("golf_embedding_transform", config=config),
-    )
+    description, _ = describe(config, host, quantizer)
+    model = GPT(description)
     try:
         param_specs(model)
     except ValueError as e:

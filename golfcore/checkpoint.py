@@ -78,10 +78,19 @@ def unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 # ----------------------------------------------------------------------------- what a checkpoint holds
 
 
+SWITCH_KEY = ".compile_switch"
+
+
+def _switches(model: nn.Module) -> dict[str, nn.Module]:
+    return {f"{name}{SWITCH_KEY}": m for name, m in model.named_modules() if isinstance(getattr(m, "compile_switch", None), bool)}
+
+
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer, persistent or not (a switch kept in a non-persistent buffer,
-    such as late QAT's, is training state too); shared parameters once."""
-    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    """Every parameter and buffer, persistent or not, shared ones once, and every training-time
+    switch (a module's Python bool `compile_switch`, e.g. late QAT's) as a bool "<module>.compile_switch"."""
+    state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    state.update({key: torch.tensor(m.compile_switch) for key, m in _switches(model).items()})
+    return state
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -89,9 +98,13 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     if own.keys() != state.keys():
         missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
         raise CheckpointError(f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    switches = _switches(model)
     with torch.no_grad():
         for name, tensor in own.items():
-            tensor.copy_(state[name])
+            if name in switches:
+                switches[name].compile_switch = bool(state[name])
+            else:
+                tensor.copy_(state[name])
 
 
 def rng_state() -> dict:

@@ -2,9 +2,12 @@
 
 Rules that hold for all hooks:
 
-- Hooks run at build time or between steps, never inside the forward pass. A build hook
-  returns an `nn.Module` that the model calls directly, so the compiled graph contains no
-  pluggy call and `torch.compile(fullgraph=True)` sees plain tensor code.
+- Hooks run at build time or between steps, never inside the forward pass. The model is
+  described before it is built: plugins edit that description (golf_edit_model) with modules
+  the model then calls directly, so the compiled graph contains no pluggy call and
+  `torch.compile(fullgraph=True)` sees plain tensor code.
+- Each hook's phase is declared on its spec (`@phase(...)`): config, build, optim, step,
+  export or eval. A plugin whose hooks are all config/eval hooks acts only at eval.
 - Only plugins the recipe enables are registered, so "called" below means "called on the
   enabled plugins that implement it".
 - The core calls every hook through pluggy (`pm.hook.<name>(...)`), so pluggy's features
@@ -40,16 +43,42 @@ if TYPE_CHECKING:
     from torch import nn
 
     from .config import RunConfig
-    from .contract import Compressor, EvalAdapter, LayerInfo, Quantizer
+    from .contract import Compressor, EvalAdapter, Quantizer
+    from .description import ModelDescription
 
 PROJECT = "golf"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+PHASES = ("config", "build", "optim", "step", "export", "eval")
+
+
+def phase(name: str) -> Callable[[Callable], Callable]:
+    """Marks a hook spec with the phase of a run it belongs to (one of PHASES): what `golf run`
+    must redo when a plugin implementing it changes (docs/architecture.md)."""
+    if name not in PHASES:
+        raise ValueError(f"unknown hook phase {name!r}; expected one of {PHASES}")
+
+    def mark(spec: Callable) -> Callable:
+        spec.golf_phase = name
+        return spec
+
+    return mark
+
+
+def phase_of(hook_name: str) -> str | None:
+    """The declared phase of hook `hook_name`; None for a name that is not a golf hook."""
+    return getattr(globals().get(hook_name), "golf_phase", None)
+
+
+def hooks_in(phase_name: str) -> tuple[str, ...]:
+    """Every hook of one phase, in declaration order."""
+    return tuple(name for name, value in globals().items() if name.startswith("golf_") and getattr(value, "golf_phase", None) == phase_name)
 
 
 # ----------------------------------------------------------------------------- config
 
 
+@phase("config")
 @hookspec
 def golf_check_config(config: RunConfig, schedule: list[int]) -> None:
     """Called once after the recipe is resolved, before anything is built, with the layer
@@ -61,9 +90,14 @@ def golf_check_config(config: RunConfig, schedule: list[int]) -> None:
     """
 
 
+# ----------------------------------------------------------------------------- build
+
+
+@phase("build")
 @hookspec(firstresult=True)
 def golf_layer_schedule(config: RunConfig) -> list[int] | None:
-    """Called once at build time: the physical layer index of each virtual layer.
+    """Called before each description is made: the physical layer index of each virtual layer
+    (separate from golf_edit_model because every per-layer edit addresses this frame).
 
     The default is `list(range(config.model.num_layers))`. A plugin returning e.g.
     `[0, 1, 2, 3, 4, 5, 4, 5, 6, 7, 8, 9, 10]` runs 13 blocks over 11 physical weight sets:
@@ -71,85 +105,32 @@ def golf_layer_schedule(config: RunConfig) -> list[int] | None:
     """
 
 
-# ----------------------------------------------------------------------------- build: embedding
-
-
+@phase("build")
 @hookspec
-def golf_embedding_addition(config: RunConfig) -> nn.Module | None:
-    """Called once at build time. Return a module `(tokens[B,T]) -> [B,T,d]` whose output is
-    added to the token embedding before the embedding RMSNorm (e.g. hashed bigrams)."""
+def golf_edit_model(description: ModelDescription, config: RunConfig, quantizer: Quantizer | None) -> None:
+    """Called at every model build (training, the artifact round trip, each eval stage and audit
+    probe), once per enabled plugin in recipe order, on a fresh description of the baseline over
+    the layer schedule. Edit `description` in place: put `golfcore.Part`s into its slots
+    (embedding additions and transforms, per virtual layer its norms, rotary, value transforms,
+    attention kernel, output transforms, activation, input scale and block class, per physical
+    layer its projections, the skips, the head, the weight transform, the BOS id). Must not
+    keep anything across calls: every build describes the same model again. `quantizer` is the
+    run's export quantizer (None only in tests that build without a session).
+    The description's docstrings (golfcore.description) give each slot's call signature."""
 
 
-@hookspec
-def golf_embedding_transform(config: RunConfig) -> nn.Module | None:
-    """Called once at build time. Return a module `(x[B,T,d], tokens[B,T]) -> [B,T,d]` applied
-    after the embedding RMSNorm; its output chain becomes x0 (e.g. SmearGate). Ordered by
-    the module's `order`."""
-
-
-# ----------------------------------------------------------------------------- build: attention
-
-
-@hookspec
-def golf_value_transform(config: RunConfig, layer: LayerInfo) -> nn.Module | None:
-    """Called at build time once per virtual layer. Return a module
-    `(v[B,T,G,D], ctx: ForwardContext) -> v[B,T,G,D]` applied to the values before attention.
-
-    `ctx` is made fresh by each forward pass and shared by all its layers: `ctx.tokens` holds
-    the input ids [B,T], `ctx.v0` layer 0's values once a transform stored them, and
-    `ctx.cache[plugin_name]` anything else a plugin computes once per forward. Ordered by `order`.
-    """
-
-
-@hookspec(firstresult=True)
-def golf_rotary(config: RunConfig, layer: LayerInfo) -> nn.Module | None:
-    """Called at build time once per virtual layer. Return a module `(x[B,T,heads,D]) -> same`
-    that applies positions to normalized q and k; default: RoPE on all D dims. First wins."""
-
-
-@hookspec
-def golf_attention_output_transform(config: RunConfig, layer: LayerInfo) -> nn.Module | None:
-    """Called at build time once per virtual layer. Return a module
-    `(y[B,T,H,D], v[B,T,G,D], x[B,T,d], ctx: ForwardContext) -> y[B,T,H,D]` applied to the per-head attention
-    output before the output projection. `v` is the value actually attended, `x` the
-    normalized attention input. Ordered by `order` (declare it: e.g. XSA 0, gate 10)."""
-
-
-# ----------------------------------------------------------------------------- build: MLP and block
-
-
-@hookspec(firstresult=True)
-def golf_mlp_activation(config: RunConfig, layer: LayerInfo) -> nn.Module | None:
-    """Called at build time once per virtual layer. Return the MLP activation module
-    `(u[B,T,F]) -> [B,T,F]`; default relu(u)². First result wins."""
-
-
-@hookspec
-def golf_sublayer_input_scale(config: RunConfig, layer: LayerInfo) -> float | None:
-    """Called at build time once per virtual layer. Factors multiplying the normalized inputs
-    of the attention and MLP sublayers (a constant, folded in at build time); all answers
-    multiply. E.g. 1/sqrt(layer.virtual + 1)."""
-
-
-@hookspec(firstresult=True)
-def golf_weight_transform(config: RunConfig, quantizer: Quantizer) -> nn.Module | None:
-    """Called once at build time. Return a module `(w[out,in]) -> w'` applied to every block
-    matrix the exporter quantizes, each time it is used (e.g. straight-through fake
-    quantization on `quantizer`'s grid). A switch is an instance attribute `compile_switch: bool`
-    that the forward branches on: torch.compile guards on it (one graph per state) and the
-    trainer's compile warm-up runs both states (`golfcore.train.compile_switches`). First
-    result wins."""
-
-
+@phase("build")
 @hookspec
 def golf_model_built(model: nn.Module, config: RunConfig) -> None:
-    """Called once after the model is built and initialised, before the optimizers exist.
-    May re-initialise parameters it owns; must not add parameters."""
+    """Called after each build, once the whole model exists and is initialised (before the
+    optimizers, before an artifact is loaded into it). May re-initialise parameters (e.g.
+    orthogonally, drawing random numbers after every default init); must not add parameters."""
 
 
 # ----------------------------------------------------------------------------- optim
 
 
+@phase("optim")
 @hookspec(firstresult=True)
 def golf_optimizers(model: nn.Module, config: RunConfig) -> list[torch.optim.Optimizer] | None:
     """Called once before training. Return the optimizers to use instead of the core's
@@ -159,6 +140,7 @@ def golf_optimizers(model: nn.Module, config: RunConfig) -> list[torch.optim.Opt
 # ----------------------------------------------------------------------------- step
 
 
+@phase("step")
 @hookspec
 def golf_loss_penalty(model: nn.Module, config: RunConfig, quantizer: Quantizer) -> Callable[[float], torch.Tensor] | None:
     """Called once before training. Return `penalty(lr_scale) -> scalar tensor` that the trainer
@@ -166,12 +148,14 @@ def golf_loss_penalty(model: nn.Module, config: RunConfig, quantizer: Quantizer)
     It runs eagerly, outside the compiled forward."""
 
 
+@phase("step")
 @hookspec
 def golf_step_end(model: nn.Module, step: int, lr_scale: float) -> None:
     """Called after every optimizer step (not during compile warm-up steps), with the step
     just completed (1-based) and its lr scale. May update plugin state (EMA, SWA, switches)."""
 
 
+@phase("step")
 @hookspec
 def golf_train_end(model: nn.Module) -> None:
     """Called once after the last step, before export. May load the weights to export into
@@ -181,12 +165,14 @@ def golf_train_end(model: nn.Module) -> None:
 # ----------------------------------------------------------------------------- export
 
 
+@phase("export")
 @hookspec(firstresult=True)
 def golf_quantizer(config: RunConfig) -> Quantizer | None:
     """Called once. Return the quantizer used for export (default: per-row int8). The same
     object serves QAT and penalties, so training sees the exporter's real grid."""
 
 
+@phase("export")
 @hookspec(firstresult=True)
 def golf_compressor(config: RunConfig) -> Compressor | None:
     """Called once. Return the artifact compressor (default: zstd). First result wins."""
@@ -195,12 +181,14 @@ def golf_compressor(config: RunConfig) -> Compressor | None:
 # ----------------------------------------------------------------------------- eval
 
 
+@phase("eval")
 @hookspec
 def golf_before_eval(model: nn.Module, config: RunConfig) -> None:
     """Called on the model loaded from the artifact, before the final evaluation.
     May transform it in place (e.g. untie shared layers before test-time training)."""
 
 
+@phase("eval")
 @hookspec
 def golf_eval_adapter(config: RunConfig) -> EvalAdapter | None:
     """Called once per evaluation with adapters. Return a score-first eval adapter

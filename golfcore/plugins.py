@@ -50,8 +50,6 @@ class Plugin:
     requires: ClassVar[tuple[str, ...]] = ()  # plugins that must be enabled beside this one
     conflicts: ClassVar[tuple[str, ...]] = ()  # plugins that must not be enabled with this one
 
-    EVAL_HOOKS: ClassVar[frozenset[str]] = frozenset({"golf_eval_adapter", "golf_before_eval", "golf_check_config"})
-
     document_aware = False
     """True (or a property reading the config) when the plugin claims that nothing it computes
     after a BOS depends on the previous document; `golf audit` probes the claim."""
@@ -62,11 +60,12 @@ class Plugin:
     @classmethod
     def acts_only_at_eval(cls) -> bool:
         """True when the plugin changes nothing before the artifact is written, so removing it
-        needs a re-score, not a retraining: its declared phase, else all its hooks are eval hooks."""
+        needs a re-score, not a retraining: its declared phase, else all its hooks belong to the
+        "eval" or "config" phase (as hookspecs.py declares each hook's phase)."""
         if cls.phase is not None:
             return cls.phase == "eval"
         hooks = {n for n in dir(cls) if n.startswith("golf_") and callable(getattr(cls, n))}
-        return bool(hooks) and hooks <= cls.EVAL_HOOKS
+        return bool(hooks) and {hookspecs.phase_of(h) for h in hooks} <= {"eval", "config"}
 
     def state_dict(self) -> dict[str, Any]:
         """The plugin's training state: nested dicts/lists/tuples of tensors, numbers, strings,
@@ -227,9 +226,21 @@ class Host:
                         f"or mark the override @hookimpl(tryfirst=True)"
                     )
 
-    def _invoke(self, hook_name: str, kwargs: dict[str, Any]) -> Any:
+    def implementers(self, hook_name: str) -> list[str]:
+        """The enabled plugins implementing `hook_name`, in the order pluggy calls them (recipe
+        order, tryfirst/trylast honoured); hook wrappers are not implementations."""
+        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+        return list(dict.fromkeys(i.plugin_name for i in reversed(impls) if not (i.wrapper or i.hookwrapper)))
+
+    def call_one(self, plugin_name: str, hook_name: str, **kwargs: Any) -> Any:
+        """Call one plugin's implementation of `hook_name`, inside every plugin's wrappers of it."""
+        wrappers = {i.plugin_name for i in getattr(self.pm.hook, hook_name).get_hookimpls() if i.wrapper or i.hookwrapper}
+        others = [p for name, p in self.plugins.items() if name != plugin_name and name not in wrappers]
+        return self._invoke(hook_name, kwargs, self.pm.subset_hook_caller(hook_name, remove_plugins=others))
+
+    def _invoke(self, hook_name: str, kwargs: dict[str, Any], caller: Callable | None = None) -> Any:
         try:
-            return getattr(self.pm.hook, hook_name)(**kwargs)
+            return (caller or getattr(self.pm.hook, hook_name))(**kwargs)
         except GolfError:
             raise
         except Exception as e:

@@ -26,7 +26,7 @@ import sentencepiece as spm
 import torch
 from torch import nn
 
-from . import audit
+from . import audit, hookspecs
 from .artifact import Int8Quantizer, ZstdCompressor, group_bytes, pack, project, report, unpack
 from .bundle import Bundle
 from .calibration import calibrate
@@ -47,9 +47,6 @@ from .train import Dist, Trainer, activation_dtype_for, autocast_for, setup_dist
 ARTIFACT_NAME = "model.golf"
 RECIPE_NAME = "recipe.toml"
 INVALID_SUFFIX = ".invalid"  # a finished run whose score is not a legal one
-BUILD_HOOKS = ("golf_layer_schedule", "golf_weight_transform", "golf_sublayer_input_scale", "golf_rotary",
-               "golf_mlp_activation", "golf_value_transform", "golf_attention_output_transform",
-               "golf_embedding_addition", "golf_embedding_transform", "golf_model_built")
 
 
 class RunLog:
@@ -322,7 +319,7 @@ class ScoringPath:
         self.session, self.blob = session, blob
         self.state = session.unpack(blob) if blob is not None else None  # unpacked once for every probe
         self.adapter_names = [a.name for a in host.collect("golf_eval_adapter", config=config)]
-        self.model_plugins = _implementers(host, BUILD_HOOKS)
+        self.model_plugins = _implementers(host, hookspecs.hooks_in("build"))
         self.before_eval_plugins = _implementers(host, ("golf_before_eval",))
         self.document_aware = [name for name, plugin in host.plugins.items() if plugin.document_aware][::-1]
         self.seq_len, self.stride = config.eval_seq_len, config.eval_stride

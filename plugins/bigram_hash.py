@@ -56,21 +56,22 @@ class Config(golf.Section):
             raise self.invalid("scale_init", "must be finite")
 
 
-def bigram_buckets(tokens: Tensor, buckets: int, cross_documents: bool) -> Tensor:
+def bigram_buckets(tokens: Tensor, buckets: int, cross_documents: bool, bos_id: int = golf.BOS_ID) -> Tensor:
     """tokens [B,T] -> bucket ids [B,T] (int64), by the rule in the module docstring."""
     t = tokens.long()
     mod = buckets - 1
     hashed = torch.bitwise_xor(HASH_CUR * t[:, 1:], HASH_PREV * t[:, :-1]) % mod  # [B,T-1], both terms >= 0
     out = torch.cat((torch.full_like(t[:, :1], mod), hashed), dim=1)  # [B,T]
     if not cross_documents:  # a build-time flag, not a tensor value
-        out = torch.where(t == golf.BOS_ID, torch.full_like(out, mod), out)
+        out = torch.where(t == bos_id, torch.full_like(out, mod), out)
     return out
 
 
 class BigramHash(nn.Module):
-    def __init__(self, buckets: int, dim: int, model_dim: int, scale_init: float, cross_documents: bool):
+    def __init__(self, buckets: int, dim: int, model_dim: int, scale_init: float, cross_documents: bool,
+                 bos_id: int = golf.BOS_ID):
         super().__init__()
-        self.buckets, self.cross_documents = buckets, cross_documents
+        self.buckets, self.cross_documents, self.bos_id = buckets, cross_documents, bos_id
         self.table = golf.declare(nn.Parameter(torch.zeros(buckets, dim)), "embed", "embedding")  # E_b [M,dim], zero init
         proj = torch.empty(model_dim, dim)
         nn.init.orthogonal_(proj)  # D19: the reference's zero init of W_p is overwritten by this
@@ -78,7 +79,7 @@ class BigramHash(nn.Module):
         self.scale = golf.declare(nn.Parameter(torch.tensor(float(scale_init))), "scalar", "float32")  # α []
 
     def forward(self, tokens: Tensor) -> Tensor:  # tokens [B,T] -> [B,T,d]
-        h = F.embedding(bigram_buckets(tokens, self.buckets, self.cross_documents), self.table)  # [B,T,dim]
+        h = F.embedding(bigram_buckets(tokens, self.buckets, self.cross_documents, self.bos_id), self.table)  # [B,T,dim]
         h = F.linear(h, self.proj.to(h.dtype))  # [B,T,d]
         return h * self.scale.to(h.dtype)
 
@@ -93,6 +94,8 @@ class BigramHashPlugin(golf.Plugin):
         return not self.config.cross_documents
 
     @golf.hookimpl
-    def golf_embedding_addition(self, config):
+    def golf_edit_model(self, description, config):
         c = self.config
-        return BigramHash(c.buckets, c.dim, config.model.model_dim, c.scale_init, c.cross_documents)
+        description.embedding.additions.append(
+            golf.Part(BigramHash, c.buckets, c.dim, config.model.model_dim, c.scale_init, c.cross_documents, description.bos_id)
+        )

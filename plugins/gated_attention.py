@@ -63,7 +63,7 @@ class GatedAttention(golf.Plugin):
     Config = Config
 
     @golf.hookimpl
-    def golf_attention_output_transform(self, config, layer):
-        if not self.config.selects(layer):
-            return None
-        return HeadGate(config.model.model_dim, config.model.num_heads, self.config.bias_init)
+    def golf_edit_model(self, description, config):
+        for layer in description.layers:
+            if self.config.selects(layer.info):
+                layer.output_transforms.append(golf.Part(HeadGate, config.model.model_dim, config.model.num_heads, self.config.bias_init))

@@ -13,8 +13,9 @@ one graph per state; the trainer's compile warm-up runs its last step with every
 flipped (the trainer finds them by their `compile_switch` attribute), so both graphs exist before the timed run and
 switching QAT on mid-run recompiles nothing. The switch is flipped between steps in
 golf_step_end (latched on at the first step whose lr scale is below `threshold`; the next
-step trains quantized), never inside the forward. The plugin's training state is that latch:
-a resumed run switches its model's QAT back on before its first step.
+step trains quantized), never inside the forward. The plugin's training state is that latch;
+the model's switch comes back with the checkpoint's model state, so a resumed run trains
+quantized from its first step.
 
 Defects fixed:
 - D3: the reference fake-quantized only `CastedLinear`s (two tiny fp16 tensors) and never
@@ -26,8 +27,8 @@ Defects fixed:
   torch.compile guards on (tests/plugins/test_late_qat.py flips it under a compiled trainer
   and checks the output follows, with no recompile after warm-up).
 - D3 (reset): the reference never switched QAT off, so TTT trained fake-quantized tensors.
-  Each model build gets a new module that starts off, so the model loaded from the artifact
-  (eval, TTT) is never fake-quantized.
+  Each model build makes a new module (the description holds a Part, not a module) that starts
+  off, so the model loaded from the artifact (eval, TTT) is never fake-quantized.
 """
 
 from __future__ import annotations
@@ -82,15 +83,12 @@ class LateQat(golf.Plugin):
         super().__init__(config)
         self.on = False  # latched once the lr scale fell below the threshold
         self._switched: weakref.WeakSet = weakref.WeakSet()  # models already switched on (no per-step module walk)
-        self._transforms: weakref.WeakSet = weakref.WeakSet()  # every FakeQuantize made so far, for a resume
 
     @golf.hookimpl
-    def golf_weight_transform(self, config, quantizer):
+    def golf_edit_model(self, description, config, quantizer):
         if quantizer is None:  # only tests build models without one
             quantizer = golf.Int8Quantizer(config.export.float_max_numel)
-        transform = FakeQuantize(quantizer)
-        self._transforms.add(transform)
-        return transform
+        description.weight_transform = golf.Part(FakeQuantize, quantizer)
 
     @golf.hookimpl
     def golf_step_end(self, model, step, lr_scale):
@@ -103,7 +101,5 @@ class LateQat(golf.Plugin):
         return {"on": self.on}
 
     def load_state_dict(self, state: dict) -> None:
-        # called after the training model is built, before any model for evaluation exists
+        # the model's switches come back with the checkpoint's model state (the core checkpoint)
         self.on = bool(state["on"])
-        for transform in self._transforms:
-            transform.compile_switch = self.on

@@ -46,5 +46,6 @@ class LeakyRelu2(golf.Plugin):
     Config = Config
 
     @golf.hookimpl
-    def golf_mlp_activation(self, config, layer):
-        return LeakyReluSquared(self.config.slope)
+    def golf_edit_model(self, description):
+        for layer in description.layers:
+            layer.activation = golf.Part(LeakyReluSquared, self.config.slope)

@@ -3,7 +3,7 @@
 docs/techniques.md §3.6 (the PR #549 stack; with partial RoPE −0.0023 bpb in the 2026-03-21
 record). s_i = 1/√(i+1) with i the *virtual* index (execution depth), as the reference did
 under recurrence; `index = "physical"` uses the physical layer instead. The factor is a
-build-time constant folded into each block (`Block.input_scale`).
+build-time constant folded into each block (the description's `Layer.input_scale`).
 
 Effects worth knowing: q and k are re-normalized per head, so in attention s_i only scales
 v (and any gate reading the attention input); the MLP is 2-homogeneous (relu², leaky relu²),
@@ -32,6 +32,7 @@ class LnScale(golf.Plugin):
     Config = Config
 
     @golf.hookimpl
-    def golf_sublayer_input_scale(self, config, layer):
-        i = layer.virtual if self.config.index == "virtual" else layer.physical
-        return 1.0 / math.sqrt(i + 1)
+    def golf_edit_model(self, description):
+        for layer in description.layers:
+            i = layer.info.virtual if self.config.index == "virtual" else layer.info.physical
+            layer.input_scale *= 1.0 / math.sqrt(i + 1)

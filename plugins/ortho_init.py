@@ -53,4 +53,4 @@ class OrthoInit(golf.Plugin):
         with torch.no_grad():
             for layer in model.layers:  # physical layers: shared weights are initialised once
                 for name in self.config.matrices:
-                    nn.init.orthogonal_(getattr(layer, name), gain=self.config.gain)
+                    nn.init.orthogonal_(getattr(layer, name).weight, gain=self.config.gain)

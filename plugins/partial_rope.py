@@ -80,8 +80,10 @@ class PartialRope(golf.Plugin):
             raise golf.ConfigError(f"[plugins.partial_rope] dims: {self.config.dims} exceeds the head dim {head_dim}")
 
     @golf.hookimpl
-    def golf_rotary(self, config, layer):
+    def golf_edit_model(self, description, config):
         m, c = config.model, self.config
-        if c.ntk_train_len:
-            return NTKRotary(m.head_dim, m.rope_base, c.dims, c.ntk_train_len)
-        return golf.Rotary(m.head_dim, m.rope_base, dims=c.dims)
+        for layer in description.layers:
+            if c.ntk_train_len:
+                layer.rotary = golf.Part(NTKRotary, m.head_dim, m.rope_base, c.dims, c.ntk_train_len)
+            else:
+                layer.rotary = golf.Part(golf.Rotary, m.head_dim, m.rope_base, dims=c.dims)

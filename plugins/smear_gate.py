@@ -38,9 +38,9 @@ class Config(golf.Section):
 
 
 class SmearGate(nn.Module):
-    def __init__(self, model_dim: int, gate_init: float, mask_bos: bool):
+    def __init__(self, model_dim: int, gate_init: float, mask_bos: bool, bos_id: int = golf.BOS_ID):
         super().__init__()
-        self.mask_bos = mask_bos
+        self.mask_bos, self.bos_id = mask_bos, bos_id
         self.gate = golf.declare(nn.Parameter(torch.full((model_dim,), float(gate_init))), "scalar", "float32")  # g [d]
 
     def forward(self, x: Tensor, tokens: Tensor) -> Tensor:  # x [B,T,d], tokens [B,T] -> [B,T,d]
@@ -48,7 +48,7 @@ class SmearGate(nn.Module):
         prev = torch.cat((torch.zeros_like(x[:, :1]), x[:, :-1]), dim=1)  # x_{t-1}, [B,T,d]
         out = (1 - g) * x + g * prev
         if self.mask_bos:  # a build-time flag, not a tensor value
-            out = torch.where((tokens == golf.BOS_ID).unsqueeze(-1), x, out)
+            out = torch.where((tokens == self.bos_id).unsqueeze(-1), x, out)
         return out
 
 
@@ -62,5 +62,6 @@ class SmearGatePlugin(golf.Plugin):
         return self.config.mask_bos
 
     @golf.hookimpl
-    def golf_embedding_transform(self, config):
-        return SmearGate(config.model.model_dim, self.config.gate_init, self.config.mask_bos)
+    def golf_edit_model(self, description, config):
+        c = self.config
+        description.embedding.transforms.append(golf.Part(SmearGate, config.model.model_dim, c.gate_init, c.mask_bos, description.bos_id))

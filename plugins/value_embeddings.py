@@ -17,8 +17,8 @@ recurrence every virtual layer running a listed physical layer gets the addition
 its own λ. The reference indexed virtual layers, so its "9,10" under PR #733's 13-layer
 schedule hit physical layers 7 and 8; `index = "virtual"` reproduces that.
 
-One set of shared parameters: the plugin creates E_ve/W_ve/β once per model build and hands
-the same module to every selected layer's transform (state_dict lists it under each of those
+One set of shared parameters: the plugin describes E_ve/W_ve/β as one Part that every selected
+layer's transform takes, so the builder makes it once per model and hands the same module to each (state_dict lists it under each of those
 layers; the artifact stores it once and records the other keys as aliases). The first
 selected layer computes `ve` and caches it in the per-forward context (`ctx.cache["value_embeddings"]`);
 later layers reuse it.
@@ -100,21 +100,10 @@ class ValueEmbeddings(golf.Plugin):
     description = "shared token embedding added to the attention values of chosen layers (PR #549 stack; D6 fixed)"
     Config = Config
 
-    def __init__(self, config=None):
-        super().__init__(config)
-        self._shared: SharedValueEmbedding | None = None  # the current build's shared module
-
     @golf.hookimpl
-    def golf_value_transform(self, config, layer):
-        if layer.virtual == 0:  # a build visits virtual layers from 0: start a fresh shared module
-            self._shared = None
-        if not self.config.selects(layer):
-            return None
-        if self._shared is None:
-            m = config.model
-            self._shared = SharedValueEmbedding(m.vocab_size, self.config.dim, m.num_kv_heads * m.head_dim, self.config.scale_init)
-        return ValueEmbeddingAdd(self._shared)
-
-    @golf.hookimpl
-    def golf_model_built(self, model, config):
-        self._shared = None  # the next build (e.g. loading the artifact) gets its own parameters
+    def golf_edit_model(self, description, config):
+        m, c = config.model, self.config
+        shared = golf.Part(SharedValueEmbedding, m.vocab_size, c.dim, m.num_kv_heads * m.head_dim, c.scale_init)  # built once
+        for layer in description.layers:
+            if c.selects(layer.info):
+                layer.value_transforms.append(golf.Part(ValueEmbeddingAdd, shared))

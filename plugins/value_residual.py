@@ -94,9 +94,12 @@ class ValueResidual(golf.Plugin):
     Config = Config
 
     @golf.hookimpl
-    def golf_value_transform(self, config, layer):
-        if layer.virtual == 0:  # the first executed layer provides v0, whatever physical layer it runs
-            return CaptureFirstValue()
-        if self.config.mode == "mix":
-            return ValueMix(self.config.mix_init)
-        return ValueGate(self.config.gate_init)
+    def golf_edit_model(self, description):
+        c = self.config
+        for layer in description.layers:
+            if layer.info.virtual == 0:  # the first executed layer provides v0, whatever physical layer it runs
+                layer.value_transforms.append(golf.Part(CaptureFirstValue))
+            elif c.mode == "mix":
+                layer.value_transforms.append(golf.Part(ValueMix, c.mix_init))
+            else:
+                layer.value_transforms.append(golf.Part(ValueGate, c.gate_init))

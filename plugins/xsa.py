@@ -55,5 +55,7 @@ class Xsa(golf.Plugin):
     Config = Config
 
     @golf.hookimpl
-    def golf_attention_output_transform(self, config, layer):
-        return ExclusiveSelfAttention() if self.config.selects(layer) else None
+    def golf_edit_model(self, description):
+        for layer in description.layers:
+            if self.config.selects(layer.info):
+                layer.output_transforms.append(golf.Part(ExclusiveSelfAttention))

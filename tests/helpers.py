@@ -98,3 +98,35 @@ class Snapshots(golf.Plugin):
     def golf_step_end(self, model, step, lr_scale):
         self.taken.append((step, lr_scale, [p.detach().clone() for p in model.parameters()]))
 
+
+
+def edited(plugin: golf.Plugin, config: RunConfig):
+    """The baseline description of `config` (one pass over its layers) after `plugin`'s golf_edit_model."""
+    import inspect
+
+    from golfcore.description import default_description
+
+    description = default_description(config.model, list(range(config.model.num_layers)))
+    given = {"description": description, "config": config, "quantizer": None}
+    wanted = inspect.signature(plugin.golf_edit_model).parameters
+    plugin.golf_edit_model(**{k: v for k, v in given.items() if k in wanted})
+    return description
+
+
+def built(part):
+    """The module a description Part builds."""
+    from golfcore.description import Builder
+
+    return Builder()(part)
+
+
+def editor(name: str, edit):
+    """A plugin class whose golf_edit_model calls edit(description)."""
+
+    class Editor(golf.Plugin):
+        @golf.hookimpl
+        def golf_edit_model(self, description):
+            edit(description)
+
+    Editor.name = name
+    return Editor

@@ -109,7 +109,7 @@ def test_plugins_show_one_plugin():
     lines = proc.stdout.splitlines()
     assert lines[0] == "gelu_mlp: GELU MLP activation instead of relu² (example third-party plugin)"
     assert "  source:  entry point (golf-example)" in lines and "  version: 0.1.0" in lines
-    assert "  hooks:   golf_mlp_activation" in lines
+    assert "  hooks:   golf_edit_model" in lines
     assert "    approximate: Literal['none', 'tanh'] = 'none'" in lines
     assert "        GELU form: exact erf, or the tanh approximation" in lines
     (file_line,) = [line for line in lines if line.startswith("  file:")]
@@ -124,7 +124,7 @@ def test_run_then_eval_reproduces_the_score(tmp_path, pystdlib_root):
     recipe = tiny_recipe(tmp_path, pystdlib_root)
     proc = golf("run", recipe, "--trace-hooks")
     assert "val_bpb" in proc.stdout and "step:6/6 train_loss:" in proc.stdout
-    assert "hook golf_mlp_activation layer 1: called none; answered by nobody (core default)" in proc.stdout
+    assert "hook golf_model_built: called none; answered by nobody (core default)" in proc.stdout
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert run_dir.name.startswith("tiny-") and not run_dir.name.endswith(".incomplete")
     result = json.loads((run_dir / "result.json").read_text())

@@ -11,6 +11,7 @@ import golfcore as golf
 from golfcore import hookspecs
 from golfcore.errors import ConfigError
 from golfcore.train import Trainer
+from golf_cli.scaffold import hook_specs
 from tests.helpers import CPU, FINEWEB_TOKENIZER, build, synthetic_loader, tiny_config
 
 EXERCISED = set()
@@ -61,21 +62,6 @@ class AddOne(nn.Module):
         return torch.ones(*tokens.shape, 32)
 
 
-@exercise
-def test_golf_embedding_addition():
-    class Bias(golf.Plugin):
-        name = "bias"
-
-        @golf.hookimpl
-        def golf_embedding_addition(self, config):
-            return AddOne()
-
-    _, _, plain = build()
-    _, _, model = build(Bias)
-    tokens = torch.randint(0, 64, (1, 5))
-    assert not torch.allclose(model.logits(tokens), plain.logits(tokens))
-
-
 class Recorder(nn.Module):
     def __init__(self, log, tag, order=0):
         super().__init__()
@@ -86,100 +72,67 @@ class Recorder(nn.Module):
         return x
 
 
+def editor(name, edit):
+    """A plugin whose golf_edit_model calls edit(description)."""
+
+    class P(golf.Plugin):
+        @golf.hookimpl
+        def golf_edit_model(self, description, config, quantizer):
+            edit(description)
+
+    P.name = name
+    return P
+
+
 @exercise
-def test_golf_embedding_transform():
+def test_golf_edit_model():
     log = []
 
-    class Smear(golf.Plugin):
-        name = "smear"
+    def edit(d):
+        d.embedding.additions.append(golf.Part(AddOne))
+        d.embedding.transforms.append(golf.Part(Recorder, log, "embed"))
+        for layer in d.layers:
+            layer.value_transforms.append(golf.Part(Recorder, log, ("v", layer.info.virtual)))
+            layer.output_transforms.append(golf.Part(Recorder, log, ("y", layer.info.virtual)))
+            layer.activation = golf.Part(nn.Tanh)
+            layer.rotary = golf.Part(nn.Identity)
 
-        @golf.hookimpl
-        def golf_embedding_transform(self, config):
-            return Recorder(log, "embed")
+    _, _, plain = build()
+    _, _, model = build(editor("edits", edit))
+    tokens = torch.randint(0, 64, (2, 5))
+    assert not torch.allclose(model.logits(tokens), plain.logits(tokens))
+    assert log[0] == ("embed", (2, 5, 32), ["Tensor"])
+    assert log[1:3] == [(("v", 0), (2, 5, 2, 8), ["ForwardContext"]), (("y", 0), (2, 5, 4, 8), ["Tensor", "Tensor", "ForwardContext"])]
+    assert len(log) == 1 + 2 * 4
+    assert all(isinstance(b.activation, nn.Tanh) and isinstance(b.rotary, nn.Identity) for b in model.blocks)
 
-    _, _, model = build(Smear)
-    model.logits(torch.randint(0, 64, (2, 5)))
-    assert log == [("embed", (2, 5, 32), ["Tensor"])]
 
-
-@exercise
-def test_golf_value_transform():
+def test_edits_run_in_recipe_order_and_lists_in_module_order():
     log = []
 
-    class Values(golf.Plugin):
-        name = "values"
+    def add(tag, order):
+        def edit(d):
+            for layer in d.layers:
+                layer.output_transforms.append(golf.Part(Recorder, log, tag, order))
+        return edit
 
-        @golf.hookimpl
-        def golf_value_transform(self, config, layer):
-            return Recorder(log, layer.virtual)
-
-    _, _, model = build(Values)
-    model.logits(torch.randint(0, 64, (2, 5)))
-    assert log == [(i, (2, 5, 2, 8), ["ForwardContext"]) for i in range(4)]
-
-
-@exercise
-def test_golf_rotary():
-    class NoPosition(golf.Plugin):
-        name = "nope"
-
-        @golf.hookimpl
-        def golf_rotary(self, config, layer):
-            return nn.Identity()
-
-    _, _, model = build(NoPosition)
-    assert all(isinstance(b.rotary, nn.Identity) for b in model.blocks)
-
-
-@exercise
-def test_golf_attention_output_transform():
-    log = []
-
-    def plugin(name, order):
-        class P(golf.Plugin):
-            @golf.hookimpl
-            def golf_attention_output_transform(self, config, layer):
-                return Recorder(log, name, order)
-
-        P.name = name
-        return P
-
-    _, _, model = build(plugin("gate", 10), plugin("xsa", 0))
+    _, _, model = build(editor("gate", add("gate", 10)), editor("xsa", add("xsa", 0)))
     model.logits(torch.randint(0, 64, (1, 3)))
     assert [tag for tag, _, _ in log[:2]] == ["xsa", "gate"]
-    assert log[0][1] == (1, 3, 4, 8) and log[0][2] == ["Tensor", "Tensor", "ForwardContext"]
 
 
-@exercise
-def test_golf_mlp_activation():
-    class Abs(golf.Plugin):
-        name = "abs"
+def test_input_scales_multiply():
+    def scale(factor):
+        def edit(d):
+            for layer in d.layers:
+                layer.input_scale *= factor / (layer.info.virtual + 1)
+        return edit
 
-        @golf.hookimpl
-        def golf_mlp_activation(self, config, layer):
-            return nn.Tanh()
-
-    _, _, model = build(Abs)
-    assert isinstance(model.blocks[2].activation, nn.Tanh)
-
-
-@exercise
-def test_golf_sublayer_input_scale():
-    def plugin(name, factor):
-        class P(golf.Plugin):
-            @golf.hookimpl
-            def golf_sublayer_input_scale(self, config, layer):
-                return factor / (layer.virtual + 1)
-
-        P.name = name
-        return P
-
-    _, _, model = build(plugin("half", 0.5), plugin("third", 1 / 3))
+    _, _, model = build(editor("half", scale(0.5)), editor("third", scale(1 / 3)))
     assert model.blocks[1].input_scale == pytest.approx((0.5 / 2) * (1 / 3 / 2))
 
 
-@exercise
-def test_golf_weight_transform():
+def test_weight_transform_applies_to_every_projection():
     seen = []
 
     class Count(nn.Module):
@@ -187,17 +140,47 @@ def test_golf_weight_transform():
             seen.append(tuple(w.shape))
             return w
 
-    class Fake(golf.Plugin):
-        name = "fake"
+    def edit(d):
+        d.weight_transform = golf.Part(Count)
 
-        @golf.hookimpl
-        def golf_weight_transform(self, config, quantizer):
-            return Count()
-
-    _, _, model = build(Fake)
+    _, _, model = build(editor("fake", edit))
     model.logits(torch.randint(0, 64, (1, 3)))
     assert len(seen) == 6 * 4  # q k v o up down, per block
     assert (64, 32) in seen and (32, 64) in seen
+    transforms = {id(m.transform) for m in model.modules() if isinstance(m, golf.Projection)}
+    assert len(transforms) == 1  # one module, shared
+
+
+def test_a_part_given_twice_is_built_once_and_shared():
+    class Table(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = golf.declare(nn.Parameter(torch.zeros(3)), "scalar", "float32")
+
+    class Uses(nn.Module):
+        def __init__(self, table):
+            super().__init__()
+            self.table = table
+
+        def forward(self, v, ctx):
+            return v
+
+    def edit(d):
+        table = golf.Part(Table)
+        d.layers[0].value_transforms.append(golf.Part(Uses, table))
+        d.layers[3].value_transforms.append(golf.Part(Uses, table))
+
+    _, _, model = build(editor("shared", edit))
+    assert model.blocks[0].value_transforms[0].table is model.blocks[3].value_transforms[0].table
+    _, _, again = build(editor("shared", edit))
+    assert again.blocks[0].value_transforms[0].table is not model.blocks[0].value_transforms[0].table  # builds are pure
+
+
+def test_every_hook_declares_its_phase():
+    for name in hook_specs():
+        assert hookspecs.phase_of(name) in hookspecs.PHASES, name
+    assert hookspecs.hooks_in("build") == ("golf_layer_schedule", "golf_edit_model", "golf_model_built")
+    assert set(hookspecs.hooks_in("eval")) == {"golf_before_eval", "golf_eval_adapter"}
 
 
 @exercise
@@ -209,10 +192,10 @@ def test_golf_model_built():
         def golf_model_built(self, model, config):
             with torch.no_grad():
                 for layer in model.layers:
-                    nn.init.orthogonal_(layer.o)
+                    nn.init.orthogonal_(layer.o.weight)
 
     _, _, model = build(Ortho)
-    o = model.layers[0].o
+    o = model.layers[0].o.weight
     assert torch.allclose(o @ o.T, torch.eye(32), atol=1e-5)
 
 
@@ -245,14 +228,14 @@ def test_golf_loss_penalty():
         def golf_loss_penalty(self, model, config, quantizer):
             def penalty(lr_scale):
                 calls.append(lr_scale)
-                return (model.skip_weights - 5.0).square().sum()
+                return (model.skips.weights - 5.0).square().sum()
 
             return penalty
 
     config, host, model = build(Penalty)
     train(config, host, model)
     assert len(calls) == config.train.iterations * config.train.micro_batches
-    assert torch.all(model.skip_weights > 1.0)  # pulled from their init of 1 towards 5
+    assert torch.all(model.skips.weights > 1.0)  # pulled from their init of 1 towards 5
 
 
 @exercise
@@ -281,11 +264,11 @@ def test_golf_train_end():
         @golf.hookimpl
         def golf_train_end(self, model):
             with torch.no_grad():
-                model.skip_weights.zero_()
+                model.skips.weights.zero_()
 
     config, host, model = build(Zero)
     train(config, host, model)
-    assert torch.all(model.skip_weights == 0)
+    assert torch.all(model.skips.weights == 0)
 
 
 @exercise

@@ -19,14 +19,14 @@ def test_every_parameter_declares_group_and_export():
     config = tiny_config()
     specs = param_specs(build_model(config, host_with(config), None))
     assert specs["tok_emb.weight"].group == "embed" and specs["tok_emb.weight"].export == "embedding"
-    assert specs["layers.0.q"].group == "matrix" and specs["layers.0.q"].export == "quantize"
+    assert specs["layers.0.q.weight"].group == "matrix" and specs["layers.0.q.weight"].export == "quantize"
     assert specs["blocks.0.resid_mix"].export == "float32"
 
 
 def test_init_matches_baseline():
     config = tiny_config()
     model = build_model(config, host_with(config), None)
-    assert torch.all(model.layers[0].o == 0) and torch.all(model.layers[0].down == 0)
+    assert torch.all(model.layers[0].o.weight == 0) and torch.all(model.layers[0].down.weight == 0)
     assert abs(model.tok_emb.weight.std().item() - 0.005) < 0.001
     assert torch.all(model.blocks[1].resid_mix[0] == 1) and torch.all(model.blocks[1].resid_mix[1] == 0)
     assert torch.allclose(model.blocks[0].q_gain, torch.full((4,), 1.5))
@@ -40,7 +40,7 @@ def test_init_matches_baseline():
 def test_unet_skips_and_softcap():
     config = tiny_config(num_layers=5)
     model = build_model(config, host_with(config), None)
-    assert model.num_encoder == 2 and model.skip_weights.shape == (2, 32)
+    assert model.num_encoder == 2 and model.skips.weights.shape == (2, 32)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 1.0)
@@ -53,8 +53,8 @@ def test_model_is_causal():
     model = build_model(config, host_with(config), None)
     with torch.no_grad():
         for layer in model.layers:
-            layer.o.normal_(0, 0.1)
-            layer.down.normal_(0, 0.1)
+            layer.o.weight.normal_(0, 0.1)
+            layer.down.weight.normal_(0, 0.1)
     a = torch.randint(0, 64, (1, 12))
     b = a.clone()
     b[0, 7:] = (b[0, 7:] + 1) % 64

@@ -7,6 +7,7 @@ from golfcore.errors import ConfigError
 from golfcore.plugins import Host, PluginInfo, discover
 import torch
 from golf_plugins.leaky_relu2 import LeakyRelu2
+from golf_plugins.smear_gate import SmearGatePlugin
 from torch import nn
 
 from golfcore.errors import PluginError
@@ -28,12 +29,12 @@ def test_plugins_dir_modules_are_discovered(tmp_path):
             Config = Config
 
             @golf.hookimpl
-            def golf_sublayer_input_scale(self, config, layer):
-                return 2.0
+            def golf_edit_model(self, description):
+                description.bos_id = 2
     '''))
     available = discover([tmp_path])
     info = available["loud"]
-    assert info.source == str(tmp_path / "loud.py") and info.hooks == ["golf_sublayer_input_scale"]
+    assert info.source == str(tmp_path / "loud.py") and info.hooks == ["golf_edit_model"]
 
 
 def test_broken_plugin_file_is_a_one_line_error(tmp_path):
@@ -104,7 +105,7 @@ def test_collect_sorts_by_order_then_recipe_order():
     def make(name, order):
         class P(golf.Plugin):
             @golf.hookimpl
-            def golf_embedding_transform(self, config):
+            def golf_eval_adapter(self, config):
                 return Tagged(self.name, order)
 
         P.name = name
@@ -114,7 +115,7 @@ def test_collect_sorts_by_order_then_recipe_order():
     config = tiny_config()
     config.plugins = {c.name: c.Config() for c in classes}
     host = Host(config, {c.name: PluginInfo(c.name, c, "test", "0") for c in classes})
-    assert [t.tag for t in host.collect("golf_embedding_transform", config=config)] == ["first", "second", "late"]
+    assert [t.tag for t in host.collect("golf_eval_adapter", config=config)] == ["first", "second", "late"]
 
 
 def test_builtins_are_discovered_like_third_party():
@@ -136,17 +137,18 @@ def test_entry_point_plugin_is_discovered():
 
 
 class Tanh(golf.Plugin):
-    """A third party overriding an enabled built-in's activation, explicitly."""
+    """A third party overriding an enabled built-in's activation, explicitly: its edit runs last."""
 
     name = "tanh_override"
 
-    @golf.hookimpl(tryfirst=True)
-    def golf_mlp_activation(self, config, layer):
-        return nn.Tanh() if layer.virtual % 2 == 0 else None  # None defers to the built-in
+    @golf.hookimpl(trylast=True)
+    def golf_edit_model(self, description):
+        for layer in description.layers[::2]:  # the other layers keep the built-in's edit
+            layer.activation = golf.Part(nn.Tanh)
 
 
-def test_tryfirst_overrides_an_enabled_builtin_and_none_defers_to_it():
-    _, _, model = build(LeakyRelu2, Tanh)
+def test_trylast_edits_after_an_enabled_builtin():
+    _, _, model = build(Tanh, LeakyRelu2)  # first in the recipe, yet it edits last
     kinds = [type(b.activation).__name__ for b in model.blocks]
     assert kinds[0] == kinds[2] == "Tanh" and kinds[1] == kinds[3] != "Tanh"
 
@@ -155,11 +157,12 @@ def test_trylast_makes_a_fallback():
     class Fallback(golf.Plugin):
         name = "fallback"
 
-        @golf.hookimpl(trylast=True)
-        def golf_mlp_activation(self, config, layer):
-            return nn.Identity()
+        @golf.hookimpl(tryfirst=True)
+        def golf_edit_model(self, description):
+            for layer in description.layers:
+                layer.activation = golf.Part(nn.Identity)
 
-    _, _, model = build(Fallback, LeakyRelu2)  # the fallback comes first in the recipe, yet loses
+    _, _, model = build(LeakyRelu2, Fallback)  # the fallback comes last in the recipe, yet edits first
     assert all(type(b.activation).__name__ != "Identity" for b in model.blocks)
 
 
@@ -178,16 +181,15 @@ def test_a_wrapper_times_every_build_hook_and_sees_each_result():
 
             return wrapper
 
-        golf_embedding_addition = _wrap("golf_embedding_addition")  # a collecting hook
-        golf_mlp_activation = _wrap("golf_mlp_activation")  # a single-answer hook
+        golf_edit_model = _wrap("golf_edit_model")  # called once per editing plugin
+        golf_eval_adapter = _wrap("golf_eval_adapter")  # a collecting hook
         golf_model_built = _wrap("golf_model_built")  # a call hook
 
-    _, _, model = build(Timer, LeakyRelu2)
+    config, host, model = build(Timer, LeakyRelu2, SmearGatePlugin)
+    host.collect("golf_eval_adapter", config=config)
     hooks = [h for h, _ in seen]
-    assert hooks.count("golf_mlp_activation") == 4 and hooks.count("golf_model_built") == 1
-    assert [r for h, r in seen if h == "golf_embedding_addition"] == [[]]  # a list, never a generator
-    assert all(type(r).__name__ == "LeakyReluSquared" for h, r in seen if h == "golf_mlp_activation")
-    assert len(model.embedding_additions) == 0
+    assert hooks.count("golf_edit_model") == 2 and hooks.count("golf_model_built") == 1
+    assert [r for h, r in seen if h == "golf_eval_adapter"] == [[]]  # a list, never a generator
 
 
 def test_a_wrapper_may_replace_the_result():
@@ -195,9 +197,11 @@ def test_a_wrapper_may_replace_the_result():
         name = "replace"
 
         @golf.hookimpl(wrapper=True)
-        def golf_mlp_activation(self, config, layer):
-            yield
-            return nn.Identity()
+        def golf_edit_model(self, description):
+            result = yield
+            for layer in description.layers:
+                layer.activation = golf.Part(nn.Identity)
+            return result
 
     _, _, model = build(LeakyRelu2, Replace)
     assert all(isinstance(b.activation, nn.Identity) for b in model.blocks)
@@ -211,8 +215,8 @@ def test_tracing_names_the_plugin_that_answered_each_hook():
     from golfcore.assemble import build_model
 
     build_model(config, host, None)
-    assert "hook golf_mlp_activation layer 3: called leaky_relu2; answered by leaky_relu2: LeakyReluSquared" in lines
-    assert any(line.startswith("hook golf_embedding_addition: called none; answered by nobody") for line in lines)
+    assert "hook golf_edit_model: called leaky_relu2; answered by nobody (core default)" in lines
+    assert any(line.startswith("hook golf_model_built: called none; answered by nobody") for line in lines)
 
 
 class Raises(golf.Plugin):

@@ -71,8 +71,8 @@ def test_model_compiles_fullgraph_and_matches_eager(recipe):
     _, model = model_of(recipe)
     with torch.no_grad():
         for layer in model.layers:  # zero-initialised projections would hide most of the graph
-            layer.o.normal_(0, 0.02)
-            layer.down.normal_(0, 0.02)
+            layer.o.weight.normal_(0, 0.02)
+            layer.down.weight.normal_(0, 0.02)
         tokens = torch.randint(0, 1024, (2, 64))
         eager = model.logits(tokens)
         compiled = torch.compile(model.logits, fullgraph=True)(tokens)
@@ -129,8 +129,8 @@ def test_v4_quick_scores_are_causal_with_ttt_and_mixer():
         model = build_model(config, host, host.first("golf_quantizer", config=config))
         with torch.no_grad():
             for layer in model.layers:
-                layer.o.normal_(0, 0.02)
-                layer.down.normal_(0, 0.02)
+                layer.o.weight.normal_(0, 0.02)
+                layer.down.weight.normal_(0, 0.02)
         host.call("golf_before_eval", model=model, config=config)
         capture = CaptureAdapter()
         adapters = [*host.collect("golf_eval_adapter", config=config), capture]

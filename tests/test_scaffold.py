@@ -11,7 +11,7 @@ import pytest
 from golf_cli.scaffold import hook_specs, new_plugin
 from golfcore.errors import ConfigError
 
-HOOKS = ["golf_mlp_activation", "step_end"]
+HOOKS = ["golf_edit_model", "step_end"]
 
 
 def test_stubs_have_the_hookspec_signatures_and_do_nothing(tmp_path, monkeypatch):
@@ -23,7 +23,7 @@ def test_stubs_have_the_hookspec_signatures_and_do_nothing(tmp_path, monkeypatch
     plugin = module.ScaffoldProbe()
     assert plugin.name == "scaffold_probe" and plugin.config.scale == 1.0
     specs = hook_specs()
-    for hook in ("golf_mlp_activation", "golf_step_end"):
+    for hook in ("golf_edit_model", "golf_step_end"):
         method = getattr(plugin, hook)
         expected = inspect.signature(specs[hook])
         assert inspect.signature(method).parameters == expected.parameters
@@ -74,7 +74,7 @@ def test_generated_package_installs_is_discovered_and_its_test_passes(tmp_path):
     lines = shown.stdout.splitlines()
     assert lines[0] == "scaffold_demo: TODO: what scaffold_demo does, in one line"
     assert "  source:  entry point (golf-scaffold_demo)" in lines and "  version: 0.1.0" in lines
-    assert "  hooks:   golf_mlp_activation, golf_step_end" in lines
+    assert "  hooks:   golf_edit_model, golf_step_end" in lines
     assert f"  file:    {site / 'golf_scaffold_demo' / '__init__.py'}" in lines
     generated = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
                                cwd=source, capture_output=True, text=True, env=env)

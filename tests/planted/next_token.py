@@ -21,5 +21,5 @@ class NextToken(golf.Plugin):
     description = "test plant: the model reads the next token"
 
     @golf.hookimpl
-    def golf_embedding_addition(self, config):
-        return NextTokenEmbedding(config.model.vocab_size, config.model.model_dim)
+    def golf_edit_model(self, description, config):
+        description.embedding.additions.append(golf.Part(NextTokenEmbedding, config.model.vocab_size, config.model.model_dim))

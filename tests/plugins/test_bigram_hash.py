@@ -11,7 +11,7 @@ from golfcore.model import rms_norm
 from golfcore.params import ParamSpec, param_specs
 from golfcore.plugins import discover
 from golfcore.recipe import resolve
-from tests.helpers import build, train_briefly
+from tests.helpers import build, built, edited, train_briefly
 
 M = 2048
 
@@ -105,5 +105,5 @@ def test_bad_config(table, key):
 def test_cross_documents_option_reaches_the_module():
     config = resolve({"plugins": {"bigram_hash": {"cross_documents": True, "buckets": 64}}}, discover(), "<test>")
     config.model.model_dim = 32
-    module = BigramHashPlugin(config.plugins["bigram_hash"]).golf_embedding_addition(config)
+    module = built(edited(BigramHashPlugin(config.plugins["bigram_hash"]), config).embedding.additions[0])
     assert module.cross_documents and module.table.shape == (64, 128)

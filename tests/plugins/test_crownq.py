@@ -40,8 +40,8 @@ def setup(cfg=None, *extra, float_max_numel=SMALL):
     torch.manual_seed(1)
     with torch.no_grad():  # o and down start at zero; give every matrix rows worth penalising
         for layer in model.layers:
-            layer.o.normal_(0, 0.05)
-            layer.down.normal_(0, 0.05)
+            layer.o.weight.normal_(0, 0.05)
+            layer.down.weight.normal_(0, 0.05)
     return config, host, model
 
 
@@ -54,7 +54,7 @@ def direct(model, step_of, lam=0.01):
     """lam * sum over the physical block matrices of sum_r mean_j W_rj^2 * step_r^2 / 12, by hand."""
     total = 0.0
     for layer in model.layers:
-        for w in (layer.q, layer.k, layer.v, layer.o, layer.up, layer.down):
+        for w in (layer.q.weight, layer.k.weight, layer.v.weight, layer.o.weight, layer.up.weight, layer.down.weight):
             w = w.detach().double()
             for r in range(w.size(0)):
                 h = float(w[r].square().mean())
@@ -118,7 +118,7 @@ def test_gradient_reaches_every_quantized_matrix_and_nothing_else():
     fn(0.5).backward()
     specs = param_specs(model)
     reached = {name for name, _ in quantized_matrices(model, SMALL)}
-    assert reached == {f"layers.{i}.{m}" for i in range(4) for m in ("q", "k", "v", "o", "up", "down")}
+    assert reached == {f"layers.{i}.{m}.weight" for i in range(4) for m in ("q", "k", "v", "o", "up", "down")}
     for name, p in model.named_parameters():
         if specs[name].export == "quantize":
             assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -170,11 +170,11 @@ def test_shared_physical_matrices_are_penalised_once():
     assert float(value.detach()) == pytest.approx(direct(model, int8_step), rel=1e-5)  # 4 physical layers, not 6
     value.backward()
     # the gradient of a shared matrix is that of one term, not two
-    w = model.layers[1].up.detach().clone().requires_grad_(True)
+    w = model.layers[1].up.weight.detach().clone().requires_grad_(True)
     h = w.square().mean(-1)
     single = (0.01 * (h * Int8Quantizer(SMALL).row_step(w).square()).sum() / 12)
     single.backward()
-    assert torch.allclose(model.layers[1].up.grad, w.grad, rtol=1e-5, atol=1e-12)
+    assert torch.allclose(model.layers[1].up.weight.grad, w.grad, rtol=1e-5, atol=1e-12)
 
 
 def train(config, host, model):
@@ -198,7 +198,7 @@ def test_trains_under_the_trainer_and_changes_the_weights_during_warmdown():
     diffs = [not torch.equal(a, b) for a, b in zip(plain.parameters(), penalised.parameters())]
     assert any(diffs)
     # the penalty shrinks the penalised matrices relative to the plain run
-    norm = lambda m: sum(float(l.up.detach().norm()) for l in m.layers)  # noqa: E731
+    norm = lambda m: sum(float(l.up.weight.detach().norm()) for l in m.layers)  # noqa: E731
     assert norm(penalised) < norm(plain)
 
 

@@ -35,8 +35,9 @@ class Spy(nn.Module):
 def spy_plugin(name, log, order):
     class P(golf.Plugin):
         @golf.hookimpl
-        def golf_attention_output_transform(self, config, layer):
-            return Spy(log, order)
+        def golf_edit_model(self, description):
+            for layer in description.layers:
+                layer.output_transforms.append(golf.Part(Spy, log, order))
 
     P.name = name
     return P
@@ -142,7 +143,7 @@ def test_trains_and_learns_the_gate():
     config, host, model = build({GatedAttention: Config()})
     with torch.no_grad():
         for layer in model.layers:
-            nn.init.normal_(layer.o, std=0.05)
+            nn.init.normal_(layer.o.weight, std=0.05)
     outcome = train_briefly(config, host, model)
     assert math.isfinite(outcome.last_train_loss)
     assert model.blocks[1].output_transforms[0].weight.abs().sum() > 0

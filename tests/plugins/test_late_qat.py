@@ -72,7 +72,7 @@ def test_uses_the_runs_quantizer():
     (m,) = qat_modules(model).values()
     assert m.quantizer is quantizer and isinstance(quantizer, GptqLiteQuantizer)
     set_enabled(model, True)
-    w = model.layers[0].up
+    w = model.layers[0].up.weight
     wq = m(w)
     assert all(row.unique().numel() <= 63 for row in wq / quantizer.row_step(w).unsqueeze(-1))
     # without an exporter plugin, the core's int8 grid
@@ -193,7 +193,7 @@ def test_compiled_trainer_compiles_both_states_in_warm_up_and_never_again(monkey
         for on in (True, False):
             set_enabled(model, on)
             assert torch.allclose(compiled(tokens), model.logits(tokens), atol=1e-5)
-    w = model.layers[1].up.detach()
+    w = model.layers[1].up.weight.detach()
     assert torch.equal(inductor_compile(quantizer.fake_quantize, fullgraph=True)(w), quantizer.fake_quantize(w))
 
 

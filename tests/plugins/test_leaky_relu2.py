@@ -11,7 +11,7 @@ from golfcore.errors import ConfigError
 from golfcore.model import ReluSquared, count_parameters
 from golfcore.plugins import discover
 from golfcore.recipe import resolve
-from tests.helpers import build, train_briefly
+from tests.helpers import build, built, edited, train_briefly
 
 
 def test_formula():
@@ -29,7 +29,7 @@ def test_every_block_uses_it_and_it_changes_the_output():
     torch.manual_seed(0)
     with torch.no_grad():
         for layer in model.layers:
-            nn.init.normal_(layer.down, std=0.1)
+            nn.init.normal_(layer.down.weight, std=0.1)
     tokens = torch.randint(0, 64, (2, 9))
     leaky = model.logits(tokens)
     for block in model.blocks:
@@ -57,4 +57,4 @@ def test_bad_slope(slope):
 
 def test_slope_option_reaches_the_module():
     config = resolve({"plugins": {"leaky_relu2": {"slope": 0.25}}}, discover(), "<test>")
-    assert LeakyRelu2(config.plugins["leaky_relu2"]).golf_mlp_activation(config, None).slope == 0.25
+    assert built(edited(LeakyRelu2(config.plugins["leaky_relu2"]), config).layers[0].activation).slope == 0.25

@@ -52,8 +52,8 @@ def test_scales_both_sublayer_inputs():
     seen = {}
     layer = model.layers[3]
     with torch.no_grad():
-        nn.init.normal_(layer.down, std=0.1)
-        nn.init.normal_(layer.o, std=0.1)
+        nn.init.normal_(layer.down.weight, std=0.1)
+        nn.init.normal_(layer.o.weight, std=0.1)
     block.activation.register_forward_pre_hook(lambda m, args: seen.update(u=args[0]))
     original_attention = block.attention
     block.attention = lambda x, w, ctx: seen.update(attn_in=x) or original_attention(x, w, ctx)
@@ -61,8 +61,8 @@ def test_scales_both_sublayer_inputs():
     out = block(x, x0, layer, {"tokens": torch.zeros(2, 5, dtype=torch.long)})
     torch.testing.assert_close(seen["attn_in"], 0.5 * rms_norm(x))  # resid_mix starts at (1, 0)
     h = x + original_attention(0.5 * rms_norm(x), layer, {})
-    torch.testing.assert_close(seen["u"], 0.5 * rms_norm(h) @ layer.up.T)
-    torch.testing.assert_close(out, h + block.activation(0.5 * rms_norm(h) @ layer.up.T) @ layer.down.T)
+    torch.testing.assert_close(seen["u"], 0.5 * rms_norm(h) @ layer.up.weight.T)
+    torch.testing.assert_close(out, h + block.activation(0.5 * rms_norm(h) @ layer.up.weight.T) @ layer.down.weight.T)
 
 
 def test_no_parameters_and_trains():

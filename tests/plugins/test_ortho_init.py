@@ -42,24 +42,24 @@ def test_reference_init():
     config = tiny_config(mlp_mult=3.0)  # up [96, 32], k/v [16, 32], q [32, 32]
     _, _, model = build(Config(), config=config)
     for layer in model.layers:
-        assert all(is_orthogonal(getattr(layer, n)) for n in ("q", "k", "v", "up"))
-        assert torch.all(layer.o == 0) and torch.all(layer.down == 0)
+        assert all(is_orthogonal(getattr(layer, n).weight) for n in ("q", "k", "v", "up"))
+        assert torch.all(layer.o.weight == 0) and torch.all(layer.down.weight == 0)
     _, _, plain = build(None)
-    assert not is_orthogonal(plain.layers[0].q)  # the core's default init is not orthogonal
+    assert not is_orthogonal(plain.layers[0].q.weight)  # the core's default init is not orthogonal
 
 
 def test_physical_layers_under_recurrence_and_options():
     _, _, model = build(Config(matrices=["q", "down"], gain=0.5), schedule=True)
     assert len(model.layers) == 4
     for layer in model.layers:
-        assert is_orthogonal(layer.q, 0.5) and is_orthogonal(layer.down, 0.5)
-        assert not is_orthogonal(layer.k, 0.5) and torch.all(layer.o == 0)
+        assert is_orthogonal(layer.q.weight, 0.5) and is_orthogonal(layer.down.weight, 0.5)
+        assert not is_orthogonal(layer.k.weight, 0.5) and torch.all(layer.o.weight == 0)
 
 
 def test_deterministic_from_the_seed():
     _, _, a = build(Config())
     _, _, b = build(Config())
-    assert torch.equal(a.layers[2].up, b.layers[2].up)
+    assert torch.equal(a.layers[2].up.weight, b.layers[2].up.weight)
 
 
 def test_trains():

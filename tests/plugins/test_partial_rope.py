@@ -11,7 +11,7 @@ from golfcore.assemble import build_model, check_config
 from golfcore.model import Rotary, count_parameters
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
-from tests.helpers import host_with, tiny_config, train_briefly
+from tests.helpers import built, edited, host_with, tiny_config, train_briefly
 
 
 def build(config=None, **options):
@@ -39,7 +39,7 @@ def direct_rope(x, dims, base):
 
 def test_first_k_dims_rotate_and_the_rest_are_untouched():
     config = resolve({"plugins": {"partial_rope": {}}}, discover(), "<test>")  # defaults: d=512, 8 heads -> D=64
-    rotary = PartialRope(config.plugins["partial_rope"]).golf_rotary(config, None)
+    rotary = built(edited(PartialRope(config.plugins["partial_rope"]), config).layers[0].rotary)
     assert type(rotary) is Rotary and rotary.dims == 16
     x = torch.randn(2, 6, 3, 64)
     y = rotary(x)
@@ -58,7 +58,7 @@ def test_every_block_gets_it_and_scores_change():
     torch.manual_seed(0)
     with torch.no_grad():
         for layer in model.layers:  # o starts at zero: let attention reach the logits
-            torch.nn.init.normal_(layer.o, std=0.1)
+            torch.nn.init.normal_(layer.o.weight, std=0.1)
     plain.load_state_dict(model.state_dict())  # same weights, full-dim RoPE
     tokens = torch.randint(0, 64, (2, 9))
     assert not torch.allclose(model.logits(tokens), plain.logits(tokens))

@@ -28,8 +28,8 @@ def build(cfg: Config, config=None):
     torch.manual_seed(0)
     with torch.no_grad():  # let every matrix reach the logits
         for layer in model.layers:
-            nn.init.normal_(layer.o, std=0.05)
-            nn.init.normal_(layer.down, std=0.05)
+            nn.init.normal_(layer.o.weight, std=0.05)
+            nn.init.normal_(layer.down.weight, std=0.05)
     return config, host, model
 
 
@@ -49,7 +49,7 @@ def test_model_shares_matrices_and_owns_scalars():
     assert model.v2p == [0, 1, 2, 1, 2, 3] and len(model.layers) == 4 and len(model.blocks) == 6
     assert [b.layer.physical for b in model.blocks] == model.v2p
     assert model.blocks[1].attn_scale is not model.blocks[3].attn_scale
-    assert model.num_encoder == 3 and model.skip_weights.size(0) == 3  # the U-Net split counts virtual layers
+    assert model.num_encoder == 3 and model.skips.weights.size(0) == 3  # the U-Net split counts virtual layers
 
 
 def grads(model, tokens, targets):
@@ -67,10 +67,10 @@ def test_shared_matrices_get_the_summed_gradient_of_both_passes():
     for p in range(4):
         for m in ("q", "k", "v", "o", "up", "down"):
             uses = [i for i, q in enumerate(tied.v2p) if q == p]  # physical 1 -> virtual 1, 3
-            summed = sum(g_untied[f"layers.{i}.{m}"] for i in uses)
-            torch.testing.assert_close(g_tied[f"layers.{p}.{m}"], summed, atol=1e-6, rtol=1e-5)
-    assert g_untied["layers.1.q"].abs().sum() > 0 and g_untied["layers.3.q"].abs().sum() > 0
-    assert not torch.allclose(g_untied["layers.1.q"], g_untied["layers.3.q"])
+            summed = sum(g_untied[f"layers.{i}.{m}.weight"] for i in uses)
+            torch.testing.assert_close(g_tied[f"layers.{p}.{m}.weight"], summed, atol=1e-6, rtol=1e-5)
+    assert g_untied["layers.1.q.weight"].abs().sum() > 0 and g_untied["layers.3.q.weight"].abs().sum() > 0
+    assert not torch.allclose(g_untied["layers.1.q.weight"], g_untied["layers.3.q.weight"])
     for name, g in g_tied.items():  # every per-virtual-layer scalar gets the same gradient either way
         if not name.startswith("layers."):
             torch.testing.assert_close(g, g_untied[name], atol=1e-6, rtol=1e-5)
@@ -92,12 +92,12 @@ def test_untie_same_logits_independent_declared_parameters():
     ptrs = [p.data_ptr() for layer in model.layers for p in layer.parameters()]
     assert len(set(ptrs)) == len(ptrs)
     specs = param_specs(model)  # still declared: an eval adapter can build its optimizer
-    assert {specs[f"layers.{i}.q"].group for i in range(6)} == {"matrix"}
+    assert {specs[f"layers.{i}.q.weight"].group for i in range(6)} == {"matrix"}
     build_optimizers(model, config.optim)
     with torch.no_grad():  # adapting virtual 1 leaves virtual 3 (same physical layer before) alone
-        layer3 = model.layers[3].q.clone()
-        model.layers[1].q.add_(1.0)
-        assert torch.equal(model.layers[3].q, layer3)
+        layer3 = model.layers[3].q.weight.clone()
+        model.layers[1].q.weight.add_(1.0)
+        assert torch.equal(model.layers[3].q.weight, layer3)
         assert not torch.allclose(model.logits(tokens), before)
 
 
@@ -139,10 +139,10 @@ def test_artifact_stores_tied_weights_and_untied_load_matches():
 
 def test_trains():
     config, host, model = build(Config(repeat=[1, 2]))
-    q1 = model.layers[1].q.detach().clone()
+    q1 = model.layers[1].q.weight.detach().clone()
     outcome = train_briefly(config, host, model)
     assert math.isfinite(outcome.last_train_loss)
-    assert len(model.layers) == 4 and not torch.equal(model.layers[1].q, q1)
+    assert len(model.layers) == 4 and not torch.equal(model.layers[1].q.weight, q1)
 
 
 def resolved(table):

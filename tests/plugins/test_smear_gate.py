@@ -10,7 +10,7 @@ from golfcore.errors import ConfigError
 from golfcore.params import ParamSpec, param_specs
 from golfcore.plugins import discover
 from golfcore.recipe import resolve
-from tests.helpers import build, train_briefly
+from tests.helpers import build, built, edited, train_briefly
 
 
 def direct(x, tokens, g, mask_bos):
@@ -92,4 +92,5 @@ def test_bad_config(table, key):
 def test_reference_mode_from_a_recipe():
     config = resolve({"plugins": {"smear_gate": {"mask_bos": False}}}, discover(), "<test>")
     config.model.model_dim = 8
-    assert not SmearGatePlugin(config.plugins["smear_gate"]).golf_embedding_transform(config).mask_bos
+    description = edited(SmearGatePlugin(config.plugins["smear_gate"]), config)
+    assert not built(description.embedding.transforms[0]).mask_bos

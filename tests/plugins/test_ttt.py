@@ -35,11 +35,16 @@ class SharedGain(golf.Plugin):
     name = "shared_gain"
 
     @golf.hookimpl
-    def golf_value_transform(self, config, layer):
-        if layer.virtual == 0:
-            self.gain = golf.declare(torch.nn.Parameter(torch.ones(())), "scalar", "float32")
-        if layer.virtual in (0, 3):
-            return Gain(self.gain)
+    def golf_edit_model(self, description):
+        gain = golf.Part(GainParameter)
+        for i in (0, 3):
+            description.layers[i].value_transforms.append(golf.Part(Gain, gain))
+
+
+class GainParameter(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.value = golf.declare(torch.nn.Parameter(torch.ones(())), "scalar", "float32")
 
 
 class Gain(torch.nn.Module):
@@ -48,7 +53,7 @@ class Gain(torch.nn.Module):
         self.gain = gain
 
     def forward(self, v, ctx):
-        return v * self.gain
+        return v * self.gain.value
 
 
 def make(cfg=None, *extra, chunk_tokens=128, seed=1337):
@@ -142,7 +147,7 @@ def test_frozen_blocks_keep_matrices_and_scalars():
     for n in before:
         if n.startswith(("blocks.0.", "blocks.1.", "layers.0.", "layers.1.")):
             assert n not in changed, n  # D14: the physical matrices of frozen blocks stay too
-    assert {"layers.2.q", "layers.3.up", "blocks.2.attn_scale", "tok_emb.weight"} <= changed
+    assert {"layers.2.q.weight", "layers.3.up.weight", "blocks.2.attn_scale", "tok_emb.weight"} <= changed
 
 
 def test_shared_physical_layer_stays_trainable_when_a_later_block_uses_it():
@@ -156,13 +161,13 @@ def test_shared_physical_layer_stays_trainable_when_a_later_block_uses_it():
     run_eval(config, model, adapter, repeating(300))
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
     assert not any(n.startswith(("blocks.0.", "blocks.1.", "layers.0.")) for n in changed)
-    assert {"layers.1.q", "blocks.3.attn_scale"} <= changed
+    assert {"layers.1.q.weight", "blocks.3.attn_scale"} <= changed
 
 
 def test_plugin_parameter_shared_with_a_later_block_stays_trainable():
     config, model, adapter = make(TttConfig(lr=0.5, freeze_blocks=2), SharedGain)
-    gain = model.blocks[0].value_transforms[0].gain
-    assert model.blocks[3].value_transforms[0].gain is gain
+    gain = model.blocks[0].value_transforms[0].gain.value
+    assert model.blocks[3].value_transforms[0].gain.value is gain
     assert all(p is not gain for p in frozen_parameters(model, 2))
     assert any(p is gain for p in frozen_parameters(model, 4))
     before = float(gain.detach())

@@ -49,8 +49,9 @@ class Probe(nn.Module):
 def probe_plugin(name, log, order):
     class P(golf.Plugin):
         @golf.hookimpl
-        def golf_value_transform(self, config, layer):
-            return Probe(log, order)
+        def golf_edit_model(self, description):
+            for layer in description.layers:
+                layer.value_transforms.append(golf.Part(Probe, log, order))
 
     P.name = name
     return P
@@ -167,7 +168,7 @@ def test_artifact_round_trip_stores_the_table_once():
     config, host, model = build(Config(layers=[1, 3]), Repeat)
     with torch.no_grad():
         for layer in model.layers:  # let attention output reach the logits
-            nn.init.normal_(layer.o, std=0.05)
+            nn.init.normal_(layer.o.weight, std=0.05)
     blob = pack(model.state_dict(), param_specs(model), Int8Quantizer(), Raw())
     container = blob[6 + len(b"raw"):]
     stored = safetensors.torch.load(container)

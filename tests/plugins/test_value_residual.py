@@ -39,8 +39,9 @@ class Probe(nn.Module):
 def probe_plugin(name, log, order):
     class P(golf.Plugin):
         @golf.hookimpl
-        def golf_value_transform(self, config, layer):
-            return Probe(log, order, layer.virtual)
+        def golf_edit_model(self, description):
+            for layer in description.layers:
+                layer.value_transforms.append(golf.Part(Probe, log, order, layer.info.virtual))
 
     P.name = name
     return P
@@ -137,10 +138,10 @@ def test_gradient_reaches_v0_producer():
         torch.manual_seed(0)
         with torch.no_grad():
             for layer in model.layers[1:]:
-                nn.init.normal_(layer.o, std=0.1)
+                nn.init.normal_(layer.o.weight, std=0.1)
         tokens = torch.randint(0, 64, (2, 6))
         model(tokens, torch.randint(0, 64, (2, 6))).backward()
-        return model.layers[0].v.grad
+        return model.layers[0].v.weight.grad
 
     assert grad_of_layer0_v({}).abs().max() == 0
     assert grad_of_layer0_v({ValueResidual: Config()}).abs().max() > 0
@@ -175,7 +176,7 @@ def test_trains_and_learns(mode):
     config, host, model = build({ValueResidual: Config(mode=mode)})
     with torch.no_grad():
         for layer in model.layers:
-            nn.init.normal_(layer.o, std=0.05)
+            nn.init.normal_(layer.o.weight, std=0.05)
     t = model.blocks[2].value_transforms[0]
     before = [p.detach().clone() for p in t.parameters()]
     outcome = train_briefly(config, host, model)

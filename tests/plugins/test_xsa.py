@@ -13,7 +13,7 @@ from golfcore.errors import ConfigError
 from golfcore.assemble import build_model, check_config
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import resolve
-from tests.helpers import tiny_config, train_briefly
+from tests.helpers import editor, tiny_config, train_briefly
 
 SCHEDULE = [0, 1, 2, 1, 2, 3]  # 6 virtual layers over 4 physical ones
 
@@ -92,16 +92,14 @@ class ShiftValues(nn.Module):
         return v + 1.0
 
 
-def plugin_with(name, **hooks):
-    cls = type(name, (golf.Plugin,), {"name": name, **{k: golf.hookimpl(f) for k, f in hooks.items()}})
-    return cls
-
-
 def test_in_model_uses_the_attended_value():
     before, after = [], []
-    Pre = plugin_with("pre", golf_attention_output_transform=lambda self, config, layer: Spy(before, -1))
-    Post = plugin_with("post", golf_attention_output_transform=lambda self, config, layer: Spy(after, 1))
-    Shift = plugin_with("shift", golf_value_transform=lambda self, config, layer: ShiftValues())
+    def add(slot, cls, *args):
+        return lambda d: [getattr(layer, slot).append(golf.Part(cls, *args)) for layer in d.layers]
+
+    Pre = editor("pre", add("output_transforms", Spy, before, -1))
+    Post = editor("post", add("output_transforms", Spy, after, 1))
+    Shift = editor("shift", add("value_transforms", ShiftValues))
     _, _, model = build(Config(), Pre, Post, Shift)
     assert [type(t).__name__ for t in model.blocks[0].output_transforms] == ["Spy", "ExclusiveSelfAttention", "Spy"]
     model.logits(torch.randint(0, 64, (2, 6)))
@@ -146,7 +144,7 @@ def test_trains():
     config, host, model = build(Config(), Repeat)
     with torch.no_grad():
         for layer in model.layers:
-            nn.init.normal_(layer.o, std=0.05)
+            nn.init.normal_(layer.o.weight, std=0.05)
     outcome = train_briefly(config, host, model)
     assert math.isfinite(outcome.last_train_loss)
 

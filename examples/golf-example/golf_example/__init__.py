@@ -34,5 +34,6 @@ class GeluMLP(golf.Plugin):
     conflicts = ("leaky_relu2",)  # both would be the MLP activation
 
     @golf.hookimpl
-    def golf_mlp_activation(self, config, layer):
-        return Gelu(self.config.approximate)
+    def golf_edit_model(self, description):
+        for layer in description.layers:
+            layer.activation = golf.Part(Gelu, self.config.approximate)
