@@ -188,3 +188,27 @@ def test_roles_bits_and_artifact_round_trip():
 def test_config_is_checked(key, value):
     with pytest.raises(ConfigError, match=key):
         Config(**{key: value}).check()
+
+
+@pytest.mark.slow
+def test_a_run_calibrates_inside_the_training_clock(tmp_path, pystdlib_root):
+    """End to end: calibration batches after the last step feed every projection's Hessian, their
+    seconds are training time (the wallclock cap reserved them), the artifact is GPTQ's, and the
+    score is legal."""
+    import json
+
+    from tests.test_cli import golf, tiny_recipe
+
+    recipe = tiny_recipe(tmp_path, pystdlib_root, "[export]\nfloat_max_numel = 256\n[plugins.gptq]\ncalibration_batches = 2\n"
+                         "calibration_reserve_seconds = 1.0\n[plugins.pergroup]\nbackend = \"brotli\"")
+    out = golf("run", recipe, "--with", "gptq", "--with", "pergroup", "--set", "train.max_wallclock_seconds=600").stdout
+    line = next(x for x in out.splitlines() if x.startswith("calibration: 2 training batches"))
+    assert "for 12 weights" in line  # 2 layers x q, k, v, o, up, down
+    assert any(x.startswith("pergroup: ") and "via brotli" in x for x in out.splitlines())
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    result = json.loads((run_dir / "result.json").read_text())
+    cal = result["artifact"]["calibration"]
+    assert cal["source"] == "train" and cal["in_train_clock"] and cal["tokens"] == 2 * 1024 and cal["weights"] == 12
+    assert result["train_seconds"] >= cal["seconds"] and result["legal"]
+    assert result["artifact"]["quantizer"] == "gptq" and result["artifact"]["compressor"] == "pergroup"
+    assert result["stages"]["roundtrip"]["load_seconds"] > 0
