@@ -120,7 +120,9 @@ class Quantizer(Protocol):
     - `calibration_batches: int`: training micro-batches, taken after the last step, whose
       projection inputs it wants (golfcore.calibration); then `calibrate(stats)` receives
       {weight name: golf.InputStats} before export, and `calibration_reserve_seconds: float` is
-      kept back from the training wallclock cap for it (the time counts as training time);
+      kept back from the training wallclock cap for it (the time counts as training time); the
+      run then sets the quantizer's `calibration` (source "train", tokens, seconds,
+      in_train_clock: what the compliance record reads);
     - `prepare(state, specs)`: called by the exporter with every tensor to store before the
       per-tensor `quantize` calls, for choices across tensors (LQER's top-K, AWQ-lite's groups).
     """
