@@ -7,7 +7,7 @@ The artifact's container (safetensors) is split: every stored 1-byte tensor of 2
 included, stays one piece. In each bucket a matrix's rows are reordered greedily: start at row 0,
 then always the unused row nearest in L1 distance, so neighbouring rows in the stream are similar;
 the order is stored (uint16, brotli'd). Rows are then written column by column (`transpose`).
-Each bucket is compressed by the back-end: lrzip's ZPAQ (`lrzip -z -L 9`) when the binary is
+Each bucket is compressed by the back-end: lrzip's ZPAQ (`lrzip -z -L 9 -T`) when the binary is
 installed, else brotli (`backend = "auto"`), or the one named; the rest and the orders by brotli.
 
 The output records the back-end it used, so loading needs lrzip only for an artifact made with it.
@@ -79,7 +79,7 @@ def _lrzip(data: bytes, decompress: bool) -> bytes:
     with tempfile.TemporaryDirectory(prefix="golf-lrzip-") as tmp:
         src, dst = Path(tmp) / ("in.lrz" if decompress else "in"), Path(tmp) / "out"
         src.write_bytes(data)
-        args = ["-d"] if decompress else ["-z", "-L", "9"]
+        args = ["-d"] if decompress else ["-z", "-L", "9", "-T"]  # -T: no LZ4 pre-test, which stores int6 levels raw
         subprocess.run(["lrzip", *args, "-q", "-f", "-o", str(dst), str(src)], check=True, capture_output=True)
         return dst.read_bytes()
 

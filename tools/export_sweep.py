@@ -64,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     model = session.build_model()
     loader = DistributedTokenLoader(session.corpus.train_files, 0, 1, session.dist.device)
     t0 = time.perf_counter()
-    trainer = Trainer(config, model, session.host, session.quantizer, loader, session.dist, None, lambda r: None)
+    def progress(record: dict) -> None:
+        if record.get("event") == "train":
+            print(f"step {record['step']}/{record['of']} train_loss {record['train_loss']:.4f}", flush=True)
+
+    trainer = Trainer(config, model, session.host, session.quantizer, loader, session.dist, None, progress)
     outcome = trainer.run()
     print(f"trained {outcome.steps} steps in {time.perf_counter() - t0:.0f}s", flush=True)
     t = config.train
