@@ -33,12 +33,14 @@ from .artifact import CLIP_PERCENTILE, Int8Quantizer, fp16_round, row_quantiles,
 from .calibration import InputStats
 from .data import BOS_ID
 from .model import Block, CausalAttention, Projection, RMSNorm, Rotary, SoftcapHead, Switch, WeightedSkips, rms_norm
+from .optim import Muon, Orthogonalization, build_optimizers, zeropower_newton_schulz
+from .switch import BatchShape, ModuleSwitch, TrainingSwitch
 
 __all__ = [
-    "BOS_ID", "Block", "CLIP_PERCENTILE", "CausalAttention", "Compressor", "ComplianceError", "ConfigError",
+    "BOS_ID", "BatchShape", "Block", "CLIP_PERCENTILE", "CausalAttention", "Compressor", "ComplianceError", "ConfigError",
     "EmbeddingSlots", "EvalAdapter", "EvalContext", "ForwardContext", "GolfError", "Head", "InputStats", "Int8Quantizer", "Layer",
-    "LayerInfo", "LayerSelection", "ModelDescription", "Part", "PhysicalLayer", "Plugin", "Projection", "Quantizer",
-    "RMSNorm", "Rotary", "RunConfig", "Section", "Skips", "SoftcapHead", "Switch", "WeightedSkips", "declare",
-    "float_params", "fp16_round", "hookimpl", "option", "param_specs", "rms_norm", "row_quantiles", "spec_of",
-    "to_float16", "WeightAverage",
+    "LayerInfo", "LayerSelection", "ModelDescription", "ModuleSwitch", "Muon", "Orthogonalization", "Part", "PhysicalLayer", "Plugin",
+    "Projection", "Quantizer", "RMSNorm", "Rotary", "RunConfig", "Section", "Skips", "SoftcapHead", "Switch",
+    "TrainingSwitch", "WeightedSkips", "build_optimizers", "declare", "float_params", "fp16_round", "hookimpl", "option",
+    "param_specs", "rms_norm", "row_quantiles", "spec_of", "to_float16", "WeightAverage", "zeropower_newton_schulz",
 ]

@@ -32,7 +32,7 @@ class LayerInfo:
 class ForwardContext:
     """What one forward pass shares across its layers; made fresh by every `GPT.hidden` call.
 
-    Value and attention-output transforms receive it as `ctx`. Fields:
+    Value transforms, attention kernels and attention-output transforms receive it as `ctx`. Fields:
     - `tokens` [B,T]: the input ids of this forward pass;
     - `v0` [B,T,G,D] or None: the values of virtual layer 0, once a transform stored them
       (value residual learning reads them in later layers);

@@ -89,8 +89,9 @@ def shard_num_tokens(path: Path) -> int:
     return num_tokens
 
 
-def read_shard(path: Path) -> np.ndarray:
-    """Read a shard's tokens (num_tokens,) uint16; DataError naming the file if it is malformed."""
+def read_shard(path: Path, vocab_size: int = 0) -> np.ndarray:
+    """Read a shard's tokens (num_tokens,) uint16; DataError naming the file if it is malformed or,
+    with vocab_size, holds a token id outside the vocabulary (the embedding would fail on it)."""
     path = Path(path)
     num_tokens = shard_num_tokens(path)
     try:
@@ -99,6 +100,9 @@ def read_shard(path: Path) -> np.ndarray:
         raise DataError(f"cannot read shard {path}: {e.strerror or e}") from None
     if tokens.size != num_tokens:
         raise DataError(f"shard {path} is truncated: read {tokens.size} of {num_tokens} tokens")
+    if vocab_size and tokens.size and int(tokens.max()) >= vocab_size:
+        raise DataError(f"shard {path} holds token id {int(tokens.max())}, outside the tokenizer's vocabulary of "
+                        f"{vocab_size}: it was made with another tokenizer")
     return tokens.astype(np.uint16, copy=False)
 
 
@@ -116,10 +120,11 @@ def shard_files(directory: Path, split: Literal["train", "val"]) -> list[Path]:
 class TokenStream:
     """The shards' tokens in order, wrapping around forever; holds one shard in memory."""
 
-    def __init__(self, files: list[Path]):
+    def __init__(self, files: list[Path], vocab_size: int = 0):
         if not files:
             raise DataError("no shard files to stream")
         self.files = [Path(f) for f in files]
+        self.vocab_size = vocab_size
         for path in self.files:  # headers and sizes, before training: a truncated shard is named now, not hours in
             shard_num_tokens(path)
         self.file_idx, self.pos = -1, 0
@@ -137,12 +142,12 @@ class TokenStream:
     def restore(self, state: tuple[int, int]) -> None:
         file_idx, pos = state
         if file_idx != self.file_idx:
-            self.tokens = read_shard(self.files[file_idx])
+            self.tokens = read_shard(self.files[file_idx], self.vocab_size)
         self.file_idx, self.pos = file_idx, pos
 
     def _advance_file(self) -> None:
         self.file_idx = (self.file_idx + 1) % len(self.files)
-        self.tokens = read_shard(self.files[self.file_idx])
+        self.tokens = read_shard(self.files[self.file_idx], self.vocab_size)
         self.pos = 0
 
     def take(self, n: int) -> np.ndarray:
@@ -172,11 +177,11 @@ class DistributedTokenLoader:
     uses span r. The +1 token gives the last input its target; consecutive spans do not overlap.
     """
 
-    def __init__(self, files: list[Path], rank: int, world_size: int, device: torch.device):
+    def __init__(self, files: list[Path], rank: int, world_size: int, device: torch.device, vocab_size: int = 0):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.rank, self.world_size, self.device = rank, world_size, torch.device(device)
-        self.stream = TokenStream(files)
+        self.stream = TokenStream(files, vocab_size)
 
     def next_batch(self, global_tokens: int, seq_len: int, micro_batches_per_rank: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One micro-batch: x, y (local_tokens // seq_len, seq_len) int64 on the device; y is x shifted by one."""
@@ -211,7 +216,7 @@ def load_val_tokens(corpus: Corpus, max_targets: int = 0) -> torch.Tensor:
     parts = []
     have = 0
     for path in corpus.val_files:
-        parts.append(read_shard(path))
+        parts.append(read_shard(path, corpus.vocab_size))
         have += parts[-1].size
         if max_targets and have > max_targets:
             break
@@ -292,6 +297,14 @@ def corpus_command(corpus: str, root: Path) -> str:
     return f"golf data text FILES... --name {corpus.removeprefix('text:')}{root_flag}"
 
 
+def data_root(data: DataSection) -> Path:
+    """The folder holding the corpora; DataError when data.root names a file."""
+    root = Path(data.root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data.root={root}: not a folder (it holds the corpora, e.g. data.root = \"data\")")
+    return root
+
+
 def resolve_corpus(data: DataSection) -> Corpus:
     """The already built or downloaded corpus a recipe's [data] names; never builds or downloads.
 
@@ -300,7 +313,7 @@ def resolve_corpus(data: DataSection) -> Corpus:
     """
     if data.shards:
         return open_shard_folder(data.corpus, Path(data.shards), Path(data.tokenizer), data.max_train_shards)
-    root = Path(data.root)
+    root = data_root(data)
     if data.corpus in ("pystdlib", FINEWEB_CORPUS):
         directory = root / data.corpus
     elif data.corpus.startswith("text:") and data.corpus != "text:":

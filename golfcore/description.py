@@ -17,8 +17,7 @@ from typing import Any
 
 from .config import ModelSection
 from .contract import LayerInfo
-
-DEFAULT_BOS_ID = 1  # the challenge tokenizers' <s>, the first token of every document
+from .data import BOS_ID
 
 
 class Part:
@@ -46,9 +45,11 @@ def _show(value: Any) -> str:
 
 @dataclass
 class EmbeddingSlots:
-    """tokens [B,T] -> x0 [B,T,d]: table lookup, + each addition, norm, then each transform."""
+    """tokens [B,T] -> x0 [B,T,d]: table lookup, + each addition, each before-norm transform, norm,
+    then each transform."""
 
     additions: list[Part] = field(default_factory=list)  # (tokens[B,T]) -> [B,T,d], added before the norm
+    before_norm: list[Part] = field(default_factory=list)  # (x[B,T,d], tokens[B,T]) -> [B,T,d], after the additions
     norm: Part | None = None  # (x[B,T,d]) -> same; RMSNorm by default
     transforms: list[Part] = field(default_factory=list)  # (x[B,T,d], tokens[B,T]) -> [B,T,d], after the norm
 
@@ -91,7 +92,8 @@ class Layer:
 class Skips:
     """U-Net skips: the first `encoder_layers` virtual layers push their outputs; the next
     min(encoder_layers, rest) layers each pop one (last in, first out) and combine it with
-    `connect(x[B,T,d], skip[B,T,d], j) -> x`, j = the decoder layer's index among them."""
+    `connect(x[B,T,d], skip[B,T,d], j) -> x`, j = the decoder layer's index among them. While a
+    layer's switch is off, the split is half of the layers that run (delayed recurrence)."""
 
     encoder_layers: int
     connect: Part  # learned per-channel weights by default: x + w_j ⊙ skip
@@ -161,8 +163,9 @@ class ModelDescription:
                          for path, value in slots.items())
 
 
-def default_description(config: ModelSection, schedule: list[int], bos_id: int = DEFAULT_BOS_ID) -> ModelDescription:
-    """The challenge baseline (docs/techniques.md §0) over the layer schedule `schedule`."""
+def default_description(config: ModelSection, schedule: list[int], bos_id: int = BOS_ID) -> ModelDescription:
+    """The challenge baseline (docs/techniques.md §0) over the layer schedule `schedule`;
+    `bos_id` is the run's tokenizer's beginning-of-document id."""
     from .model import (Block, CausalAttention, Projection, ReluSquared, RMSNorm, Rotary, SoftcapHead,
                         WeightedSkips)
 

@@ -226,15 +226,19 @@ class _Scorer:
 
     def warm_up(self, widths: set[int]) -> None:
         """Run every (batch, width) shape once, so compiling happens before the clock starts."""
-        dummy = torch.zeros(self.batch_seqs, self.plan.seq_len, dtype=torch.long, device=self.val.device)
+        with torch.inference_mode(False):
+            dummy = torch.zeros(self.batch_seqs, self.plan.seq_len, dtype=torch.long, device=self.val.device)
         for width in sorted(widths):
             self.logprob_fn(dummy, width)
 
+    @torch.inference_mode(False)
     def inputs(self, batch: range) -> Tensor:  # [B,T], B = batch_seqs when static
+        """Contiguous and never an inference tensor, however it is built: a compiled graph guards
+        on the input's strides and dispatch keys, so every batch must match the warm-up's."""
         plan, T, n = self.plan, self.plan.seq_len, len(batch)
         s0 = plan.start(batch.start)
         if plan.hi(batch.stop - 1) - s0 == (n - 1) * plan.stride + T:  # every window full length
-            x = self.val[s0 : s0 + (n - 1) * plan.stride + T].unfold(0, T, plan.stride)
+            x = self.val[s0 : s0 + (n - 1) * plan.stride + T].unfold(0, T, plan.stride).contiguous()
         else:  # a window shorter than seq_len (the stream is short, or non-overlapping tail): pad the end
             x = torch.zeros(n, T, dtype=self.val.dtype, device=self.val.device)
             for b, i in enumerate(batch):

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from .config import RunConfig
     from .contract import Compressor, EvalAdapter, Quantizer
     from .description import ModelDescription
+    from .optim import Orthogonalization
+    from .switch import BatchShape, TrainingSwitch
 
 PROJECT = "golf"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -137,6 +139,17 @@ def golf_optimizers(model: nn.Module, config: RunConfig) -> list[torch.optim.Opt
     Muon + Adam groups. Every param group must carry "base_lr". First result wins."""
 
 
+@phase("optim")
+@hookspec
+def golf_orthogonalization(config: RunConfig, orthogonalization: Orthogonalization) -> None:
+    """Called once before the core builds Muon, in recipe order, with the run's
+    `golf.Orthogonalization` (default: no normalisation, the quintic Newton–Schulz
+    coefficients). Edit it in place: `coefficients` (per-iteration (a, b, c) triples; the
+    last repeats) and `normalize` ("rows", "columns": applied to the update before the
+    iteration). Muon shards any of them over ranks. Two plugins setting one field: the
+    later in the recipe wins. Not called when a plugin answers golf_optimizers."""
+
+
 # ----------------------------------------------------------------------------- step
 
 
@@ -146,6 +159,27 @@ def golf_loss_penalty(model: nn.Module, config: RunConfig, quantizer: Quantizer)
     """Called once before training. Return `penalty(lr_scale) -> scalar tensor` that the trainer
     adds to the loss of every micro-step (divided like the loss by the accumulation count).
     It runs eagerly, outside the compiled forward."""
+
+
+@phase("step")
+@hookspec
+def golf_switches(model: nn.Module, config: RunConfig, shape: BatchShape) -> TrainingSwitch | list[TrainingSwitch] | None:
+    """Called once per trainer, after the optimizers are built. Return the training-time
+    switch (`golf.TrainingSwitch`) this plugin drives, or a list of them: a setting with a few
+    states, changed only between steps, on `model` (e.g. recurrence on at 35% of training:
+    `golf.ModuleSwitch("loop", [model.switches["loop"]], at=(0.35,))`) or on the trainer's
+    `shape` (e.g. `shape.seq_len` 1024 -> 2048 -> 3072; batch_tokens stays fixed). A switch
+    with `at` fractions moves to its next state at the first step whose training fraction
+    reaches each; one without is set by its plugin (`switch.set(state)`, e.g. in
+    golf_step_end). The trainer applies every switch's first state before warm-up; the compile
+    warm-up runs one step in each combination of states a run can reach (torch.compile guards
+    on the Python values `apply` sets, so nothing recompiles in the timed run); checkpoints
+    hold each switch's state; `golf bench` times each combination. Modules with a Python bool
+    `compile_switch` that no returned ModuleSwitch drives become switches too (each of
+    `model.switches` by its name, the others one per class, e.g. late QAT's FakeQuantize),
+    flipped by their plugin. Switches act on the training model only: the models built later
+    (round trip, eval) are built fresh, so a plugin that wants its final state there builds
+    them in it. Switch names are unique. Collected in recipe order."""
 
 
 @phase("step")

@@ -208,14 +208,17 @@ class GPT(nn.Module):
                 mlp_norm=build(layer.mlp_norm), activation=activation,
                 switch=switches.get(layer.switch),
             ))
-        additions, transforms = build.all(description.embedding.additions), build.all(description.embedding.transforms)
+        emb = description.embedding
+        additions, before_norm, transforms = build.all(emb.additions), build.all(emb.before_norm), build.all(emb.transforms)
         tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
         nn.init.normal_(tok_emb.weight, std=cfg.tied_embed_init_std)
         declare(tok_emb.weight, "embed", "embedding")
         # registered in the order state_dict, the optimizers and the artifact list them
+        self.switches = nn.ModuleDict(switches)  # no parameters; first, so checkpoints name them switches.NAME
         self.skips = build(description.skips.connect)
         self.tok_emb = tok_emb
         self.embedding_additions = nn.ModuleList(additions)
+        self.embedding_before_norm = nn.ModuleList(before_norm)
         self.embedding_norm = build(description.embedding.norm)
         self.embedding_transforms = nn.ModuleList(transforms)
         self.layers = nn.ModuleList(
@@ -227,7 +230,6 @@ class GPT(nn.Module):
         self.final_norm = build(description.head.norm)
         self.logit_head = build(description.head.logits)
         self.bos_id = description.bos_id
-        self.switches = nn.ModuleDict(switches)
         transform = build(description.weight_transform)
         if transform is not None:
             for module in self.layers.modules():
@@ -238,6 +240,8 @@ class GPT(nn.Module):
         x = self.tok_emb(tokens)
         for addition in self.embedding_additions:
             x = x + addition(tokens)
+        for transform in self.embedding_before_norm:
+            x = transform(x, tokens)
         x = self.embedding_norm(x)
         for transform in self.embedding_transforms:
             x = transform(x, tokens)
@@ -245,14 +249,16 @@ class GPT(nn.Module):
         x0 = x
         ctx = ForwardContext(tokens)
         skips: list[Tensor] = []
-        for i, block in enumerate(self.blocks):
-            if block.switch is not None and not block.switch.compile_switch:
-                continue  # a layer whose switch is off (a Python bool: one compiled graph per state)
-            j = i - self.num_encoder  # decoder index
+        # a layer whose switch is off does not run (a Python bool: one compiled graph per state);
+        # then the U-Net split halves the layers that run
+        running = [i for i, block in enumerate(self.blocks) if block.switch is None or block.switch.compile_switch]
+        num_encoder = self.num_encoder if len(running) == len(self.blocks) else len(running) // 2
+        for n, i in enumerate(running):
+            j = n - num_encoder  # decoder index
             if skips and j >= 0:
                 x = self.skips(x, skips.pop(), j)
-            x = block(x, x0, self.layers[self.v2p[i]], ctx)
-            if i < self.num_encoder:
+            x = self.blocks[i](x, x0, self.layers[self.v2p[i]], ctx)
+            if n < num_encoder:
                 skips.append(x)
         return self.final_norm(x)
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -27,27 +29,54 @@ from torch import Tensor, nn
 from .config import OptimSection
 from .params import param_specs
 
-NS_COEFFS = (3.4445, -4.7750, 2.0315)
-"""Quintic Newton–Schulz coefficients (Keller Jordan's Muon). They trade exactness for speed:
-after 5 steps singular values land in roughly [0.68, 1.2] instead of exactly 1, except
-singular values below ~0.3% of the Frobenius norm, which stay smaller."""
+QUINTIC = ((3.4445, -4.7750, 2.0315),)
+"""Keller Jordan's quintic Newton–Schulz coefficients, the same every iteration. They trade
+exactness for speed: after 5 steps singular values land in roughly [0.68, 1.2] instead of
+exactly 1, except singular values below ~0.3% of the Frobenius norm, which stay smaller."""
+
+Coefficients = tuple[tuple[float, float, float], ...]
 
 
-def zeropower_newton_schulz(g: Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype | None = None) -> Tensor:
+@dataclass
+class Orthogonalization:
+    """What Muon does to a momentum update u [rows, cols] before applying it:
+
+        u <- u / ‖u_row‖ (normalize "rows"), u / ‖u_col‖ ("columns"), or u ("none")
+        X <- u / ‖u‖_F;  X <- a_i·X + (b_i·A + c_i·A²)·X, A = X·Xᵀ, for i < steps
+
+    with (a_i, b_i, c_i) = coefficients[min(i, len - 1)]: one triple is the same every
+    iteration, several are per-iteration (Polar Express); the last repeats. Plugins edit the
+    run's instance in golf_orthogonalization; `[optim] muon_backend_steps` gives `steps`.
+    """
+
+    coefficients: Coefficients = QUINTIC
+    normalize: Literal["none", "rows", "columns"] = "none"
+
+    def __post_init__(self) -> None:
+        if not self.coefficients or any(len(abc) != 3 for abc in self.coefficients):
+            raise ValueError(f"coefficients must be (a, b, c) triples; got {self.coefficients!r}")
+        if self.normalize not in ("none", "rows", "columns"):
+            raise ValueError(f"normalize must be 'none', 'rows' or 'columns'; got {self.normalize!r}")
+
+
+def zeropower_newton_schulz(g: Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype | None = None,
+                            coefficients: Coefficients = QUINTIC, normalize: str = "none") -> Tensor:
     """Approximately U·Vᵀ for g = U·S·Vᵀ, on the last two dims of `g` ([..., m, n]): a stack of
-    matrices is orthogonalised in one batched iteration.
+    matrices is orthogonalised in one batched iteration (`Orthogonalization` says what it computes).
 
     Computed in `dtype`; None = bf16 on CUDA (speed; the iteration is self-correcting),
     float32 on CPU (bf16 matmuls are slow there). Returns g's dtype. A zero `g` gives zeros
-    (eps guards the division).
+    (eps guards the divisions).
     """
-    a, b, c = NS_COEFFS
+    if normalize != "none":  # in g's dtype, before the cast: rows (or columns) of unit length
+        g = g / g.norm(dim=-1 if normalize == "rows" else -2, keepdim=True).clamp_min(eps)
     x = g.to(dtype or (torch.bfloat16 if g.is_cuda else torch.float32))
     transposed = g.size(-2) > g.size(-1)
     if transposed:
         x = x.mT  # [..., n, m] with n < m: X·Xᵀ is the smaller Gram matrix
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)  # all singular values <= 1
-    for _ in range(steps):
+    for i in range(steps):
+        a, b, c = coefficients[min(i, len(coefficients) - 1)]
         gram = x @ x.mT  # [..., rows, rows]
         x = a * x + (b * gram + c * gram @ gram) @ x
     if transposed:
@@ -56,7 +85,7 @@ def zeropower_newton_schulz(g: Tensor, steps: int = 5, eps: float = 1e-7, dtype:
 
 
 class Muon(torch.optim.Optimizer):
-    """Momentum, then Newton–Schulz orthogonalisation, for 2-D matrices.
+    """Momentum, then orthogonalisation (`Orthogonalization`: Newton–Schulz), for 2-D matrices.
 
     Per matrix W [rows, cols] with gradient g:
         buf = momentum·buf + g;  u = g + momentum·buf (nesterov) or buf
@@ -66,9 +95,10 @@ class Muon(torch.optim.Optimizer):
     and wide matrices (NS(u) has unit singular values, so tall ones get smaller entries).
 
     NS runs once per shape on the stack of that shape's matrices, in `ns_dtype`, compiled
-    with `compile`. With `world_size` > 1 (torch.distributed initialised, gradients already
-    all-reduced), rank r orthogonalises the r-th share of each stack and the shares are
-    all-gathered.
+    with `compile`. With several ranks (torch.distributed initialised, gradients already
+    all-reduced; `rank`/`world_size` default to torch.distributed's), rank r orthogonalises
+    the r-th share of each stack and the shares are all-gathered: any `orthogonalization`
+    works on a share, since it acts on each matrix alone.
     """
 
     def __init__(
@@ -81,8 +111,9 @@ class Muon(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         ns_dtype: torch.dtype | None = None,
         compile: bool = False,
-        rank: int = 0,
-        world_size: int = 1,
+        rank: int | None = None,
+        world_size: int | None = None,
+        orthogonalization: Orthogonalization | None = None,
     ):
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, backend_steps=backend_steps, weight_decay=weight_decay)
         super().__init__(params, defaults)
@@ -91,17 +122,24 @@ class Muon(torch.optim.Optimizer):
                 if p.ndim != 2:
                     raise ValueError(f"Muon takes 2-D matrices; got a parameter of shape {tuple(p.shape)}")
         self.ns_dtype = ns_dtype
-        self.rank, self.world_size = rank, world_size
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.rank = rank if rank is not None else torch.distributed.get_rank() if distributed else 0
+        self.world_size = world_size if world_size is not None else torch.distributed.get_world_size() if distributed else 1
+        self.orthogonalization = replace(orthogonalization or Orthogonalization())  # a copy: later edits do not reach it
         self._newton_schulz = torch.compile(zeropower_newton_schulz, dynamic=False) if compile else zeropower_newton_schulz
+
+    def _ns(self, u: Tensor, steps: int) -> Tensor:
+        o = self.orthogonalization
+        return self._newton_schulz(u, steps, dtype=self.ns_dtype, coefficients=o.coefficients, normalize=o.normalize)
 
     def _orthogonalize(self, u: Tensor, steps: int) -> Tensor:
         """NS of a stack u [n, rows, cols]; with several ranks each does ceil(n / world) of them."""
         if self.world_size == 1:
-            return self._newton_schulz(u, steps, dtype=self.ns_dtype)
+            return self._ns(u, steps)
         n = u.size(0)
         share = -(-n // self.world_size)
         padded = torch.cat((u, u.new_zeros(share * self.world_size - n, *u.shape[1:])))  # zeros orthogonalise to zeros
-        mine = self._newton_schulz(padded[self.rank * share : (self.rank + 1) * share], steps, dtype=self.ns_dtype)
+        mine = self._ns(padded[self.rank * share : (self.rank + 1) * share], steps)
         shares = [torch.empty_like(mine) for _ in range(self.world_size)]
         torch.distributed.all_gather(shares, mine.contiguous())
         return torch.cat(shares)[:n]
@@ -146,12 +184,13 @@ def ns_dtype_for(optim: OptimSection, device: torch.device) -> torch.dtype:
 
 
 def build_optimizers(model: nn.Module, optim: OptimSection, compile: bool = False, rank: int = 0,
-                     world_size: int = 1) -> list[torch.optim.Optimizer]:
+                     world_size: int = 1, orthogonalization: Orthogonalization | None = None) -> list[torch.optim.Optimizer]:
     """Muon for "matrix" parameters, one AdamW with an "embed" and a "scalar" group.
 
     Empty groups are left out (a model with no matrices gets no Muon). Raises ValueError
-    for an undeclared parameter or a "matrix" parameter that is not 2-D. `compile`, `rank`
-    and `world_size` go to Muon (compiled Newton–Schulz, sharded across ranks).
+    for an undeclared parameter or a "matrix" parameter that is not 2-D. `compile`, `rank`,
+    `world_size` and `orthogonalization` go to Muon (compiled Newton–Schulz, sharded across
+    ranks, what it computes).
     """
     params = dict(model.named_parameters())
     by_group: dict[str, list[nn.Parameter]] = {"matrix": [], "embed": [], "scalar": []}
@@ -174,6 +213,7 @@ def build_optimizers(model: nn.Module, optim: OptimSection, compile: bool = Fals
                 compile=compile,
                 rank=rank,
                 world_size=world_size,
+                orthogonalization=orthogonalization,
             )
         )
     adam_groups = [

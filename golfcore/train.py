@@ -36,8 +36,10 @@ from .config import RunConfig
 from .attention import attention_kernel
 from .checkpoint import Checkpoints, load_model_state, model_state, rng_state, set_rng_state
 from .errors import ConfigError, DivergedError, TrainingInterrupted
-from .optim import apply_lr_scale, build_optimizers, clip_grad_norm, muon_momentum_at, ns_dtype_for, set_muon_momentum
+from .optim import (Orthogonalization, apply_lr_scale, build_optimizers, clip_grad_norm, muon_momentum_at, ns_dtype_for,
+                    set_muon_momentum)
 from .plugins import Host
+from .switch import BatchShape, TrainingSwitch, module_switches, reachable
 
 CLOCK_SYNC_EVERY = 10
 """Steps between exact clock readings (a device sync and, with several ranks, an all-reduce)."""
@@ -93,26 +95,34 @@ def autocast_for(device: torch.device, activation_dtype: torch.dtype = torch.flo
     return nullcontext()
 
 
-def compile_switches(model: nn.Module) -> list[nn.Module]:
-    """Modules holding a Python-level switch the forward branches on (`compile_switch: bool`,
-    e.g. late QAT's FakeQuantize). torch.compile guards on it and keeps one graph per state."""
-    found = {id(m): m for m in model.modules() if isinstance(getattr(m, "compile_switch", None), bool)}
-    return list(found.values())
+def training_fraction(config: RunConfig, step: int, elapsed_ms: float) -> float:
+    """How far training is before step `step`, in [0, 1]: training time over the wallclock
+    cap when there is one, else steps over `iterations` (as the records' `training_frac`)."""
+    t = config.train
+    if t.max_wallclock_seconds > 0:
+        return min(elapsed_ms / (t.max_wallclock_seconds * 1000), 1.0)
+    return min(step / t.iterations, 1.0)
 
 
 def lr_scale_at(config: RunConfig, step: int, elapsed_ms: float) -> float:
-    """The challenge's warmdown: linear to 0 over the last warmdown_iters steps, measured in
-    wallclock (warmdown_iters x the running step time) when a wallclock cap is set."""
+    """The warmdown, floored at `min_lr_scale` (PR #1787's MIN_LR). With `warmdown_frac`: linear
+    to 0 over that last fraction of training (`training_fraction`; PR #1855). Else the
+    challenge's: linear to 0 over the last warmdown_iters steps, measured in wallclock
+    (warmdown_iters x the running step time) when a wallclock cap is set."""
     t = config.train
-    if t.warmdown_iters <= 0:
+    if t.warmdown_frac > 0:
+        scale = min((1 - training_fraction(config, step, elapsed_ms)) / t.warmdown_frac, 1.0)
+    elif t.warmdown_iters <= 0:
         return 1.0
-    if t.max_wallclock_seconds <= 0:
+    elif t.max_wallclock_seconds <= 0:
         start = max(t.iterations - t.warmdown_iters, 0)
-        return max((t.iterations - step) / t.warmdown_iters, 0.0) if step >= start else 1.0
-    step_ms = elapsed_ms / max(step, 1)
-    warmdown_ms = t.warmdown_iters * step_ms
-    remaining_ms = max(t.max_wallclock_seconds * 1000 - elapsed_ms, 0.0)
-    return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+        scale = max((t.iterations - step) / t.warmdown_iters, 0.0) if step >= start else 1.0
+    else:
+        step_ms = elapsed_ms / max(step, 1)
+        warmdown_ms = t.warmdown_iters * step_ms
+        remaining_ms = max(t.max_wallclock_seconds * 1000 - elapsed_ms, 0.0)
+        scale = remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+    return max(scale, t.min_lr_scale)
 
 
 def should_compile(config: RunConfig, device: torch.device) -> bool:
@@ -156,27 +166,44 @@ NO_BAD_STEP = 2**62  # first_bad_step while every step was finite (the all-reduc
 
 
 class StopSignals:
-    """While active, SIGTERM and SIGINT only raise a flag; the trainer stops at the next step boundary.
+    """While active, SIGTERM and SIGINT only raise a flag, read at step boundaries (and between
+    warm-up steps and scored batches: `raise_if_received`); a second signal takes its default
+    action and ends the process at once, even inside a long step. Entered while one is active
+    (the trainer inside a run), it is that one. Handlers can only be installed from the main
+    thread; elsewhere signals keep their default behaviour."""
 
-    Handlers can only be installed from the main thread; elsewhere (a trainer run from a
-    worker thread) signals keep their default behaviour."""
+    active: StopSignals | None = None
 
     def __init__(self):
         self.received: str | None = None
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopSignals:
+        if StopSignals.active is not None:
+            return StopSignals.active
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
+            StopSignals.active = self
         return self
 
     def _handle(self, signum, frame) -> None:
         self.received = signal.Signals(signum).name
+        for sig in self._previous:
+            signal.signal(sig, signal.SIG_DFL)
+        os.write(2, f"\n{self.received}: stopping at the next step boundary; a second signal stops at once\n".encode())
+
+    @classmethod
+    def raise_if_received(cls, where: str) -> None:
+        """TrainingInterrupted (exit 75) when the active handlers saw a signal."""
+        if cls.active is not None and cls.active.received:
+            raise TrainingInterrupted(f"interrupted by {cls.active.received} {where}")
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        if StopSignals.active is self:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+            StopSignals.active = None
 
 
 @dataclass
@@ -253,8 +280,12 @@ class Trainer:
         self.progress = progress
         self.checkpoints = checkpoints
         compile = should_compile(config, dist.device)
-        self.optimizers = host.first("golf_optimizers", model=model, config=config) or build_optimizers(
-            model, config.optim, compile=compile, rank=dist.rank, world_size=dist.world_size)
+        orthogonalization = Orthogonalization()
+        self.optimizers = host.first("golf_optimizers", model=model, config=config)
+        if not self.optimizers:
+            host.call("golf_orthogonalization", config=config, orthogonalization=orthogonalization)
+            self.optimizers = build_optimizers(model, config.optim, compile=compile, rank=dist.rank, world_size=dist.world_size,
+                                               orthogonalization=orthogonalization)
         self.penalties = host.collect("golf_loss_penalty", model=model, config=config, quantizer=quantizer)
         self.activation_dtype = activation_dtype_for(config, dist.device)
         self.execution = {
@@ -263,7 +294,11 @@ class Trainer:
             "attention": attention_kernel(dist.device, torch.bfloat16 if dist.device.type == "cuda" else self.activation_dtype),
             "muon_ns_dtype": str(ns_dtype_for(config.optim, dist.device)).removeprefix("torch."),
             "muon_sharded_over": dist.world_size,
+            "muon_normalize": orthogonalization.normalize,
+            "muon_ns_coefficient_triples": len(orthogonalization.coefficients),
         }
+        self.shape = BatchShape(config.train.seq_len)
+        self.switches = self._collect_switches()
         self.clock = TrainClock(dist)
         compiled = torch.compile(model, fullgraph=True) if compile else model
         if dist.world_size > 1:
@@ -274,6 +309,28 @@ class Trainer:
         self.first_bad_step = torch.full((), NO_BAD_STEP, dtype=torch.int64, device=dist.device)  # first non-finite step on this rank
         self.logged_losses: deque[float] = deque(maxlen=SPIKE_WINDOW)
 
+    def _collect_switches(self) -> list[TrainingSwitch]:
+        """The plugins' switches in their first state, then the model's other compile_switch modules."""
+        declared = [s for answer in self.host.collect("golf_switches", model=self.model, config=self.config, shape=self.shape)
+                    for s in (answer if isinstance(answer, list) else [answer])]
+        switches = declared + module_switches(self.model, declared)
+        names = [s.name for s in switches]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{self.config.source}: two training-time switches share a name: {names}")
+        for s in declared:
+            s.set(s.states[0])
+        if should_compile(self.config, self.dist.device):  # one graph per combination of states, none evicted
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(reachable(switches)))
+        return switches
+
+    def follow_schedules(self, step: int, fraction: float) -> None:
+        """Move every switch with `at` fractions to the state its schedule gives (before `step`)."""
+        for s in self.switches:
+            if s.at and s.scheduled(fraction) != s.state:
+                s.set(s.scheduled(fraction))
+                self.on_log({"event": "note", "text": f"step:{step} switch {s.name}={s.state} at training fraction {fraction:.3f}",
+                             "switch": s.name, "state": s.state, "step": step})
+
     def train_step(self, step: int, lr_scale: float) -> torch.Tensor:
         """One optimizer step; returns this rank's mean micro-batch loss, still on the device."""
         t, ddp = self.config.train, self.dist.world_size > 1
@@ -281,7 +338,7 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.dist.device)
         for micro in range(self.accum):
-            x, y = self.loader.next_batch(t.batch_tokens, t.seq_len, self.accum)
+            x, y = self.loader.next_batch(t.batch_tokens, self.shape.seq_len, self.accum)
             sync = nullcontext() if (not ddp or micro == self.accum - 1) else self.forward.no_sync()
             with sync:
                 with autocast_for(self.dist.device, self.activation_dtype):
@@ -329,24 +386,26 @@ class Trainer:
         return float(loss)
 
     def warm_up(self) -> None:
-        """Run warm-up steps (they trigger compilation), then restore model, optimizers and data.
+        """Run warm-up steps (they trigger compilation), then restore model, optimizers, data and switches.
 
-        The last warm-up step runs with every compile switch flipped (late QAT on), so the graph
-        of each state is compiled here and switching mid-run recompiles nothing."""
+        `warmup_steps` steps run in the switches' current states, then one step in each other
+        combination of states the run can reach (late QAT on, a longer sequence, recurrence on),
+        so every graph is compiled here and switching mid-run recompiles nothing."""
         n = self.config.train.warmup_steps
         if n == 0:
             return
         model_state_before = copy.deepcopy(self.model.state_dict())
         optim_states = [copy.deepcopy(opt.state_dict()) for opt in self.optimizers]
-        switches = compile_switches(self.model)
-        for step in range(n):
-            flip = n > 1 and step == n - 1
-            for m in switches if flip else ():
-                m.compile_switch = not m.compile_switch
+        start = tuple(s.state for s in self.switches)
+        others = [c for c in reachable(self.switches) if c != start]
+        for step, states in enumerate([start] * n + others):
+            for s, state in zip(self.switches, states):
+                s.set(state)
             self.train_step(step, 1.0)
-            self.on_log({"event": "warmup", "step": step + 1, "of": n})
-        for m in switches if n > 1 else ():
-            m.compile_switch = not m.compile_switch
+            self.on_log({"event": "warmup", "step": step + 1, "of": n + len(others)})
+            StopSignals.raise_if_received("during the compile warm-up, before training started")
+        for s, state in zip(self.switches, start):
+            s.set(state)
         self.model.load_state_dict(model_state_before)
         for opt, state in zip(self.optimizers, optim_states):
             opt.load_state_dict(state)
@@ -363,6 +422,7 @@ class Trainer:
             "loader": list(self.loader.state()),
             "rng": rng_state(),
             "plugins": {name: plugin.state_dict() for name, plugin in self.host.plugins.items()},
+            "switches": {s.name: s.state for s in self.switches},
             "logged_losses": list(self.logged_losses),
         }
 
@@ -375,6 +435,8 @@ class Trainer:
         set_rng_state(state["rng"])
         for name, plugin in self.host.plugins.items():
             plugin.load_state_dict(state["plugins"].get(name, {}))
+        for s in self.switches:
+            s.set(state["switches"][s.name])
         self.logged_losses.extend(state["logged_losses"])
         return state["step"], state["elapsed_ms"]
 
@@ -398,6 +460,7 @@ class Trainer:
         self.clock.start(step, elapsed_ms)
         with StopSignals() as signals:
             while step < t.iterations:
+                self.follow_schedules(step, training_fraction(self.config, step, elapsed_ms))
                 scale = lr_scale_at(self.config, step, elapsed_ms)
                 loss = self.train_step(step, scale)
                 step += 1

@@ -1,4 +1,4 @@
-"""Depth recurrence: run a contiguous run of physical layers twice, sharing their matrices.
+"""Depth recurrence: run a contiguous run of physical layers again, sharing their matrices.
 
 docs/techniques.md §8 (PR #686; the 2026-03-31 and 2026-04-03 records; PR #733). With R the
 repeated physical layers (`repeat`, contiguous and ascending) and c = max(R) + 1, the layer
@@ -21,6 +21,15 @@ own LayerWeights, in virtual order, and `model.v2p` becomes the identity; each b
 each repeat independently. The artifact keeps the tied weights: untying adds parameters only
 at eval (at full scale 2 × 2,359,296 matrix entries: 27.05M -> 31.77M in #733's log).
 
+Several loops, delayed, shared scalars (docs/techniques.md §12.7, PR #1344/#1855):
+`loops = k` runs R k + 1 times, v2p = [0 .. c−1] + R·k + [c .. L−1] (PR #1855: R = [3, 4, 5],
+k = 2, 17 virtual layers). `start_frac = f > 0` puts the passes after the first behind the
+layer-slot switch "recurrence", a golf.ModuleSwitch that turns on at training fraction f: until
+then each layer runs once and the U-Net split halves the layers that run; the model loaded from
+the artifact runs with it on (golf_before_eval), as the record evaluates. `share_scalars` ties
+every later pass's block parameters to its physical layer's first pass (golf_model_built), as
+the record's blocks are per physical layer: then per-layer plugins must select by physical index.
+
 Fixes no reference defect. Per-layer settings of other plugins say whether they index virtual
 or physical layers (xsa, gated_attention: virtual by default; value_embeddings: physical).
 """
@@ -38,9 +47,16 @@ import golfcore as golf
 
 @dataclass
 class Config(golf.Section):
-    repeat: list[int] = golf.option([4, 5], "physical layers run twice: contiguous, ascending, within 0..num_layers-1")
+    repeat: list[int] = golf.option([4, 5], "physical layers run loops + 1 times: contiguous, ascending, within 0..num_layers-1")
     untie_before_eval: bool = golf.option(
         True, "before eval, give every virtual layer its own copy of the shared matrices (PR #733's TTT_UNTIE=1)"
+    )
+    loops: int = golf.option(1, "extra passes over `repeat`: 1 runs it twice (PR #733), 2 three times (PR #1855)")
+    start_frac: float = golf.option(
+        0.0, "training fraction at which the extra passes switch on (0 = from the start; PR #1855: 0.35); on at eval"
+    )
+    share_scalars: bool = golf.option(
+        False, "every pass over a physical layer uses one set of block scalars (PR #1855); false: each pass owns its own"
     )
 
     def check(self) -> None:
@@ -51,12 +67,43 @@ class Config(golf.Section):
             raise self.invalid("repeat", f"{r}: indices must be >= 0")
         if any(b != a + 1 for a, b in zip(r, r[1:])):
             raise self.invalid("repeat", f"{r} must be contiguous and ascending (e.g. [4, 5])")
+        if self.loops < 1:
+            raise self.invalid("loops", f"{self.loops} must be >= 1")
+        if not 0.0 <= self.start_frac < 1.0:
+            raise self.invalid("start_frac", f"{self.start_frac} must be in [0, 1)")
 
 
-def schedule(num_layers: int, repeat: list[int]) -> list[int]:
-    """v2p = [0..c−1] + R + [c..L−1], c = max(R) + 1."""
+SWITCH = "recurrence"  # the name of the extra passes' training-time switch
+
+
+def schedule(num_layers: int, repeat: list[int], loops: int = 1) -> list[int]:
+    """v2p = [0..c−1] + R·loops + [c..L−1], c = max(R) + 1: R runs loops + 1 times."""
     c = max(repeat) + 1
-    return list(range(c)) + list(repeat) + list(range(c, num_layers))
+    return list(range(c)) + list(repeat) * loops + list(range(c, num_layers))
+
+
+def extra_passes(repeat: list[int], loops: int) -> range:
+    """The virtual layers of the passes after the first: c .. c + len(R)·loops − 1."""
+    c = max(repeat) + 1
+    return range(c, c + len(repeat) * loops)
+
+
+def share_block_parameters(model: nn.Module) -> None:
+    """Every later pass over a physical layer uses the parameters of the first pass's block."""
+    first: dict[int, int] = {}  # physical layer -> its first virtual layer
+    for i, block in enumerate(model.blocks):
+        k = first.setdefault(model.v2p[i], i)
+        if k == i:
+            continue
+        owner = model.blocks[k]
+        if [n for n, _ in owner.named_parameters()] != [n for n, _ in block.named_parameters()]:
+            raise golf.GolfError(
+                f"[plugins.recurrence] share_scalars: virtual layers {k} and {i} run physical layer {model.v2p[i]} with "
+                "different parameters (a per-layer plugin selects one and not the other; select by physical index)"
+            )
+        for name, param in owner.named_parameters():
+            path, _, attr = name.rpartition(".")
+            setattr(block.get_submodule(path), attr, param)
 
 
 def untie(model: nn.Module) -> None:
@@ -97,9 +144,27 @@ class Recurrence(golf.Plugin):
     @golf.hookimpl
     def golf_layer_schedule(self, config):
         self._check_range(config.model.num_layers)
-        return schedule(config.model.num_layers, self.config.repeat)
+        return schedule(config.model.num_layers, self.config.repeat, self.config.loops)
+
+    @golf.hookimpl
+    def golf_edit_model(self, description):
+        if self.config.start_frac > 0:
+            for i in extra_passes(self.config.repeat, self.config.loops):
+                description.layers[i].switch = SWITCH
+
+    @golf.hookimpl
+    def golf_model_built(self, model, config):
+        if self.config.share_scalars:
+            share_block_parameters(model)
+
+    @golf.hookimpl
+    def golf_switches(self, model, config, shape):
+        if self.config.start_frac > 0:
+            return golf.ModuleSwitch(SWITCH, [model.switches[SWITCH]], at=(self.config.start_frac,))
 
     @golf.hookimpl
     def golf_before_eval(self, model, config):
+        if self.config.start_frac > 0:
+            model.switches[SWITCH].compile_switch = True  # the record evaluates with its loop on
         if self.config.untie_before_eval:
             untie(model)

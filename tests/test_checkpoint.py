@@ -22,6 +22,7 @@ from golfcore.errors import CheckpointError, DivergedError, TrainingInterrupted
 from golfcore.train import Trainer
 from golf_plugins.ema import Ema
 from golf_plugins.late_qat import FakeQuantize, LateQat
+from golf_plugins.progressive_context import ProgressiveContext
 from golf_plugins.swa import Swa
 from tests.helpers import CPU, host_with, tiny_config
 from tests.test_cli import REPO, tiny_recipe
@@ -122,6 +123,36 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, shard):
     outcome = trainer.run(store.load(torch.device("cpu")))
     assert outcome.resumed_from == 6 and outcome.steps == 12
     assert host.plugins["swa"].snapshot_steps == list(range(6, 13))
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("stop_at", [4, 8])
+def test_resumed_across_a_sequence_length_switch_equals_uninterrupted(tmp_path, shard, stop_at):
+    """seq_len 8 until half of training, then 16: stopped before the switch (step 4) or after it
+    (step 8), the resumed run is bit-identical; the checkpoint holds the switch's state."""
+    stages = (ProgressiveContext, ProgressiveContext.Config(seq_lens=[8, 16], at=[0.5]))
+
+    def trainer(checkpoints=None):
+        config = stateful_config()
+        return make(config, shard, Ema, Swa, LateQat, stages, SignalAt, checkpoints=checkpoints)
+
+    reference, _, t = trainer()
+    t.run()
+    store = Checkpoints(tmp_path / "run", stateful_config(), "code")
+    store.run_dir.mkdir()
+    SignalAt.at = stop_at
+    try:
+        with pytest.raises(TrainingInterrupted):
+            trainer(store)[2].run()
+    finally:
+        SignalAt.at = 0
+    state = store.load(torch.device("cpu"))
+    assert state["switches"]["seq_len"] == (8 if stop_at < 6 else 16)  # the switch fires before step 7 (fraction 0.5)
+    resumed, _, t = trainer(store)
+    assert t.shape.seq_len == 8
+    t.run(state)
+    assert t.shape.seq_len == 16
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
 

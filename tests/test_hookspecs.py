@@ -218,6 +218,45 @@ def test_golf_optimizers():
 
 
 @exercise
+def test_golf_orthogonalization():
+    class CubicNewtonSchulz(golf.Plugin):
+        name = "cubic_ns"
+
+        @golf.hookimpl
+        def golf_orthogonalization(self, config, orthogonalization):
+            orthogonalization.coefficients = ((1.5, -0.5, 0.0),)
+            orthogonalization.normalize = "columns"
+
+    config, host, model = build(CubicNewtonSchulz)
+    trainer = Trainer(config, model, host, None, synthetic_loader(config), CPU, None, lambda r: None)
+    muon = trainer.optimizers[0]
+    assert isinstance(muon, golf.Muon) and muon.orthogonalization == golf.Orthogonalization(((1.5, -0.5, 0.0),), "columns")
+    trainer.run()
+
+
+@exercise
+def test_golf_switches():
+    seen = []
+
+    class HalfLength(golf.Plugin):
+        name = "half_length"
+
+        @golf.hookimpl
+        def golf_switches(self, model, config, shape):
+            return golf.TrainingSwitch("seq_len", (8, 16), lambda n: setattr(shape, "seq_len", n), at=(0.5,))
+
+        @golf.hookimpl
+        def golf_step_end(self, model, step, lr_scale):
+            seen.append(trainer.shape.seq_len)
+
+    config, host, model = build(HalfLength)
+    config.train.iterations = 4
+    trainer = Trainer(config, model, host, None, synthetic_loader(config), CPU, None, lambda r: None)
+    trainer.run()
+    assert seen == [8, 8, 16, 16]
+
+
+@exercise
 def test_golf_loss_penalty():
     calls = []
 

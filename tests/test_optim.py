@@ -9,7 +9,9 @@ from torch import nn
 
 from golfcore.config import OptimSection
 from golfcore.optim import (
+    QUINTIC,
     Muon,
+    Orthogonalization,
     apply_lr_scale,
     build_optimizers,
     clip_grad_norm,
@@ -18,6 +20,7 @@ from golfcore.optim import (
     zeropower_newton_schulz,
 )
 from golfcore.params import declare
+from golf_plugins.polar_express import POLAR_EXPRESS
 
 
 def _with_singular_values(s: torch.Tensor, rows: int, cols: int, seed: int = 0):
@@ -288,6 +291,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+ROW_POLAR = Orthogonalization(POLAR_EXPRESS, "rows")
+
+
 def _sharded_rank(rank, world_size, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -295,6 +301,9 @@ def _sharded_rank(rank, world_size, port, out):
     try:
         weights = _muon_steps({"rank": rank, "world_size": world_size, "ns_dtype": torch.float32})
         torch.save(weights, out / f"rank{rank}.pt")
+        # rank and world size from torch.distributed, as for a Muon a plugin builds
+        weights = _muon_steps({"ns_dtype": torch.float32, "orthogonalization": ROW_POLAR})
+        torch.save(weights, out / f"rank{rank}-row-polar.pt")
     finally:
         torch.distributed.destroy_process_group()
 
@@ -302,10 +311,90 @@ def _sharded_rank(rank, world_size, port, out):
 @pytest.mark.slow
 def test_sharded_newton_schulz_on_two_gloo_processes_equals_one_process(tmp_path):
     """Each rank orthogonalises its share of every shape's stack and all-gathers the rest: both ranks
-    end with the single-process weights (to 1e-6: each NS runs on a differently sized stack)."""
+    end with the single-process weights (to 1e-6: each NS runs on a differently sized stack), with
+    the default and with Polar Express coefficients on row-normalised updates."""
     mp.spawn(_sharded_rank, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
-    single = _muon_steps({"ns_dtype": torch.float32})
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    for i, w in enumerate(single):
-        assert torch.equal(ranks[0][i], ranks[1][i])  # identical on every rank
-        assert torch.allclose(ranks[0][i], w, atol=1e-6), i
+    for suffix, options in (("", {}), ("-row-polar", {"orthogonalization": ROW_POLAR})):
+        single = _muon_steps({"ns_dtype": torch.float32, **options})
+        ranks = [torch.load(tmp_path / f"rank{r}{suffix}.pt") for r in range(2)]
+        for i, w in enumerate(single):
+            assert torch.equal(ranks[0][i], ranks[1][i])  # identical on every rank
+            assert torch.allclose(ranks[0][i], w, atol=1e-6), (suffix, i)
+    assert not torch.allclose(single[0], _muon_steps({"ns_dtype": torch.float32})[0])  # the options changed the result
+
+
+# ----------------------------------------------------------------------------- per-iteration coefficients, normalisation
+
+
+def test_polar_express_is_its_five_scalar_polynomials_on_the_singular_values():
+    """Hand computation: X_{i+1} = a_i X + b_i (X Xᵀ) X + c_i (X Xᵀ)² X, step by step on a 3x5 matrix in
+    float64; and, directly, g = U S Vᵀ goes to U p(S/‖g‖_F) Vᵀ with p the composition of the odd
+    quintics s -> a_i s + b_i s³ + c_i s⁵ (the iteration keeps singular vectors)."""
+    g = torch.tensor([[1.0, 2.0, 0.0, -1.0, 0.5], [0.0, 1.0, 3.0, 1.0, -2.0], [2.0, -1.0, 1.0, 0.0, 1.0]], dtype=torch.float64)
+    x = g / (g.norm() + 1e-7)
+    for a, b, c in POLAR_EXPRESS:
+        gram = x @ x.T
+        x = a * x + b * gram @ x + c * gram @ gram @ x
+    got = zeropower_newton_schulz(g, steps=5, dtype=torch.float64, coefficients=POLAR_EXPRESS)
+    assert torch.allclose(got, x, atol=1e-12)
+    u, s, vh = torch.linalg.svd(g, full_matrices=False)
+    s = s / (g.norm() + 1e-7)
+    for a, b, c in POLAR_EXPRESS:
+        s = a * s + b * s**3 + c * s**5
+    assert torch.allclose(got, u @ torch.diag(s) @ vh, atol=1e-10)
+
+
+def test_coefficients_past_the_last_repeat_it_and_one_triple_is_the_quintic():
+    g = torch.randn(6, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    seven = zeropower_newton_schulz(g, steps=7, dtype=torch.float64, coefficients=POLAR_EXPRESS)
+    extended = POLAR_EXPRESS + (POLAR_EXPRESS[-1],) * 2
+    assert torch.equal(seven, zeropower_newton_schulz(g, steps=7, dtype=torch.float64, coefficients=extended))
+    three = zeropower_newton_schulz(g, steps=3, dtype=torch.float64, coefficients=POLAR_EXPRESS)
+    assert torch.equal(three, zeropower_newton_schulz(g, steps=3, dtype=torch.float64, coefficients=POLAR_EXPRESS[:3]))
+    assert torch.equal(zeropower_newton_schulz(g), zeropower_newton_schulz(g, coefficients=QUINTIC * 5))
+    assert Orthogonalization() == Orthogonalization(QUINTIC, "none")  # the default is today's Muon
+
+
+def test_polar_express_lands_nearer_one_than_the_quintic():
+    torch.manual_seed(0)
+    g = torch.randn(64, 256)
+    quintic = torch.linalg.svdvals(zeropower_newton_schulz(g))
+    polar = torch.linalg.svdvals(zeropower_newton_schulz(g, coefficients=POLAR_EXPRESS))
+    assert (polar - 1).abs().max() < (quintic - 1).abs().max()
+
+
+def test_row_normalisation_by_hand_and_invariance_to_row_scaling():
+    u = torch.tensor([[3.0, 4.0], [0.0, 2.0], [1.0, 0.0]], dtype=torch.float64)
+    by_hand = torch.tensor([[0.6, 0.8], [0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)  # rows / (5, 2, 1)
+    got = zeropower_newton_schulz(u, dtype=torch.float64, normalize="rows")
+    assert torch.allclose(got, zeropower_newton_schulz(by_hand, dtype=torch.float64), atol=1e-12)
+    by_hand = u / torch.tensor([[10**0.5, 20**0.5]], dtype=torch.float64)  # columns / (√10, √20)
+    got = zeropower_newton_schulz(u, dtype=torch.float64, normalize="columns")
+    assert torch.allclose(got, zeropower_newton_schulz(by_hand, dtype=torch.float64), atol=1e-12)
+    g = torch.randn(2, 8, 5, generator=torch.Generator().manual_seed(0))  # a stack: each matrix's own rows
+    scaled = g * torch.tensor([1e-3, 1.0, 7.0, 0.2, 50.0, 1.0, 3.0, 0.01])[:, None]
+    assert torch.allclose(zeropower_newton_schulz(scaled, normalize="rows"), zeropower_newton_schulz(g, normalize="rows"), atol=1e-5)
+    assert not torch.allclose(zeropower_newton_schulz(scaled), zeropower_newton_schulz(g), atol=1e-2)
+    assert torch.equal(zeropower_newton_schulz(torch.zeros(3, 4), normalize="rows"), torch.zeros(3, 4))
+
+
+def test_muon_first_step_with_polar_express_on_normalised_rows():
+    torch.manual_seed(0)
+    w0, g = torch.randn(8, 4), torch.randn(8, 4)
+    w = nn.Parameter(w0.clone())
+    w.grad = g.clone()
+    ortho = Orthogonalization(POLAR_EXPRESS, "rows")
+    Muon([w], lr=0.1, momentum=0.9, orthogonalization=ortho).step()
+    u = g + 0.9 * g
+    u = u / u.norm(dim=1, keepdim=True)
+    expected = w0 - 0.1 * math.sqrt(8 / 4) * zeropower_newton_schulz(u, coefficients=POLAR_EXPRESS)
+    assert torch.allclose(w.detach(), expected, atol=1e-6)
+    ortho.normalize = "none"  # Muon keeps its own copy
+    assert w.grad is not None and Muon([w], lr=0.1, momentum=0.9, orthogonalization=ortho).orthogonalization.normalize == "none"
+
+
+def test_orthogonalization_rejects_bad_values():
+    with pytest.raises(ValueError, match="triples"):
+        Orthogonalization(((1.0, 2.0),))
+    with pytest.raises(ValueError, match="normalize"):
+        Orthogonalization(QUINTIC, "diagonal")

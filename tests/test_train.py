@@ -1,3 +1,4 @@
+import functools
 import os
 import socket
 
@@ -5,16 +6,20 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torch import nn
 
+import golfcore as golf
+from golf_plugins.progressive_context import ProgressiveContext
+from golfcore.config import TrainSection, build_section
 from golfcore.data import DistributedTokenLoader, write_shard
 from golfcore.assemble import build_model
 from golfcore.errors import ConfigError
-from golfcore.train import Trainer, lr_scale_at, micro_batches_per_rank, setup_dist
+from golfcore.train import Trainer, lr_scale_at, micro_batches_per_rank, setup_dist, training_fraction
 from tests.helpers import CPU, host_with, synthetic_loader, tiny_config
 
 
-def make_trainer(config, loader=None, records=None, dist=CPU):
-    host = host_with(config)
+def make_trainer(config, loader=None, records=None, dist=CPU, plugins=()):
+    host = host_with(config, *plugins)
     model = build_model(config, host, None)
     sink = records if records is not None else []
     return model, Trainer(config, model, host, None, loader or synthetic_loader(config), dist, None, sink.append)
@@ -156,3 +161,156 @@ def test_micro_batches_per_rank_keeps_the_global_batch(micro_batches, batch_toke
     assert (note is None) == (micro_batches % world_size == 0)
     if note:
         assert f"each process accumulates {accum} micro-batch" in note and f"batch_tokens {batch_tokens} unchanged" in note
+
+
+# ----------------------------------------------------------------------------- warmdown fraction, lr floor
+
+
+def test_warmdown_fraction_and_floor_by_iterations():
+    config = tiny_config()
+    t = config.train
+    t.iterations, t.warmdown_iters, t.warmdown_frac, t.min_lr_scale = 10, 0, 0.5, 0.3
+    # fraction s/10; scale min((1 - s/10) / 0.5, 1), floored at 0.3
+    expected = [1, 1, 1, 1, 1, 1, 0.8, 0.6, 0.4, 0.3]
+    assert [lr_scale_at(config, s, 0.0) for s in range(10)] == pytest.approx(expected)
+
+
+def test_warmdown_fraction_by_wallclock_and_floor_on_warmdown_iters():
+    config = tiny_config()
+    t = config.train
+    t.max_wallclock_seconds, t.warmdown_iters, t.warmdown_frac, t.min_lr_scale = 10.0, 0, 0.85, 0.1
+    assert training_fraction(config, 7, 5000.0) == 0.5  # time, not steps, under a cap
+    assert lr_scale_at(config, 7, 1000.0) == 1.0  # fraction 0.1 < 0.15
+    assert lr_scale_at(config, 7, 5000.0) == pytest.approx(0.5 / 0.85)
+    assert lr_scale_at(config, 7, 9500.0) == 0.1  # 0.05 / 0.85 < the floor
+    assert lr_scale_at(config, 7, 12000.0) == 0.1
+    config = tiny_config()
+    config.train.iterations, config.train.warmdown_iters, config.train.min_lr_scale = 10, 4, 0.6
+    assert [lr_scale_at(config, s, 0.0) for s in range(10)] == [1, 1, 1, 1, 1, 1, 1.0, 0.75, 0.6, 0.6]
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"warmdown_frac": 0.85}, "warmdown_frac: set warmdown_iters = 0"),
+    ({"warmdown_frac": 1.5, "warmdown_iters": 0}, "warmdown_frac: 1.5 is not in"),
+    ({"min_lr_scale": 1.0}, "min_lr_scale: 1.0 is not in"),
+])
+def test_warmdown_options_are_checked(table, message):
+    with pytest.raises(ConfigError, match=rf"\[train\] {message}"):
+        build_section(TrainSection, table, "[train]")
+
+
+# ----------------------------------------------------------------------------- training-time switches
+
+
+class Flag(nn.Module):
+    """A model attribute the test switch sets; compiled forwards would guard on it."""
+
+
+class ThreeWay(golf.Plugin):
+    """A three-state switch on the model, moving at 25% and 50% of training; records each step's state."""
+
+    name = "three_way"
+    seen: list = []
+
+    @golf.hookimpl
+    def golf_switches(self, model, config, shape):
+        model.flag = Flag()
+        model.flag.mode = None
+        return golf.TrainingSwitch("mode", ("a", "b", "c"), functools.partial(setattr, model.flag, "mode"), at=(0.25, 0.5))
+
+    @golf.hookimpl
+    def golf_step_end(self, model, step, lr_scale):
+        self.seen.append((step, model.flag.mode))
+
+
+def test_switch_fires_at_its_training_fractions_and_warm_up_visits_every_state():
+    ThreeWay.seen = []
+    config = tiny_config()
+    config.train.iterations, config.train.warmup_steps = 8, 1
+    records = []
+    model, trainer = make_trainer(config, records=records, plugins=(ThreeWay,))
+    assert model.flag.mode == "a"  # the first state is applied when the trainer is built
+    visited = []
+    original = trainer.train_step
+    trainer.train_step = lambda step, scale: (visited.append(model.flag.mode), original(step, scale))[1]
+    trainer.run()
+    assert visited[:3] == ["a", "b", "c"]  # warm-up: one step in the start state, then one in each other
+    # fractions 0, 1/8, ..., 7/8 before steps 1..8: "b" from fraction 0.25 (step 3), "c" from 0.5 (step 5)
+    assert ThreeWay.seen == [(1, "a"), (2, "a"), (3, "b"), (4, "b"), (5, "c"), (6, "c"), (7, "c"), (8, "c")]
+    notes = [r for r in records if r.get("switch") == "mode"]
+    assert [(r["step"], r["state"]) for r in notes] == [(2, "b"), (4, "c")]  # logged before steps 3 and 5
+    assert [(s.name, s.state) for s in trainer.switches] == [("mode", "c")]
+
+
+class CountGraphs(golf.Plugin):
+    name = "count_graphs"
+    seen: list = []
+
+    @golf.hookimpl
+    def golf_step_end(self, model, step, lr_scale):
+        self.seen.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+@pytest.mark.slow
+def test_compiled_warm_up_compiles_every_state_and_the_timed_steps_none(monkeypatch):
+    """A three-state switch on the model's forward (a Python attribute dynamo guards on) and the
+    sequence length growing 4 -> 8 -> 16: the warm-up compiles each combination, training compiles nothing."""
+    CountGraphs.seen = []
+    config = tiny_config(num_layers=2)
+    config.train.compile, config.train.warmup_steps, config.train.iterations = "on", 1, 6
+    stages = ProgressiveContext.Config(seq_lens=[4, 8, 16], at=[0.3, 0.6])
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))  # dynamo's graphs, no C++ builds
+    host = host_with(config, (ProgressiveContext, stages), ThreeWay, CountGraphs)
+    model = build_model(config, host, None)
+    original_forward = model.forward
+    model.forward = lambda x, y: original_forward(x, y) * {"a": 1.0, "b": 2.0, "c": 3.0}[model.flag.mode]
+    shapes = []
+    loader = synthetic_loader(config)
+    next_batch = loader.next_batch
+    loader.next_batch = lambda *a: (lambda xy: (shapes.append(tuple(xy[0].shape)), xy)[1])(next_batch(*a))
+    trainer = Trainer(config, model, host, None, loader, CPU, None, lambda r: None)
+    trainer.run()
+    assert len(set(CountGraphs.seen)) == 1 and CountGraphs.seen[0] >= 3  # nothing compiled after warm-up
+    # per step (2 micro-batches of 64 tokens): 4 until fraction 0.3 (steps 1-2), 8 until 0.6 (step 3-4), then 16
+    assert shapes[-12:] == [(16, 4)] * 4 + [(8, 8)] * 4 + [(4, 16)] * 4
+    # warm-up: the start state, then the 4 other combinations the fractions reach: (b, 4), (b, 8), (c, 8), (c, 16)
+    assert len(shapes) == 2 * (1 + 4) + 12
+
+
+class LastLayerLater(golf.Plugin):
+    """The last layer runs only once half of training is done: a layer slot's golf.Switch, driven
+    by a golf.ModuleSwitch with a fraction (the shape delayed recurrence takes)."""
+
+    name = "last_layer_later"
+    seen: list = []
+
+    @golf.hookimpl
+    def golf_edit_model(self, description, config, quantizer):
+        description.layers[-1].switch = "late_layer"
+
+    @golf.hookimpl
+    def golf_switches(self, model, config, shape):
+        return golf.ModuleSwitch("late_layer", [model.switches["late_layer"]], at=(0.5,))
+
+    @golf.hookimpl
+    def golf_step_end(self, model, step, lr_scale):
+        self.seen.append(model.switches["late_layer"].compile_switch)
+
+
+def test_a_layer_slot_switch_turns_on_at_its_fraction():
+    LastLayerLater.seen = []
+    config = tiny_config()
+    config.train.iterations, config.train.warmup_steps = 4, 1
+    model, trainer = make_trainer(config, plugins=(LastLayerLater,))
+    assert [(s.name, s.at) for s in trainer.switches] == [("late_layer", (0.5,))]  # the declared one, not a second
+    tokens = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        for p in model.parameters():  # o and down start at zero: give the layer an effect
+            p.add_(torch.randn_like(p) * 0.05)
+        off = model.logits(tokens)
+        model.switches["late_layer"].compile_switch = True
+        assert not torch.equal(off, model.logits(tokens))  # the layer now runs
+        model.switches["late_layer"].compile_switch = False
+    trainer.run()
+    assert LastLayerLater.seen == [False, False, True, True]

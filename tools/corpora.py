@@ -27,7 +27,7 @@ import numpy as np
 
 from golfcore.config import DataSection
 from golfcore.data import (
-    BOS_ID, PYSTDLIB_BUILDER, Corpus, corpus_command, open_corpus, resolve_corpus, shard_files, shard_num_tokens,
+    BOS_ID, PYSTDLIB_BUILDER, Corpus, corpus_command, data_root, open_corpus, resolve_corpus, shard_files, shard_num_tokens,
     write_shard,
 )
 from golfcore.errors import DataError
@@ -61,7 +61,7 @@ def ensure_corpus(data: DataSection) -> Corpus:
     or stale (seconds, no network). Other corpora must exist already: resolving a missing one
     raises a DataError naming the `golf data` command that creates it."""
     if data.corpus == "pystdlib":
-        build_pystdlib(Path(data.root))
+        build_pystdlib(data_root(data))
     return resolve_corpus(data)
 
 
@@ -298,8 +298,6 @@ def build_pystdlib(root: Path, force: bool = False) -> Corpus:
 class NotTextError(DataError):
     """An input file is not UTF-8 text (binary, another encoding, broken gzip); raised instead
     of skipping the file when the build is strict."""
-
-    exit_code = 2
 
 
 @dataclass

@@ -32,7 +32,9 @@ from tests.helpers import train_briefly  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RECIPES = ROOT / "recipes"
-CASES = {path.stem: (path.name, []) for path in sorted(RECIPES.glob("*.toml"))}
+# recipes added after the redesign have no "before" to equal; pr1855 is checked against its record instead
+AFTER_REDESIGN = {"pr1855"}
+CASES = {path.stem: (path.name, []) for path in sorted(RECIPES.glob("*.toml")) if path.stem not in AFTER_REDESIGN}
 CASES["gelu_mlp"] = ("quickstart.toml", ["gelu_mlp"])  # the example package's plugin on the quickstart model
 TOKENS_SEED = 1234
 

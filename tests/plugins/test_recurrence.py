@@ -9,6 +9,8 @@ import torch
 from golf_plugins.recurrence import Config, Recurrence, schedule, untie
 from torch import nn
 
+import golfcore as golf
+
 from golfcore.artifact import Int8Quantizer, pack, unpack
 from golfcore.errors import ConfigError
 from golfcore.assemble import build_model, check_config
@@ -174,3 +176,77 @@ def test_repeat_beyond_the_model_is_a_config_error():
     host = Host(config, {"recurrence": PluginInfo("recurrence", Recurrence, "test", "0")})
     with pytest.raises(ConfigError, match=r"\[plugins.recurrence\] repeat: \[4\]"):
         build_model(config, host, None)  # checked at build too
+
+
+# ----------------------------------------------------------------------------- several loops, delayed, shared scalars (PR #1855)
+
+
+def test_several_loops_schedule_is_the_records():
+    # PR #1855's log: "encoder:[0, 1, 2, 3, 4, 5, 3, 4] decoder:[5, 3, 4, 5, 6, 7, 8, 9, 10]"
+    assert schedule(11, [3, 4, 5], loops=2) == [0, 1, 2, 3, 4, 5, 3, 4, 5, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert schedule(4, [1], loops=3) == [0, 1, 1, 1, 1, 2, 3]
+
+
+def delayed(share_scalars=True):
+    return build(Config(repeat=[1], loops=2, start_frac=0.35, share_scalars=share_scalars, untie_before_eval=False))
+
+
+def test_delayed_loop_switches_the_extra_passes_only():
+    config, host, model = delayed()
+    assert model.v2p == [0, 1, 1, 1, 2, 3]
+    assert [b.switch is not None for b in model.blocks] == [False, False, True, True, False, False]
+    assert not model.switches["recurrence"].compile_switch  # off until the trainer reaches start_frac
+    (switch,) = host.collect("golf_switches", model=model, config=config, shape=golf.BatchShape(16))
+    assert isinstance(switch, golf.ModuleSwitch) and switch.at == (0.35,) and switch.modules == [model.switches["recurrence"]]
+    assert [switch.scheduled(f) for f in (0.0, 0.34, 0.35, 1.0)] == [False, False, True, True]
+    switch.set(True)
+    assert model.switches["recurrence"].compile_switch
+    fresh = build_model(config, host, None)  # the model loaded from the artifact is a fresh build: off
+    host.call("golf_before_eval", model=fresh, config=config)
+    assert fresh.switches["recurrence"].compile_switch  # the record evaluates with its loop on
+
+
+def test_shared_scalars_are_one_set_per_physical_layer():
+    _, _, model = delayed()
+    _, _, own = delayed(share_scalars=False)
+    assert model.blocks[2].attn_scale is model.blocks[1].attn_scale and model.blocks[3].q_gain is model.blocks[1].q_gain
+    per_block = sum(p.numel() for p in own.blocks[1].parameters())
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(own) - count(model) == 2 * per_block
+
+
+def test_loop_off_is_the_plain_model_and_on_the_full_schedule():
+    _, _, model = delayed()
+    plain = build_model(tiny_config(), Host(tiny_config(), {}), None)  # 4 layers once: 2 encoder, 2 decoder, 2 skips
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.") or int(k.split(".")[1]) in (0, 1, 4, 5)}
+    mapped = {}
+    for k, v in state.items():
+        if k.startswith("blocks."):
+            i = int(k.split(".")[1])
+            k = k.replace(f"blocks.{i}.", f"blocks.{ {0: 0, 1: 1, 4: 2, 5: 3}[i] }.", 1)
+        mapped[k] = v[:2] if k == "skips.weights" else v  # the first skips' weights serve both states
+    plain.load_state_dict(mapped, strict=True)
+    tokens = torch.randint(0, 64, (2, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(model.logits(tokens), plain.logits(tokens), atol=0, rtol=0)
+        model.switches["recurrence"].compile_switch = True  # 6 running layers: 3 encoder, 3 decoder, 3 skips
+        _, _, eager = build(Config(repeat=[1], loops=2, share_scalars=True, untie_before_eval=False))
+        eager.load_state_dict(model.state_dict(), strict=True)
+        torch.testing.assert_close(model.logits(tokens), eager.logits(tokens), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("table, key", [({"loops": 0}, "loops"), ({"start_frac": 1.0}, "start_frac"), ({"share_scalars": "yes"}, "share_scalars")])
+def test_bad_delayed_config(table, key):
+    with pytest.raises(ConfigError, match=rf"\[plugins.recurrence\].*{key}"):
+        resolved(table)
+
+
+def test_the_trainer_switches_the_loop_on_at_its_fraction():
+    config = tiny_config()
+    config.train.iterations = 4
+    config, host, model = build(Config(repeat=[1], loops=2, start_frac=0.5, share_scalars=True, untie_before_eval=False), config)
+    records = []
+    outcome = train_briefly(config, host, model, records=records)
+    assert math.isfinite(outcome.last_train_loss) and model.switches["recurrence"].compile_switch
+    notes = [r["text"] for r in records if r.get("event") == "note" and "switch recurrence" in r.get("text", "")]
+    assert notes == ["step:2 switch recurrence=True at training fraction 0.500"]

@@ -237,7 +237,7 @@ def test_text_corpus_strict_refuses_what_is_not_text(tmp_path):
     folder, _ = _mixed_folder(tmp_path)
     with pytest.raises(NotTextError, match=r"image\.bin is binary \(NUL byte at offset 3\) \(--strict") as e:
         build_text_corpus([folder], "strict", tmp_path / "data", strict=True)
-    assert e.value.exit_code == 2
+    assert e.value.exit_code == 1  # a data error, not a recipe error
     (folder / "image.bin").unlink()
     (folder / "broken.txt.gz").write_bytes(b"\x1f\x8b not really gzip")
     with pytest.raises(NotTextError, match=r"broken\.txt\.gz is not valid gzip"):
@@ -275,10 +275,10 @@ def test_cli_text_prints_counts_and_warnings(tmp_path):
     assert result.exit_code == 0 and "files_used: 3" in result.stdout and "files_skipped: 0" in result.stdout
 
 
-def test_cli_text_strict_is_one_line_exit_2(tmp_path):
+def test_cli_text_strict_is_one_line_exit_1(tmp_path):
     folder, _ = _mixed_folder(tmp_path)
     result = CliRunner().invoke(golf_app, ["data", "text", str(folder), "--name", "x", "--root", str(tmp_path / "data"), "--strict"])
-    assert result.exit_code == 2
+    assert result.exit_code == 1  # a data error (not a recipe error)
     assert result.stderr.startswith("error: ") and "image.bin is binary" in result.stderr and result.stderr.count("\n") == 1
     assert not (tmp_path / "data").exists()
 
