@@ -44,7 +44,7 @@ def check_config(config: RunConfig, host: Host) -> list[int]:
 def describe(config: RunConfig, host: Host, quantizer: Quantizer | None) -> tuple[ModelDescription, dict[str, str]]:
     """The model description after every enabled plugin's golf_edit_model, and which plugin set
     each slot (`path -> plugin`; slots no plugin changed are absent: the core's defaults)."""
-    description = default_description(config.model, layer_schedule(config, host))
+    description = default_description(config.model, layer_schedule(config, host), config.tokens.bos_id)
     setters: dict[str, str] = {}
     before = description.slots()
     for name in host.implementers("golf_edit_model"):

@@ -14,7 +14,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import ConfigError
+from .data import SpecialTokens, corpus_directory
+from .errors import ConfigError, DataError
 
 
 def option(default: Any, doc: str, *, at_least: float | None = None, above: float | None = None,
@@ -133,7 +134,8 @@ class RunSection(Section):
 
 @dataclass
 class DataSection(Section):
-    corpus: str = option("pystdlib", "pystdlib, fineweb10B_sp1024, or text:NAME (built by `golf data text`)")
+    corpus: str = option("pystdlib", "pystdlib, pystdlib_caseops, fineweb10B_spN (sp1024, sp4096, sp8192), "
+                                     "fineweb10B_sp8192_caseops, or text:NAME (built by `golf data text|tokenizer`)")
     root: str = option("data", "folder holding corpora (relative to the working directory)")
     max_train_shards: int = option(0, "use at most this many train shards (0 = all)", at_least=0)
     max_val_tokens: int = option(0, "score at most this many validation targets (0 = the full split)", at_least=0)
@@ -144,8 +146,10 @@ class DataSection(Section):
     def check(self) -> None:
         if bool(self.shards) != bool(self.tokenizer):
             raise self.invalid("shards" if not self.shards else "tokenizer", "shards and tokenizer are set together")
-        if not (self.corpus in ("pystdlib", "fineweb10B_sp1024") or self.corpus.startswith("text:")):
-            raise self.invalid("corpus", f"{self.corpus!r} is not pystdlib, fineweb10B_sp1024 or text:NAME")
+        try:
+            corpus_directory(self.corpus, self.root)
+        except DataError as e:
+            raise self.invalid("corpus", str(e)) from None
 
 
 @dataclass
@@ -304,6 +308,7 @@ class RunConfig:
     export: ExportSection = field(default_factory=ExportSection)
     plugins: dict[str, Section] = field(default_factory=dict)
     source: str = "<defaults>"
+    tokens: SpecialTokens = field(default_factory=SpecialTokens)  # not a recipe key: the corpus tokenizer's (golfcore.run)
 
     @property
     def eval_seq_len(self) -> int:

@@ -39,7 +39,7 @@ from .config import RunConfig
 from .contract import EvalContext
 from .checkpoint import DIR_NAME as CHECKPOINT_DIR
 from .checkpoint import Checkpoints
-from .data import Corpus, DistributedTokenLoader, load_val_tokens, resolve_corpus
+from .data import Corpus, DistributedTokenLoader, SpecialTokens, load_val_bytes, load_val_tokens, resolve_corpus
 from .errors import ComplianceError, ConfigError, DataError, DivergedError, GolfError, TrainingInterrupted
 from .eval import ByteLUTs, EvalResult, build_byte_luts, evaluate, unigram_entropy_bpb
 from .assemble import build_model, check_config
@@ -265,9 +265,12 @@ class Session:
         self.quantizer = self.host.first("golf_quantizer", config=config) or Int8Quantizer(config.export.float_max_numel)
         self.compressor = self.host.first("golf_compressor", config=config) or ZstdCompressor(config.export.zstd_level)
         self.corpus: Corpus | None = None
+        self._val_bytes: torch.Tensor | None = None
         if build_data:
             self.corpus = self._corpus()
             self.tokenizer = _load_tokenizer(self.corpus)
+            config.tokens = SpecialTokens.of(self.tokenizer)  # before any plugin builds a module
+            self._val_bytes = load_val_bytes(self.corpus, config.data.max_val_tokens)
 
     def _corpus(self) -> Corpus:
         # the CLI has rank 0 build a missing embedded corpus before the session starts
@@ -277,7 +280,7 @@ class Session:
         if corpus.vocab_size != self.config.model.vocab_size:
             raise ConfigError(
                 f"{self.config.source}: [model] vocab_size {self.config.model.vocab_size} does not match "
-                f"the {corpus.name} tokenizer's {corpus.vocab_size} pieces (set model.vocab_size = {corpus.vocab_size})"
+                f"the {corpus.name} tokenizer's {corpus.vocab_size} pieces ({corpus.tokenizer_path}; set model.vocab_size = {corpus.vocab_size})"
             )
         return corpus
 
@@ -309,7 +312,16 @@ class Session:
         return model
 
     def data_label(self, targets: int) -> str:
-        return f"{self.corpus.name}/val[{targets} targets]"
+        bytes_from = "; bytes from the sidecar" if self.corpus.val_bytes_files else ""
+        return f"{self.corpus.name}/val[{targets} targets{bytes_from}]"
+
+    def token_bytes(self, val_tokens: torch.Tensor) -> torch.Tensor | None:
+        """The byte sidecar's counts for a scored stream: the validation split's prefix, or (the
+        probes) a stream of the same length whose scores are compared, not charged. None when
+        the corpus has no sidecar."""
+        if self._val_bytes is None:
+            return None
+        return self._val_bytes[: val_tokens.numel()]
 
 
 def _load_tokenizer(corpus: Corpus) -> spm.SentencePieceProcessor:
@@ -378,6 +390,7 @@ class Scorer:
             seq_len=config.eval_seq_len, stride=stride or config.eval_stride,
             batch_seqs=batch_seqs or config.eval.batch_seqs, adapters=list(adapters), chunk_tokens=chunk_tokens,
             rank=dist.rank, world_size=dist.world_size, static=ctx.compile, progress=progress, record=record,
+            token_bytes=self.session.token_bytes(val_tokens),
         )
         result.warmup_seconds += started
         return result
@@ -438,6 +451,7 @@ def check_compliance(scorer: Scorer, blob: bytes, val_tokens: torch.Tensor, stag
     probes = audit.run_probes(ScoringPath(scorer, blob), val_tokens, session.config.run.seed)
     record = audit.compliance_record(session.config, stages, probes, art, train_seconds, train_steps,
                                      audit.hardware(session.dist.device, session.dist.world_size))
+    record["data"] = session.corpus.record()  # what was scored, and where its bytes came from
     legal = not audit.violations(record)
     for stage in stages.values():
         stage["legal"] = stage["legal"] and legal
@@ -493,6 +507,7 @@ class ScoringPath:
         self.seq_len, self.stride = config.eval_seq_len, config.eval_stride
         self.batch_seqs, self.chunk_tokens = config.eval.batch_seqs, config.eval.chunk_tokens
         self.vocab_size = config.model.vocab_size
+        self.bos_id = config.tokens.bos_id
         self.device = session.dist.device
         self.source = "artifact" if blob is not None else "random-init"
 
@@ -744,10 +759,11 @@ def new_result(session: Session, status: str, *, stages: dict | None = None, com
     if stages is not None:
         problems = audit.violations(compliance)
         final_stage = list(stages)[-1]
-        data = {"corpus": session.corpus.name, "split": "val", "targets": val_tokens.numel() - 1,
+        data = {**session.corpus.record(), "split": "val", "targets": val_tokens.numel() - 1,
                 "fingerprint": session.corpus.fingerprint}
         if scorer is not None and status == "finished":
-            data["unigram_entropy_bpb"] = unigram_entropy_bpb(val_tokens.to(dist.device), scorer.luts())
+            data["unigram_entropy_bpb"] = unigram_entropy_bpb(val_tokens.to(dist.device), scorer.luts(),
+                                                              session.token_bytes(val_tokens))
         score = dict(val_bpb=None if problems else stages[final_stage]["val_bpb"], legal=not problems,
                      violations=problems, final_stage=final_stage, stages=stages, compliance=compliance, data=data,
                      eval_seconds=timed_eval_seconds(stages))
