@@ -30,6 +30,7 @@ from .plugins import Plugin
 
 # building blocks plugins reuse
 from .artifact import CLIP_PERCENTILE, Int8Quantizer, fp16_round, row_quantiles, to_float16
+from .calibration import InputStats
 from .data import SpecialTokens
 from .model import Block, CausalAttention, Projection, RMSNorm, Rotary, SoftcapHead, Switch, WeightedSkips, rms_norm
 from .optim import Muon, Orthogonalization, build_optimizers, zeropower_newton_schulz
@@ -37,7 +38,7 @@ from .switch import BatchShape, ModuleSwitch, TrainingSwitch
 
 __all__ = [
     "BatchShape", "Block", "CLIP_PERCENTILE", "Calibration", "CausalAttention", "Compressor", "ComplianceError", "ConfigError",
-    "EmbeddingSlots", "EvalAdapter", "EvalContext", "ForwardContext", "GolfError", "Head", "Int8Quantizer", "Layer",
+    "EmbeddingSlots", "EvalAdapter", "EvalContext", "ForwardContext", "GolfError", "Head", "InputStats", "Int8Quantizer", "Layer",
     "LayerInfo", "LayerSelection", "ModelDescription", "ModuleSwitch", "Muon", "Orthogonalization", "Part", "PhysicalLayer", "Plugin",
     "Projection", "Quantizer", "RMSNorm", "Rotary", "RunConfig", "Section", "Skips", "SoftcapHead", "SpecialTokens", "Switch",
     "TrainingSwitch", "WeightedSkips", "build_optimizers", "declare", "float_params", "fp16_round", "hookimpl", "option",

@@ -259,6 +259,9 @@ def pack(state: dict[str, Tensor], specs: dict[str, ParamSpec], quantizer: Quant
             holders.setdefault(key, []).append(name)
     owner = {n: next((m for m in names if m in specs), names[0]) for names in holders.values() for n in names}
 
+    prepare = getattr(quantizer, "prepare", None)  # a quantizer that chooses across tensors (golf.Quantizer)
+    if prepare is not None:
+        prepare({n: t for n, t in state.items() if owner.get(n, n) == n}, specs)
     tensors: dict[str, Tensor] = {}
     entries: dict[str, dict] = {}
     for name, tensor in state.items():
@@ -460,12 +463,35 @@ def report(model_blob: bytes, code: int, budget: int, groups: list[GroupBytes] =
 
 # ----------------------------------------------------------------------------- projection before training
 
-DEFAULT_COMPRESSION_RATIO = 0.77
-"""Compressed model bytes per precision byte when no earlier run of the recipe measured it. The records'
-logs over `precision_bytes` of the recipes that reproduce them: PR #549 15,887,928 / 20,701,552 =
-0.767 (recipes/pr549.toml), PR #733 15,727,472 / 20,893,616 = 0.753 (recipes/v4.toml); the
-larger, rounded up, so the warning errs early. Int8 exports compress less (the challenge
-baseline: about 0.92), which is what the ratio measured by an earlier run corrects."""
+PROJECTION_MARGIN = 0.05
+"""Added to the projected model bytes. Measured against it (docs/performance.md, "Projection against
+measurement"): the entropy below over-counts a compressor's output by a few per cent on trained weights,
+whose levels are more peaked than a Gaussian's; the margin covers the container, steps and what it misses."""
+
+
+def level_entropy_bits(spread: float, max_level: int) -> float:
+    """Bits per value of clamp(round(z · spread), ±max_level) for z ~ N(0, 1): the entropy of a
+    Gaussian row's integer levels when one step is 1/spread of the row's std, which is about what
+    an entropy coder needs per value."""
+    if spread <= 0:
+        return 0.0
+
+    def cdf(x: float) -> float:
+        return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+    bits = 0.0
+    for q in range(-max_level, max_level + 1):
+        lo = 0.0 if q == -max_level else cdf((q - 0.5) / spread)
+        hi = 1.0 if q == max_level else cdf((q + 0.5) / spread)
+        if hi > lo:
+            bits -= (hi - lo) * math.log2(hi - lo)
+    return bits
+
+
+def clip_spread(max_level: int, cols: int) -> float:
+    """Steps per std of a row clipped at its largest |w|: a Gaussian row of `cols` values reaches about
+    sqrt(2 ln cols) stds (the int8 and GPTQ-lite percentile clips are at or near the maximum)."""
+    return max_level / math.sqrt(2 * math.log(max(cols, 2)))
 
 
 def precision_bytes(model: torch.nn.Module, quantizer: Quantizer, float_max_numel: int) -> int:
@@ -484,12 +510,32 @@ def precision_bytes(model: torch.nn.Module, quantizer: Quantizer, float_max_nume
     return math.ceil(bits / 8)
 
 
+def projected_model_bytes(model: torch.nn.Module, quantizer: Quantizer, float_max_numel: int) -> int:
+    """Model bytes projected from the tensor shapes and the quantizer's grid, before any weight is
+    trained: integer rows at `level_entropy_bits` per value (the quantizer's `level_spread(name,
+    export, cols)` when it has one: GPTQ's SDClip; else a clip at the row's maximum on its
+    `max_level` grid, int8 for embeddings) plus an fp16 step per row; float tensors at their width
+    (they barely compress); times 1 + PROJECTION_MARGIN."""
+    bits = 0.0
+    for name, p in model.named_parameters():
+        export, n = spec_of(p).export, p.numel()
+        cols = p.shape[-1] if p.ndim else 1
+        if export in ("quantize", "embedding") and n > float_max_numel and p.ndim >= 2:
+            top = getattr(quantizer, "max_level", 127) if export == "quantize" else 127
+            spread_of = getattr(quantizer, "level_spread", None)
+            found = spread_of(name, export, cols) if spread_of else None
+            spread, top = found if found else (clip_spread(top, cols), top)
+            bits += n * level_entropy_bits(spread, top) + 16 * (n // cols)
+        else:
+            bits += n * (32 if export == "float32" else 16)
+    return math.ceil(bits / 8 * (1 + PROJECTION_MARGIN))
+
+
 @dataclass
 class ArtifactProjection:
     precision_bytes: int
-    compression_ratio: float
-    ratio_source: str  # the run directory that measured it, or "default"
-    total_bytes: int  # precision bytes × ratio + code bytes
+    model_bytes: int  # projected, margin included
+    total_bytes: int  # model + code bytes
     budget_bytes: int
 
     @property
@@ -497,24 +543,7 @@ class ArtifactProjection:
         return self.total_bytes <= self.budget_bytes
 
 
-def last_compression_ratio(out_dir: Path, name: str) -> tuple[float, str] | None:
-    """(ratio, run directory) of the newest finished run called `name` under `out_dir` that recorded one
-    (a run kept as not legal counts: its artifact was measured all the same)."""
-    pattern = re.compile(re.escape(name) + r"-\d{8}-\d{6}(-\d+)?(\.invalid)?")
-    runs = sorted((p for p in Path(out_dir).glob(f"{name}-*") if pattern.fullmatch(p.name)), reverse=True)
-    for run in runs:
-        try:
-            ratio = json.loads((run / "result.json").read_text(encoding="utf-8"))["artifact"]["compression_ratio"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if isinstance(ratio, (int, float)) and ratio > 0:
-            return float(ratio), str(run)
-    return None
-
-
-def project(model: torch.nn.Module, quantizer: Quantizer, float_max_numel: int, code: int, budget: int,
-            out_dir: Path, name: str) -> ArtifactProjection:
+def project(model: torch.nn.Module, quantizer: Quantizer, float_max_numel: int, code: int, budget: int) -> ArtifactProjection:
     """The artifact a run of this model would produce, before training it."""
-    raw = precision_bytes(model, quantizer, float_max_numel)
-    ratio, source = last_compression_ratio(out_dir, name) or (DEFAULT_COMPRESSION_RATIO, "default")
-    return ArtifactProjection(raw, ratio, source, math.ceil(raw * ratio) + code, budget)
+    model_bytes = projected_model_bytes(model, quantizer, float_max_numel)
+    return ArtifactProjection(precision_bytes(model, quantizer, float_max_numel), model_bytes, model_bytes + code, budget)

@@ -3,9 +3,13 @@ code bytes count.
 
 The challenge counts the bytes of a submission's `train_gpt.py`. golf's run is many modules, so
 `Bundle` writes them into one script the way submissions fit their code into the budget: the
-sources, verbatim, behind a small JSON index, compressed with lzma and base85-encoded into one
-string literal (base85 has no quote or backslash), plus a readable header, a tiny importer that
-serves the bundled modules under their real names, and `main()` (golfcore.submission).
+sources, minified (python-minifier: docstrings, comments and annotations outside classes removed,
+whitespace squeezed, names kept), behind a small JSON index, compressed with lzma or brotli
+(whichever is smaller) and base85-encoded into one string literal (base85 has no quote or
+backslash), plus a readable header, a tiny importer that serves the bundled modules under their
+real names, and `main()` (golfcore.submission). The importer runs each module as Python's own
+`ast.unparse` lays it out (readable, one statement per line) and `--sources DIR` writes exactly
+that text, so tracebacks and the written files agree.
 
 What is bundled: the golfcore modules in the static import closure of the script's entry
 (module- and function-level imports, relative or absolute), each enabled plugin's module with
@@ -15,31 +19,43 @@ golf_tools are never bundled: an import of them from a bundled module is refused
 tokenizer is not bundled: the script reads it from the challenge's data layout.
 
 Sources are read through each module's loader, so a bundle built inside a running
-`train_gpt.py` (whose modules are the bundled ones) is that script, byte for byte: the run
-inside it counts its own size. The same sources and recipe always give the same bytes.
+`train_gpt.py` (whose modules are the bundled ones, already minified: they are taken as stored)
+is that script, byte for byte: the run inside it counts its own size. The same sources and recipe
+always give the same bytes.
 """
 
 from __future__ import annotations
 
 import ast
 import base64
+import functools
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import lzma
+import os
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from types import ModuleType
 
+import brotli
+
 from .errors import GolfError
+
+try:
+    import python_minifier
+except ImportError:  # inside an exported train_gpt.py: its modules come minified already
+    python_minifier = None
 
 SCRIPT_NAME = "train_gpt.py"
 RECIPE_LABEL = "recipe.toml"
 ENTRY_MODULES = ("golfcore", "golfcore.submission")  # what the script's main imports
 NEVER_BUNDLED = ("golf_cli", "golf_tools")  # tooling: no run imports them
-ENCODING_LABEL = "lzma + base85 of the files above"  # negative: what compression saves
+ENCODING_LABEL = "compression + base85 of the files above"  # negative: what compression saves
 SCRIPT_LABEL = f"{SCRIPT_NAME} header, importer and main"
 
 
@@ -47,7 +63,8 @@ SCRIPT_LABEL = f"{SCRIPT_NAME} header, importer and main"
 class BundledModule:
     name: str
     is_package: bool
-    source: str
+    source: str  # as read from its file
+    minified: bool = False  # True when `source` is a bundle's stored (already minified) text
 
     @property
     def label(self) -> str:
@@ -59,12 +76,13 @@ class BundledModule:
 class Bundle:
     """The modules and recipe of one run, and the `train_gpt.py` text that carries them."""
 
-    def __init__(self, modules: Iterable[BundledModule], recipe_text: str):
+    def __init__(self, modules: Iterable[BundledModule], recipe_text: str, minify: bool = True):
         self.modules = sorted(modules, key=lambda m: m.label)
         self.recipe_text = recipe_text
+        self.minify = minify
 
     @classmethod
-    def for_run(cls, plugin_modules: Iterable[ModuleType], recipe_text: str) -> Bundle:
+    def for_run(cls, plugin_modules: Iterable[ModuleType], recipe_text: str, minify: bool = True) -> Bundle:
         """The bundle of a run whose enabled plugins live in `plugin_modules` (golfcore.run.Session.plugin_modules)."""
         roots = {name: "golfcore" for name in ENTRY_MODULES}
         for module in plugin_modules:
@@ -80,26 +98,39 @@ class Bundle:
             parents = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
             imported = _imported_modules(module, owner, {package, "golfcore"})
             pending += [(n, owner) for n in [*parents, *imported] if n not in found]
-        return cls(found.values(), recipe_text)
-
-    def files(self) -> dict[str, str]:
-        """label -> text of every bundled file, in the script's order (the recipe last)."""
-        return {**{m.label: m.source for m in self.modules}, RECIPE_LABEL: self.recipe_text}
-
-    def code_files(self) -> dict[str, int]:
-        """Raw UTF-8 bytes per bundled file, what encoding them changes (the index included) and
-        what the script adds around them: the entries sum to `code_bytes`."""
-        raw = {label: len(text.encode("utf-8")) for label, text in self.files().items()}
-        encoded = len(self._encoded) - sum(raw.values())
-        return {**raw, ENCODING_LABEL: encoded, SCRIPT_LABEL: self.code_bytes - len(self._encoded)}
+        return cls(found.values(), recipe_text, minify)
 
     @cached_property
-    def _encoded(self) -> str:
-        """The files behind a JSON index of (label, byte length), lzma-compressed, base85 text."""
+    def _files(self) -> dict[str, str]:
+        stored = {m.label: m.source if m.minified or not self.minify else minify_source(m.source, m.label) for m in self.modules}
+        return {**stored, RECIPE_LABEL: self.recipe_text}
+
+    def files(self) -> dict[str, str]:
+        """label -> text of every bundled file as the script stores it, in its order (the recipe last)."""
+        return dict(self._files)
+
+    def raw_files(self) -> dict[str, int]:
+        """UTF-8 bytes of every bundled file as read (before minification)."""
+        return {**{m.label: len(m.source.encode("utf-8")) for m in self.modules}, RECIPE_LABEL: len(self.recipe_text.encode("utf-8"))}
+
+    def code_files(self) -> dict[str, int]:
+        """Stored (minified) UTF-8 bytes per bundled file, what encoding them changes (the index
+        included) and what the script adds around them: the entries sum to `code_bytes`."""
+        stored = {label: len(text.encode("utf-8")) for label, text in self.files().items()}
+        encoded = len(self._encoded[1]) - sum(stored.values())
+        return {**stored, ENCODING_LABEL: encoded, SCRIPT_LABEL: self.code_bytes - len(self._encoded[1])}
+
+    @cached_property
+    def _encoded(self) -> tuple[str, str]:
+        """(codec, text): the files behind a JSON index of (label, byte length), compressed with
+        lzma or brotli, whichever is smaller, as base85 text."""
         files = self.files()
         payload = json.dumps([[label, len(text.encode("utf-8"))] for label, text in files.items()]).encode("utf-8")
         payload += b"\n" + "".join(files.values()).encode("utf-8")
-        return base64.b85encode(lzma.compress(payload, preset=9 | lzma.PRESET_EXTREME)).decode("ascii")
+        candidates = {"lzma": lzma.compress(payload, preset=9 | lzma.PRESET_EXTREME),
+                      "brotli": brotli.compress(payload, quality=11, lgwin=24)}
+        codec = min(candidates, key=lambda c: len(candidates[c]))
+        return codec, base64.b85encode(candidates[codec]).decode("ascii")
 
     @cached_property
     def script(self) -> str:
@@ -107,8 +138,9 @@ class Bundle:
         width = max(len(label) for label in files)
         table = "\n".join(f"#   {label:<{width}}  {len(text.encode('utf-8')):>7,} bytes" for label, text in files.items())
         name = tomllib.loads(self.recipe_text).get("run", {}).get("name", "?")
+        codec, code = self._encoded
         return _TEMPLATE.format(name=name, table=table, raw=sum(len(t.encode("utf-8")) for t in files.values()),
-                                code=self._encoded, recipe=RECIPE_LABEL)
+                                code=code, codec=codec, recipe=RECIPE_LABEL)
 
     @property
     def code_bytes(self) -> int:
@@ -127,15 +159,44 @@ class Bundle:
         return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=None)
+def minify_source(source: str, label: str) -> str:
+    """python-minifier with names kept and class annotations kept (dataclass fields need them).
+    It takes seconds for a run's modules, so results are cached by the source's sha256 and the
+    minifier's version, in memory and under ~/.cache/golf/minified (GOLF_CACHE_DIR)."""
+    if python_minifier is None:
+        raise GolfError(f"{label}: python-minifier is not installed (pip install python-minifier)")
+    version = importlib.metadata.version("python-minifier")
+    key = hashlib.sha256(f"{version}\0{source}".encode("utf-8")).hexdigest()
+    cache = Path(os.environ.get("GOLF_CACHE_DIR", Path.home() / ".cache" / "golf")) / "minified" / f"{key}.py"
+    try:
+        return cache.read_text(encoding="utf-8")
+    except OSError:
+        pass
+    keep_fields = python_minifier.RemoveAnnotationsOptions(remove_class_attribute_annotations=False)
+    text = python_minifier.minify(source, remove_literal_statements=True, rename_locals=False, hoist_literals=False,
+                                  remove_annotations=keep_fields)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(cache)
+    except OSError:
+        pass  # a read-only home: minify again next time
+    return text
+
+
 def _read_module(name: str, owner: str) -> BundledModule:
     try:
         spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):
         spec = None
-    source = spec.loader.get_source(name) if spec is not None and spec.loader is not None else None
+    loader = spec.loader if spec is not None else None
+    stored = getattr(loader, "stored_source", None)  # a bundle's importer: the text as the script stores it
+    source = stored(name) if stored else loader.get_source(name) if loader is not None else None
     if source is None:
         raise GolfError(f"{owner}: module {name} has no Python source to bundle into {SCRIPT_NAME}")
-    return BundledModule(name, spec.submodule_search_locations is not None, source)
+    return BundledModule(name, spec.submodule_search_locations is not None, source, minified=stored is not None)
 
 
 def _imported_modules(module: BundledModule, owner: str, packages: set[str]) -> list[str]:
@@ -181,11 +242,11 @@ def _is_package(name: str) -> bool:
 _TEMPLATE = '''\
 # train_gpt.py, generated by golf (`golf export`) from the recipe "{name}". Do not edit: regenerate it.
 #
-# golf's modules and the resolved recipe, verbatim ({raw:,} bytes), are lzma-compressed and
+# golf's modules, minified, and the resolved recipe ({raw:,} bytes) are {codec}-compressed and
 # base85-encoded in CODE below:
 {table}
-# Read them: `python train_gpt.py --sources DIR` writes these files under DIR; tracebacks name
-# the same files and lines.
+# Read them: `python train_gpt.py --sources DIR` writes these files under DIR, laid out by
+# ast.unparse (the text that runs); tracebacks name the same files and lines.
 #
 # Run: torchrun --standalone --nproc_per_node=8 train_gpt.py   (or: python train_gpt.py)
 #   DATA_PATH       challenge shards (default ./data/datasets/fineweb10B_sp1024)
@@ -193,21 +254,27 @@ _TEMPLATE = '''\
 #   RUN_ID          the run directory's name under ./runs beside this file (default: recipe name and time)
 #   SEED            overrides the recipe's run.seed
 
+import ast
 import base64
 import importlib.abc
 import importlib.util
 import json
-import lzma
 import sys
 from pathlib import Path
+
+import {codec}
 
 HERE = Path(__file__).resolve().parent
 CODE = "{code}"
 
 
+def readable(label, text):
+    return ast.unparse(ast.parse(text)) + "\\n" if label.endswith(".py") else text
+
+
 def unpack_files():
     """label -> text of every bundled file."""
-    index, _, body = lzma.decompress(base64.b85decode(CODE)).partition(b"\\n")
+    index, _, body = {codec}.decompress(base64.b85decode(CODE)).partition(b"\\n")
     files, at = {{}}, 0
     for label, size in json.loads(index):
         files[label] = body[at:at + size].decode("utf-8")
@@ -238,6 +305,10 @@ class BundledModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         exec(compile(self.get_source(module.__name__), module.__spec__.origin, "exec", dont_inherit=True), module.__dict__)
 
     def get_source(self, name):
+        label = self.files[name]
+        return readable(label, self.sources[label])
+
+    def stored_source(self, name):
         return self.sources[self.files[name]]
 
 
@@ -247,7 +318,7 @@ def main():
         for label, text in files.items():
             path = Path(sys.argv[2]) / label
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(text.encode("utf-8"))
+            path.write_bytes(readable(label, text).encode("utf-8"))
         return 0
     bundled = BundledModules(files)
     sys.meta_path.insert(0, bundled)

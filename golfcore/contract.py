@@ -126,8 +126,18 @@ class Quantizer(Protocol):
     """Turns one state tensor into stored tensors and back; chosen by the export hook.
 
     Stored tensor names must start with the state key (e.g. "blocks.0.w.q", "blocks.0.w.scale")
-    so names never collide in the container. A quantizer that calibrates on data sets
-    `calibration` (a Calibration) once it has; one without it is data-free.
+    so names never collide in the container.
+
+    Optional, read with getattr (a quantizer without them neither calibrates nor prepares):
+    - `calibration_batches: int`: training micro-batches, taken after the last step, whose
+      projection inputs it wants (golfcore.calibration); then `calibrate(stats)` receives
+      {weight name: golf.InputStats} before export, and `calibration_reserve_seconds: float` is
+      kept back from the training wallclock cap for it (the time counts as training time); the
+      run then sets the quantizer's `calibration` (a Calibration: source "train", tokens,
+      seconds, in_train_clock: what the compliance record reads); a quantizer without it is
+      data-free;
+    - `prepare(state, specs)`: called by the exporter with every tensor to store before the
+      per-tensor `quantize` calls, for choices across tensors (LQER's top-K, AWQ-lite's groups).
     """
 
     name: str

@@ -35,6 +35,7 @@ from torch import nn
 from . import audit, guard, hookspecs
 from .artifact import Int8Quantizer, ZstdCompressor, group_bytes, pack, project, report, unpack
 from .bundle import Bundle
+from .calibration import calibrate
 from .config import RunConfig
 from .contract import EvalContext
 from .checkpoint import DIR_NAME as CHECKPOINT_DIR
@@ -248,7 +249,7 @@ def _git_revision() -> str | None:
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "torch": torch.__version__}
-    for dist in ("golf", "numpy", "pluggy", "sentencepiece", "zstandard", "safetensors"):
+    for dist in ("golf", "numpy", "pluggy", "sentencepiece", "zstandard", "safetensors", "brotli"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -426,7 +427,9 @@ def score_stages(scorer: Scorer, blob: bytes, val_tokens: torch.Tensor, log: Run
     stages: dict[str, dict] = {}
     for count in counts:
         stage = "+".join(["roundtrip", *names[:count]])
-        model = session.load_artifact(blob)
+        t_load = time.perf_counter()
+        model = session.load_artifact(blob)  # decompress and dequantize: part of the stage's warm-up, in its budget
+        load_seconds = time.perf_counter() - t_load
         host.call("golf_before_eval", model=model, config=config)
         adapters = host.collect("golf_eval_adapter", config=config)[:count]
         probe = audit.PassProbe(ScoringPath(scorer, blob), config.eval.probe_share, config.eval.probe_units) \
@@ -442,7 +445,8 @@ def score_stages(scorer: Scorer, blob: bytes, val_tokens: torch.Tensor, log: Run
             break
         stages[stage] = {
             "val_bpb": result.val_bpb, "val_loss": result.val_loss, "eval_seconds": result.seconds,
-            "warmup_seconds": result.warmup_seconds, "phase_seconds": result.phase_seconds,
+            "warmup_seconds": result.warmup_seconds + load_seconds, "load_seconds": load_seconds,
+            "phase_seconds": result.phase_seconds,
             "targets": result.targets, "bytes": result.bytes, "checks": result.checks, "legal": True,
         }
         if probe is not None:
@@ -450,7 +454,8 @@ def score_stages(scorer: Scorer, blob: bytes, val_tokens: torch.Tensor, log: Run
         phases = " ".join(f"{k}:{v * 1000:.0f}ms" for k, v in result.phase_seconds.items())
         log.line(
             f"final stage:{stage} val_loss:{result.val_loss:.6f} val_bpb:{result.val_bpb:.6f} "
-            f"eval_time:{result.seconds * 1000:.0f}ms ({phases}) warmup:{result.warmup_seconds * 1000:.0f}ms "
+            f"eval_time:{result.seconds * 1000:.0f}ms ({phases}) warmup:{(result.warmup_seconds + load_seconds) * 1000:.0f}ms "
+            f"(artifact load {load_seconds * 1000:.0f}ms) "
             f"data:{session.data_label(targets)}"
         )
     return stages
@@ -687,7 +692,8 @@ def _run_steps(session: Session, run_dir: Path | None, log: RunLog, progress_fac
         artifact={**_artifact_record(session, art, code),
                   "precision_bytes": projection.precision_bytes,
                   "compression_ratio": art.model_bytes / projection.precision_bytes,
-                  "projected_total_bytes": projection.total_bytes, "projection_ratio_source": projection.ratio_source},
+                  "projected_model_bytes": projection.model_bytes, "projected_total_bytes": projection.total_bytes,
+                  "calibration": dataclasses.asdict(outcome.calibration) if outcome.calibration else None},
         code_sha256=code.sha256,
     )
 
@@ -695,14 +701,11 @@ def _run_steps(session: Session, run_dir: Path | None, log: RunLog, progress_fac
 def _project_artifact(session: Session, model: GPT, code: Bundle, log: RunLog):
     """The artifact's projected size before training, with a warning when it will not fit."""
     config = session.config
-    projection = project(model, session.quantizer, config.export.float_max_numel, code.code_bytes,
-                         config.export.budget_bytes, Path(config.run.out_dir), config.run.name)
+    projection = project(model, session.quantizer, config.export.float_max_numel, code.code_bytes, config.export.budget_bytes)
+    log.line(f"projected artifact: model {projection.model_bytes} + code {code.code_bytes} = {projection.total_bytes} bytes "
+             f"(from the tensor shapes and the {session.quantizer.name} grid, margin included)")
     if not projection.fits:
-        log.line(
-            f"WARNING: projected artifact {projection.total_bytes} bytes exceeds the {projection.budget_bytes}-byte budget "
-            f"({projection.precision_bytes} precision bytes x compression ratio {projection.compression_ratio:.3f} "
-            f"from {projection.ratio_source}, + code)"
-        )
+        log.line(f"WARNING: projected artifact {projection.total_bytes} bytes exceeds the {projection.budget_bytes}-byte budget")
     return projection
 
 
@@ -717,7 +720,8 @@ def train(session: Session, scorer: Scorer, model: GPT, val_tokens: torch.Tensor
     loader = DistributedTokenLoader(session.corpus.train_files, dist.rank, dist.world_size, dist.device,
                                     session.corpus.vocab_size)
     checkpoints = Checkpoints(run_dir, config, code.modules_sha256()) if run_dir else None
-    trainer = Trainer(config, model, session.host, session.quantizer, loader, dist, validate, log.record,
+    trainer = Trainer(_reserve_calibration(config, session.quantizer), model, session.host, session.quantizer, loader, dist,
+                      validate, log.record,
                       progress=progress_factory("train", config.train.iterations), checkpoints=checkpoints)
     log.line("execution: " + " ".join(f"{k}:{v}" for k, v in trainer.execution.items()))
     resume = checkpoints.load(dist.device) if checkpoints and checkpoints.exists() else None
@@ -727,7 +731,34 @@ def train(session: Session, scorer: Scorer, model: GPT, val_tokens: torch.Tensor
         log.line(f"resuming from the checkpoint at step {resume['step']}")
     outcome = trainer.run(resume)
     log.line(f"stopped_by:{outcome.stopped_by} steps:{outcome.steps} train_time:{outcome.train_seconds * 1000:.0f}ms")
+    outcome.calibration = calibrate(
+        session.quantizer, model, lambda: loader.next_batch(config.train.batch_tokens, config.train.seq_len, trainer.accum)[0],
+        lambda x: _eager_logits(model, x, dist.device), _sum_across_ranks if dist.world_size > 1 else None)
+    if outcome.calibration is not None:  # inside the training clock: the quantizer's reserve kept time for it
+        cal = outcome.calibration
+        outcome.train_seconds += cal.seconds
+        log.line(f"calibration: {cal.batches} training batches ({cal.tokens} tokens, after the last step) for {cal.weights} "
+                 f"weights in {cal.seconds * 1000:.0f}ms; train_time:{outcome.train_seconds * 1000:.0f}ms")
     return outcome
+
+
+def _reserve_calibration(config: RunConfig, quantizer) -> RunConfig:
+    """The recipe the trainer runs: its wallclock cap less the quantizer's calibration reserve."""
+    reserve = getattr(quantizer, "calibration_reserve_seconds", 0.0) if getattr(quantizer, "calibration_batches", 0) else 0.0
+    if config.train.max_wallclock_seconds <= 0 or reserve <= 0:
+        return config
+    cap = max(config.train.max_wallclock_seconds - reserve, 0.0)
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, max_wallclock_seconds=cap))
+
+
+def _sum_across_ranks(t: torch.Tensor) -> torch.Tensor:
+    torch.distributed.all_reduce(t)
+    return t
+
+
+def _eager_logits(model: GPT, tokens: torch.Tensor, device: torch.device) -> torch.Tensor:
+    with autocast_for(device, model.activation_dtype):
+        return model.logits(tokens)
 
 
 def export(session: Session, model: GPT, code: Bundle, run_dir: Path | None, log: RunLog):
@@ -737,6 +768,8 @@ def export(session: Session, model: GPT, code: Bundle, run_dir: Path | None, log
     art = report(blob, code.code_bytes, config.export.budget_bytes, group_bytes(blob, session.compressor))
     if run_dir:
         _write(run_dir / ARTIFACT_NAME, blob)
+    if getattr(session.compressor, "report", ""):
+        log.line(session.compressor.report)
     log.line(
         f"artifact: model {art.model_bytes} + code {art.code_bytes} = {art.total_bytes} bytes "
         f"(budget {art.budget_bytes}: {'OK' if art.within_budget else 'OVER BUDGET'})"
@@ -752,6 +785,7 @@ def export(session: Session, model: GPT, code: Bundle, run_dir: Path | None, log
 def _artifact_record(session: Session, art, code: Bundle) -> dict:
     return {"model_bytes": art.model_bytes, "code_bytes": art.code_bytes, "total_bytes": art.total_bytes,
             "budget_bytes": art.budget_bytes, "within_budget": art.within_budget, "code_files": code.code_files(),
+            "code_files_raw": code.raw_files(),
             "quantizer": session.quantizer.name, "compressor": session.compressor.name,
             "groups": [dataclasses.asdict(g) for g in art.groups],
             "group_bytes_method": "each group's stored bytes compressed alone by the compressor"}

@@ -325,8 +325,20 @@ def test_group_bytes_cover_every_tensor_once():
     assert 0.8 * len(blob) < sum(sizes) < 1.2 * len(blob)
 
 
-def test_projection_uses_the_last_runs_measured_ratio(tmp_path):
-    from golfcore.artifact import DEFAULT_COMPRESSION_RATIO, precision_bytes, project
+def test_level_entropy_hand_computed():
+    """Levels -1..1 at one step per std: p(0) = Φ(0.5) - Φ(-0.5) = 0.38292, p(±1) = 0.30854 each:
+    H = 0.38292·1.38487 + 2·0.30854·1.69645 = 1.5771 bits. A wide grid tends to the Gaussian's
+    log2(spread·sqrt(2πe)); a zero spread stores zeros only."""
+    from golfcore.artifact import clip_spread, level_entropy_bits
+
+    assert level_entropy_bits(1.0, 1) == pytest.approx(1.5771, abs=1e-4)
+    assert level_entropy_bits(20.0, 127) == pytest.approx(math.log2(20 * math.sqrt(2 * math.pi * math.e)), abs=1e-3)
+    assert level_entropy_bits(0.0, 31) == 0.0
+    assert clip_spread(31, 512) == pytest.approx(31 / math.sqrt(2 * math.log(512)))
+
+
+def test_projection_from_the_shapes_and_the_grid():
+    from golfcore.artifact import PROJECTION_MARGIN, clip_spread, level_entropy_bits, precision_bytes, project
 
     class Net(nn.Module):
         def __init__(self):
@@ -339,46 +351,43 @@ def test_projection_uses_the_last_runs_measured_ratio(tmp_path):
     class Int6:
         max_level = 31
 
+    class SdClip(Int6):
+        def level_spread(self, name, export, cols):
+            return (31 / 12.0, 31) if name == "w" else None
+
     net = Net()
     bits = 20_000 * 6 + 100 * 16 + 2_000 * 8 + 50 * 16 + 100 * 16 + 7 * 32
     assert precision_bytes(net, Int6(), 1000) == bits // 8
     assert precision_bytes(net, Int8Quantizer(), 1000) == (bits + 20_000 * 2) // 8
-    p = project(net, Int6(), 1000, code=500, budget=10**6, out_dir=tmp_path, name="r")
-    assert (p.compression_ratio, p.ratio_source) == (DEFAULT_COMPRESSION_RATIO, "default") and p.fits
-    assert p.total_bytes == math.ceil(bits // 8 * DEFAULT_COMPRESSION_RATIO) + 500
-
-    def finished(name, ratio):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "result.json").write_text(json.dumps({"artifact": {"compression_ratio": ratio}}))
-
-    finished("r-20250101-000000", 2.0)
-    finished("r-20250102-000000", 3.0)  # the newest run of "r"
-    finished("r-extra-20250103-000000", 9.0)  # another recipe whose name starts with "r-"
-    (tmp_path / "r-20250104-000000.incomplete").mkdir()  # unfinished: no result
-    p = project(net, Int6(), 1000, code=500, budget=10_000, out_dir=tmp_path, name="r")
-    assert p.compression_ratio == 3.0 and p.ratio_source.endswith("r-20250102-000000")
-    assert p.total_bytes == math.ceil(bits // 8 * 3.0) + 500 and not p.fits
+    floats = 100 * 16 + 7 * 32
+    steps = (100 + 50) * 16
+    embedding = 2_000 * level_entropy_bits(clip_spread(127, 40), 127)
+    p = project(net, Int6(), 1000, code=500, budget=10**6)
+    expected = math.ceil((20_000 * level_entropy_bits(clip_spread(31, 200), 31) + embedding + steps + floats) / 8 * (1 + PROJECTION_MARGIN))
+    assert (p.model_bytes, p.total_bytes, p.precision_bytes) == (expected, expected + 500, bits // 8) and p.fits
+    sd = project(net, SdClip(), 1000, code=500, budget=10_000)
+    assert sd.model_bytes == math.ceil((20_000 * level_entropy_bits(31 / 12.0, 31) + embedding + steps + floats) / 8 * (1 + PROJECTION_MARGIN))
+    assert sd.model_bytes < p.model_bytes and not sd.fits
 
 
 @pytest.mark.slow
-def test_run_warns_before_training_and_records_groups_and_ratio(tmp_path, pystdlib_root):
+def test_run_projects_before_training_and_records_groups(tmp_path, pystdlib_root):
     """`golf run` projects the artifact before training (warning when over budget), reports bytes per
-    tensor group, and records the measured ratio, which the next run of the recipe projects with."""
+    tensor group, and records the projection beside the measured bytes."""
     from tests.test_cli import golf, tiny_recipe
 
     recipe = tiny_recipe(tmp_path, pystdlib_root, "[export]\nbudget_bytes = 20000")
-    # over budget, so each run is kept as not legal (exit 3): its record still holds the artifact figures
+    # over budget, so the run is kept as not legal (exit 3): its record still holds the artifact figures
     run = golf("run", recipe, "--set", "train.iterations=2", "--set", "train.val_every=0", check=False)
     assert run.returncode == 3 and "artifact_budget" in run.stderr
     first = run.stdout
+    projected = next(line for line in first.splitlines() if line.startswith("projected artifact: model"))
     warning = next(line for line in first.splitlines() if line.startswith("WARNING: projected artifact"))
-    assert "from default" in warning
-    assert first.index(warning) < first.index("step:")  # before training
+    assert first.index(projected) < first.index(warning) < first.index("step:")  # before training
     (run_dir,) = (tmp_path / "runs").iterdir()
     result = json.loads((run_dir / "result.json").read_text())
     art = result["artifact"]
     assert sum(g["params"] for g in art["groups"]) == result["model_params"]
     assert art["compression_ratio"] == art["model_bytes"] / art["precision_bytes"]
+    assert f"model {art['projected_model_bytes']} + code {art['code_bytes']}" in projected
     assert any(line.startswith("artifact group:layers.*.") for line in first.splitlines())
-    second = golf("run", recipe, "--set", "train.iterations=2", "--set", "train.val_every=0", check=False).stdout
-    assert f"ratio {art['compression_ratio']:.3f} from {run_dir}" in second

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import subprocess
 import sys
@@ -66,23 +67,39 @@ def test_bytes_are_deterministic_and_add_up():
     assert first.code_bytes == len(first.script.encode("utf-8"))
     files = first.code_files()
     assert sum(files.values()) == first.code_bytes
-    assert files[ENCODING_LABEL] < 0 < files[SCRIPT_LABEL]  # lzma shrinks the sources
-    assert files["golfcore/eval.py"] == (REPO / "golfcore" / "eval.py").stat().st_size
+    assert files[ENCODING_LABEL] < 0 < files[SCRIPT_LABEL]  # compression shrinks the sources
+    assert first.raw_files()["golfcore/eval.py"] == (REPO / "golfcore" / "eval.py").stat().st_size
+    assert files["golfcore/eval.py"] < 0.7 * first.raw_files()["golfcore/eval.py"]  # minified: no docstrings, comments
+    verbatim = Bundle.for_run(modules, recipe, minify=False)
+    assert verbatim.code_files()["golfcore/eval.py"] == first.raw_files()["golfcore/eval.py"]
+    assert first.code_bytes < 0.7 * verbatim.code_bytes
     assert Bundle.for_run(modules, recipe + "\n").sha256 != first.sha256  # the recipe is code
 
 
-def test_sources_writes_back_the_original_files(tmp_path):
+def test_sources_writes_readable_files_with_the_original_code(tmp_path):
+    """--sources writes each module as ast.unparse lays out the minified text (what runs): the same
+    syntax tree as golf's file without docstrings and annotations outside classes; the recipe verbatim."""
     modules, recipe = xsa_and_ema()
     script = tmp_path / "train_gpt.py"
     script.write_text(Bundle.for_run(modules, recipe).script, encoding="utf-8")
     subprocess.run([sys.executable, "-I", str(script), "--sources", str(tmp_path / "src")], check=True, cwd=tmp_path)
     written = sorted(str(p.relative_to(tmp_path / "src")) for p in (tmp_path / "src").rglob("*") if p.is_file())
     assert written == sorted(Bundle.for_run(modules, recipe).files())
+    assert (tmp_path / "src" / "recipe.toml").read_text(encoding="utf-8") == recipe
     for label in written:
         top, _, rest = label.partition("/")
         original = {"golfcore": REPO / "golfcore", "golf_plugins": REPO / "plugins"}.get(top)
-        expected = (original / rest).read_bytes() if original else recipe.encode("utf-8")
-        assert (tmp_path / "src" / label).read_bytes() == expected, label
+        if original is None:
+            continue
+        text = (tmp_path / "src" / label).read_text(encoding="utf-8")
+        ours = ast.parse(text)
+        lines = [node.lineno for node in ast.walk(ours) if isinstance(node, ast.stmt)]
+        assert "\t" not in text and len(lines) == len(set(lines)), label  # one statement per line
+        assert len(ast.dump(ours)) <= len(ast.dump(ast.parse((original / rest).read_text(encoding="utf-8")))), label
+        names = {n.name for n in ast.walk(ours) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        source_names = {n.name for n in ast.walk(ast.parse((original / rest).read_text(encoding="utf-8")))
+                        if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        assert names == source_names, label  # nothing renamed, nothing dropped
 
 
 def test_the_script_header_lists_every_file():

@@ -30,7 +30,7 @@ from golfcore.result import RunResult
 from golfcore.run import INVALID_SUFFIX, RECIPE_NAME, finished_run
 from golfcore.submission import DEFAULT_DATA_PATH, DEFAULT_TOKENIZER_PATH
 
-RUNTIME_PACKAGES = ("torch", "numpy", "sentencepiece", "pluggy", "safetensors", "zstandard")  # what golfcore imports
+RUNTIME_PACKAGES = ("torch", "numpy", "sentencepiece", "pluggy", "safetensors", "zstandard", "brotli")  # what golfcore imports
 
 
 def export(run_dir: Path, available: dict[str, PluginInfo], out: Path | None = None) -> Path:
@@ -123,9 +123,9 @@ def readme(result: RunResult, bundle: Bundle, run_dir: Path) -> str:
     plugins = "\n".join(f"- `{name}` ({p['source']}, {p['version']}): "
                         + (", ".join(f"{k}={v!r}" for k, v in p["config"].items()) or "no options")
                         for name, p in result.plugins.items()) or "- none (the baseline GPT)"
-    sizes = bundle.code_files()
+    sizes, raw_sizes = bundle.code_files(), bundle.raw_files()
     files = {label: size for label, size in sizes.items() if label not in (ENCODING_LABEL, SCRIPT_LABEL)}
-    code = "\n".join(f"| `{label}` | {size:,} |" for label, size in files.items())
+    code = "\n".join(f"| `{label}` | {raw_sizes[label]:,} | {size:,} |" for label, size in files.items())
     raw = sum(files.values())
     return f"""# {result.name}
 
@@ -156,12 +156,13 @@ The resolved recipe is inside train_gpt.py (`python train_gpt.py --sources DIR` 
 | code (`train_gpt.py`) | {art['code_bytes']:,} |
 | **total** (budget {art['budget_bytes']:,}) | **{art['total_bytes']:,}** |
 
-The code bytes are train_gpt.py's bytes: these files' {raw:,} raw bytes, lzma-compressed and
-base85-encoded into {raw + sizes[ENCODING_LABEL]:,} bytes of text, behind a readable header,
-importer and main ({sizes[SCRIPT_LABEL]:,} bytes).
+The code bytes are train_gpt.py's bytes: these files, minified ({sum(raw_sizes.values()):,} bytes as
+written, {raw:,} minified), compressed and base85-encoded into {raw + sizes[ENCODING_LABEL]:,} bytes of
+text, behind a readable header, importer and main ({sizes[SCRIPT_LABEL]:,} bytes).
+`python train_gpt.py --sources DIR` writes them out, laid out readably.
 
-| file | raw bytes |
-|---|---:|
+| file | bytes as written | minified |
+|---|---:|---:|
 {code}
 
 ## Reproduce

@@ -143,7 +143,10 @@ def test_export_refusals_are_one_line(finished_run, tmp_path):
 
     changed = tmp_path / "changed_plugins"
     shutil.copytree(plugins, changed)
-    (changed / "noop.py").write_text(NOOP_PLUGIN + "# edited after the run\n")
+    (changed / "noop.py").write_text(NOOP_PLUGIN + "# a comment is not code: the minified script is unchanged\n")
+    golf("export", run_dir, "--plugins-dir", changed, "--out", tmp_path / "comment_only", cwd=tmp_path)
+    (changed / "noop.py").write_text(NOOP_PLUGIN + "EDITED_AFTER_THE_RUN = 1\n")
     proc = golf("export", run_dir, "--plugins-dir", changed, check=False, cwd=tmp_path)
     assert proc.returncode == 1 and "the code changed since the run" in proc.stderr
     assert not any(tmp_path.glob("*_tiny*"))  # nothing written, not even a partial folder
+    assert (tmp_path / "comment_only" / "train_gpt.py").is_file()
