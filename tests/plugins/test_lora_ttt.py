@@ -173,3 +173,15 @@ def test_c1_and_c3_probes_pass_it_and_fail_the_planted_pre_scoring_variant(facto
     c1 = audit.probe_c1(path, tokens, audit.cut_points(path, tokens.numel() - 1), seed=0)
     c3 = audit.probe_c3(path, tokens, [4, 1])
     assert (c1["status"], c3["status"]) == (status, status)
+
+
+@pytest.mark.slow
+def test_golf_run_refuses_the_planted_pre_scoring_variant(tmp_path, pystdlib_root):
+    from tests.test_cli import golf, tiny_recipe
+
+    recipe = tiny_recipe(tmp_path, pystdlib_root, "chunk_tokens = 64")
+    small = ["--set", "train.iterations=2", "--set", "train.val_every=0", "--set", "data.max_val_tokens=1024"]
+    proc = golf("run", recipe, "--plugins-dir", PLANTED, *small, "--with", "planted_pretrain_chunk", check=False)
+    assert proc.returncode == 3, proc.stderr
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "c1_causal" in error and "culprit: eval adapter 'planted_pretrain_chunk'" in error
