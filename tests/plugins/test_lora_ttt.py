@@ -162,17 +162,18 @@ class Path_:
         return value
 
 
-@pytest.mark.parametrize("factory, status", [
-    (lambda: LoraTtt(Config(lr=0.05)).golf_eval_adapter(None), "pass"),
-    (lambda: planted("pretrain_chunk").Adapter(Config(lr=0.05)), "fail"),
-])
-def test_c1_and_c3_probes_pass_it_and_fail_the_planted_pre_scoring_variant(factory, status):
-    path = Path_(factory)
-    torch.manual_seed(0)
+def test_c1_and_c3_probes_pass_it():
+    path = Path_(lambda: LoraTtt(Config(lr=0.05)).golf_eval_adapter(None))
+    tokens = documents([40, 40, 40])
+    assert audit.probe_c1(path, tokens, audit.cut_points(path, tokens.numel() - 1), seed=0)["status"] == "pass"
+    assert audit.probe_c3(path, tokens, [4, 1])["status"] == "pass"
+
+
+def test_the_c1_probe_fails_the_planted_variant_that_trains_on_a_chunk_before_scoring_it():
+    path = Path_(lambda: planted("pretrain_chunk").Adapter(Config(lr=0.05)))
     tokens = documents([40, 40, 40])
     c1 = audit.probe_c1(path, tokens, audit.cut_points(path, tokens.numel() - 1), seed=0)
-    c3 = audit.probe_c3(path, tokens, [4, 1])
-    assert (c1["status"], c3["status"]) == (status, status)
+    assert c1["status"] == "fail" and c1["culprit"] == "eval adapter 'lora_ttt'"
 
 
 @pytest.mark.slow
