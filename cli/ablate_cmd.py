@@ -10,7 +10,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from .main import DirsOpt, SetOpt, WithOpt, WithoutOpt, console
+from .options import DirsOpt, SetOpt, WithOpt, WithoutOpt, console
 
 STATUS_STYLE = {"running": "yellow", "done": "green", "reused": "green", "failed": "red", "interrupted": "magenta",
                 "skipped": "red", "queued": "dim"}
@@ -144,6 +144,10 @@ def ablate(
         return
     if recipe is None:
         raise ConfigError("golf ablate needs a RECIPE (or --report DIR)")
+    if parallel is not None and parallel < 1:
+        raise ConfigError(f"--parallel {parallel}: must be >= 1")
+    if nproc < 1:
+        raise ConfigError(f"--nproc {nproc}: must be >= 1")
     bar = Bar(**{k: v for k, v in (("alpha", alpha), ("min_delta_nats", min_delta)) if v is not None})
     seed_values = _seeds(seeds, seed_list)
     plan = plan_ablation(recipe, mode=mode, base=base, only=_names(only), skip=_names(skip), seeds=seed_values,
@@ -160,7 +164,8 @@ def ablate(
     started = time.monotonic()
     try:
         with Progress(seed_values, min(runner.capacity, len(plan.variants) * len(seed_values))) as progress:
-            states, data = run_ablation(plan, directory, runner, progress, nproc)
+            states, data = run_ablation(plan, directory, runner, progress, nproc,
+                                        notice=lambda line: console.print(line, markup=False, soft_wrap=True))
     except KeyboardInterrupt:
         console.print(f"interrupted: finished runs are kept; rerun the same command to resume ({directory})", markup=False)
         raise typer.Exit(130) from None

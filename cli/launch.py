@@ -13,9 +13,11 @@ exit code is torchrun's. Here:
   with a connection traceback of its own.
 - A process that crashes (any other exception) prints its traceback itself; the launcher
   stops the others and exits with its code.
-- SIGTERM or SIGINT sent to the launcher is passed on to every process once: they agree to
-  stop at the next step boundary, checkpoint, and report "interrupted" (exit 75) like any
-  user error, so `golf run --resume` can continue the run.
+- SIGTERM or SIGINT sent to the launcher is passed on to every process (each runs in a
+  session of its own, so a Ctrl-C reaches them only through the launcher): they agree to stop
+  at the next step boundary, checkpoint, and report "interrupted" (exit 75) like any user
+  error, so `golf run --resume` can continue the run. A second signal, passed on too, stops
+  them at once (golfcore.train.StopSignals).
 
 `torchrun --standalone --nproc_per_node N -m golf_cli run RECIPE` works too: its processes
 run as they would under any launcher, and report their errors themselves.
@@ -33,6 +35,8 @@ import time
 from pathlib import Path
 
 import typer
+
+from golfcore.processes import start_child
 
 ERROR_FILE_ENV = "GOLF_ERROR_FILE"
 STOP_WAIT_S = 60  # a process that left its error waits this long for the launcher to stop it
@@ -80,15 +84,12 @@ def launch(nproc: int, argv: list[str]) -> int:
                    "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                    ERROR_FILE_ENV: str(error_files[rank])}
             env.setdefault("OMP_NUM_THREADS", threads)
-            procs.append(subprocess.Popen([sys.executable, "-m", "golf_cli", *argv], env=env))
-        forwarded: list[int] = []
+            procs.append(start_child([sys.executable, "-m", "golf_cli", *argv], env=env))
 
         def forward(signum, frame):  # the processes checkpoint and stop together (exit 75), then so do we
-            if not forwarded:
-                forwarded.append(signum)
-                for p in procs:
-                    if p.poll() is None:
-                        p.send_signal(signum)
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signum)
 
         previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:

@@ -1,8 +1,12 @@
 """The `golf` command line. User mistakes print one `error:` line and exit non-zero;
-`golf --debug ...` (or GOLF_DEBUG=1) prints their full traceback instead."""
+`golf --debug ...` (or GOLF_DEBUG=1) prints their full traceback instead.
+
+Exit codes: 0 done; 1 a user error (data, files, a plugin); 2 a recipe or option error; 3 not
+a legal score; 4 training diverged; 75 interrupted by SIGTERM/SIGINT (resume later)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -10,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from typer.core import TyperGroup
@@ -18,11 +21,16 @@ from typer.core import TyperGroup
 from golfcore.errors import ComplianceError, ConfigError, GolfError
 from golfcore.result import RunResult
 
+from .ablate_cmd import ablate
 from .audit_cmd import register as register_audit
 from .data_cmd import app as data_app
 from .launch import launch, leave_error_for_launcher
 from .model_cmd import register as register_model
+from .options import DirsOpt, SetOpt, WithOpt, WithoutOpt, console
 from .plugins_cmd import app as plugins_app
+
+# errors of the machine the user gave golf (a full disk, a read-only or forbidden folder), not of golf
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}
 
 
 class GolfGroup(TyperGroup):
@@ -32,23 +40,28 @@ class GolfGroup(TyperGroup):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except OSError as e:
+            if e.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            self._fail(ctx, e, f"{e.filename}: {e.strerror}" if e.filename else str(e), 1)
         except GolfError as e:
-            if ctx.params.get("debug"):
-                traceback.print_exception(e)  # the __cause__ chain included
-            elif not leave_error_for_launcher(str(e), e.exit_code):
-                typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(e.exit_code) from None
+            self._fail(ctx, e, str(e), e.exit_code)
+
+    @staticmethod
+    def _fail(ctx, error: Exception, message: str, code: int):
+        if ctx.params.get("debug"):
+            traceback.print_exception(error)  # the __cause__ chain included
+        elif not leave_error_for_launcher(message, code):
+            typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(code) from None
 
 
 app = typer.Typer(cls=GolfGroup, no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(data_app, name="data")
 app.add_typer(plugins_app, name="plugins")
-console = Console(stderr=False, highlight=False)
-
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override section.key=value (TOML value syntax)")]
-WithOpt = Annotated[Optional[list[str]], typer.Option("--with", help="enable plugin NAME with its defaults")]
-WithoutOpt = Annotated[Optional[list[str]], typer.Option("--without", help="disable plugin NAME")]
-DirsOpt = Annotated[Optional[list[Path]], typer.Option("--plugins-dir", help="load plugin modules from DIR")]
+app.command()(ablate)
+register_audit(app)
+register_model(app)
 
 
 @app.callback()
@@ -56,7 +69,10 @@ def golf(
     debug: Annotated[bool, typer.Option("--debug", envvar="GOLF_DEBUG",
                                         help="print the full traceback of an error instead of one line")] = False,
 ):
-    """golf: plugin-based ablations for parameter-golf small-GPT training."""
+    """golf: plugin-based ablations for parameter-golf small-GPT training.
+
+    Exit codes: 0 done; 1 a user error (data, files, a plugin); 2 a recipe or option error;
+    3 not a legal score; 4 training diverged; 75 interrupted by SIGTERM/SIGINT (resume later)."""
 
 
 def _progress_factory(progress: Progress):
@@ -95,15 +111,16 @@ def _check_before_launch(config, available, nproc: int) -> None:
     after launching them: devices, the batch split, plugin config checks, the corpus."""
     import torch
 
+    from golfcore.memory import check_fits
     from golfcore.run import Session
     from golfcore.train import Dist, micro_batches_per_rank
 
     device = config.train.device
-    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
-        gpus = torch.cuda.device_count()
-        if gpus < nproc:
-            raise ConfigError(f"--nproc {nproc}: only {gpus} CUDA device(s) available")
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if cuda and torch.cuda.device_count() < nproc:
+        raise ConfigError(f"--nproc {nproc}: only {torch.cuda.device_count()} CUDA device(s) available")
     micro_batches_per_rank(config, nproc)
+    check_fits(config, nproc, torch.device("cuda:0" if cuda else "cpu"))
     Session(config, available, dist=Dist(0, 1, 0, torch.device("cpu")))  # the parent never touches a GPU
 
 
@@ -134,8 +151,8 @@ def run(
 ):
     """Train a recipe, export its artifact, and score the artifact (val_bpb after the round trip).
 
-    Exit codes: 0 done, 1 or 2 a user error, 3 training diverged, 75 interrupted by SIGTERM/SIGINT
-    (resume later with --resume)."""
+    Exit codes: 0 done, 1 or 2 a user error, 3 not a legal score, 4 training diverged, 75 interrupted
+    by SIGTERM/SIGINT (resume later with --resume)."""
     from golfcore.recipe import dump_toml
     from golfcore.run import RECIPE_NAME
     from golfcore.run import run as run_recipe
@@ -204,8 +221,10 @@ def eval_(
     plugins_dir: DirsOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="record the re-score as a run directory (must not exist)")] = None,
 ):
-    """Re-score a run's artifact (loaded from its bytes) with its resolved recipe; overrides may
-    change the evaluation (e.g. --without ttt), not the model."""
+    """Re-score a finished run's artifact (loaded from its bytes) with its recorded recipe; overrides
+    may change the evaluation (e.g. --without ttt), not the model, and each is printed.
+
+    Exit codes: 0 done, 1 or 2 a user error, 3 not a legal score, 75 interrupted by SIGTERM/SIGINT."""
     from golfcore.plugins import discover
     from golfcore.recipe import load_recipe
     from golfcore.run import RECIPE_NAME, rescore
@@ -244,6 +263,9 @@ def bench(
     peak_tflops: Annotated[Optional[float], typer.Option(help="peak dense TFLOP/s for MFU (default: detected GPU, else none)")] = None,
     compare: Annotated[bool, typer.Option("--compare", help="time RECIPE as written against RECIPE (or --against) with the overrides, alternating steps")] = False,
     against: Annotated[Optional[Path], typer.Option(help="with --compare: the second recipe")] = None,
+    profile: Annotated[bool, typer.Option("--profile", help="also profile one training step: the top operators by time")] = False,
+    dry: Annotated[bool, typer.Option("--dry", help="build on the meta device only: parameters, FLOPs/token, projected memory per GPU")] = False,
+    gpus: Annotated[int, typer.Option(help="with --dry: the GPUs the recipe's batch is split over")] = 8,
     set_: SetOpt = None,
     with_: WithOpt = None,
     without: WithoutOpt = None,
@@ -263,10 +285,22 @@ def bench(
         raise ConfigError(f"--peak-tflops {peak_tflops}: must be > 0")
     if against and not compare:
         raise GolfError("--against needs --compare")
+    if dry:
+        from golf_tools.bench import dry_build
+
+        if gpus < 1:
+            raise ConfigError(f"--gpus {gpus}: must be >= 1")
+        available, config = _load(recipe, set_, with_, without, plugins_dir)
+        _figure_table(f"golf bench --dry {recipe} (meta device, {gpus} GPUs)", {"value": dry_build(config, available, gpus)})
+        return
     if not compare:
         available, config = _load(recipe, set_, with_, without, plugins_dir)
         figures = run_bench(config, available, steps=steps, warmup=warmup, peak_tflops=peak_tflops)
         _figure_table(f"golf bench {recipe} ({figures['device']})", {"value": figures})
+        if profile:
+            from golf_tools.bench import profile_step
+
+            typer.echo(profile_step(config, available, warmup=warmup))
         return
     available, first = _load(recipe, None, None, None, plugins_dir)
     _, second = _load(against or recipe, set_, with_, without, plugins_dir)
@@ -310,13 +344,6 @@ def new_plugin(
     console.print(f"next: pip install -e {target} && golf plugins show {name} && python -m pytest {target / 'tests'}",
                   markup=False, soft_wrap=True)
 
-
-from .ablate_cmd import ablate  # noqa: E402  (below: it reuses this module's option types)
-
-app.command()(ablate)
-
-register_audit(app)
-register_model(app)
 
 
 def main() -> None:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
+
+from .options import DirsOpt, SetOpt, WithOpt, WithoutOpt
 
 
 def model(
     recipe: Annotated[Path, typer.Argument(help="recipe TOML file")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override section.key=value (TOML value syntax)")] = None,
-    with_: Annotated[Optional[list[str]], typer.Option("--with", help="enable plugin NAME with its defaults")] = None,
-    without: Annotated[Optional[list[str]], typer.Option("--without", help="disable plugin NAME")] = None,
-    plugins_dir: Annotated[Optional[list[Path]], typer.Option("--plugins-dir", help="load plugin modules from DIR")] = None,
+    set_: SetOpt = None,
+    with_: WithOpt = None,
+    without: WithoutOpt = None,
+    plugins_dir: DirsOpt = None,
 ):
     """Print the model the recipe builds: every slot of its description, and in brackets the
     plugin that set it (no bracket: the core's baseline). Builds nothing."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import inspect
 import typing
 from pathlib import Path
@@ -38,28 +39,48 @@ def list_(
     recipe: Annotated[Optional[Path], typer.Argument(help="show which plugins this recipe enables")] = None,
     plugins_dir: DirsOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show every config field with its doc")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON list, for scripts")] = False,
 ):
-    """List installed plugins: name, version, source, hooks, config defaults (and enabled state)."""
+    """List installed plugins: name, version, source, hooks, config defaults (and enabled state).
+    Piped, it prints one tab-separated line per plugin; names are never shortened."""
     from golfcore.config import field_docs
     from golfcore.plugins import discover
     from golfcore.recipe import load_recipe
 
     available = discover(plugins_dir or [])
     enabled = set(load_recipe(recipe, available).plugins) if recipe else set()
+    rows = []
+    for name, info in sorted(available.items()):
+        rows.append({"name": name, "description": info.cls.description,
+                     **({"enabled": name in enabled} if recipe else {}), "version": info.version,
+                     "source": info.source, "hooks": info.hooks,
+                     "config": {k: {"default": v[0], "doc": v[1]} for k, v in field_docs(info.cls.Config).items()}})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1, default=repr))
+        return
+    if not console.is_terminal:
+        typer.echo("\t".join(["name", *(["enabled"] if recipe else []), "version", "source", "hooks", "config defaults"]))
+        for row in rows:
+            defaults = ", ".join(f"{k}={v['default']!r}" for k, v in row["config"].items()) or "-"
+            cells = [row["name"], *(["yes" if row["enabled"] else "no"] if recipe else []), row["version"], row["source"],
+                     ",".join(h.removeprefix("golf_") for h in row["hooks"]), defaults]
+            typer.echo("\t".join(cells))
+        return
     table = Table(title="installed golf plugins")
-    for col in ("name", "enabled" if recipe else None, "version", "source", "hooks", "config defaults"):
+    longest = max((len(n) for n in available), default=4)
+    table.add_column("name", no_wrap=True, min_width=longest, max_width=max(longest, 24))  # descriptions cut, names never
+    for col in ("enabled" if recipe else None, "version", "source", "hooks", "config defaults"):
         if col:
             table.add_column(col)
-    for name, info in sorted(available.items()):
-        fields = field_docs(info.cls.Config)
+    for row in rows:
         if verbose:
-            defaults = "\n".join(f"{k} = {v[0]!r}  # {v[1]}" for k, v in fields.items())
+            defaults = "\n".join(f"{k} = {v['default']!r}  # {v['doc']}" for k, v in row["config"].items())
         else:
-            defaults = ", ".join(f"{k}={v[0]!r}" for k, v in fields.items())
-        hooks = ", ".join(h.removeprefix("golf_") for h in info.hooks)
-        row = [f"{name}\n[dim]{info.cls.description}[/dim]", ("yes" if name in enabled else "no") if recipe else None,
-               info.version, info.source, hooks, defaults or "-"]
-        table.add_row(*[c for c in row if c is not None])
+            defaults = ", ".join(f"{k}={v['default']!r}" for k, v in row["config"].items())
+        hooks = ", ".join(h.removeprefix("golf_") for h in row["hooks"])
+        cells = [f"{row['name']}\n[dim]{row['description']}[/dim]", *(["yes" if row["enabled"] else "no"] if recipe else []),
+                 row["version"], row["source"], hooks, defaults or "-"]
+        table.add_row(*cells)
     console.print(table)
     if not available:
         console.print("no plugins installed")

@@ -21,7 +21,7 @@ from string import Template
 
 import golfcore
 from golfcore import hookspecs
-from golfcore.errors import ConfigError
+from golfcore.errors import ConfigError, GolfError
 
 
 def hook_specs() -> dict[str, object]:
@@ -256,6 +256,9 @@ def new_plugin(name: str, hooks: list[str], parent: Path) -> Path:
     }
     for relative, text in files.items():
         path = target / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise GolfError(f"--dir {parent}: cannot create {path} ({e.strerror or e})") from None
     return target

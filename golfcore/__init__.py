@@ -30,16 +30,16 @@ from .plugins import Plugin
 
 # building blocks plugins reuse
 from .artifact import CLIP_PERCENTILE, Int8Quantizer, fp16_round, row_quantiles, to_float16
-from .data import BOS_ID
+from .data import SpecialTokens
 from .model import Block, CausalAttention, Projection, RMSNorm, Rotary, SoftcapHead, Switch, WeightedSkips, rms_norm
 from .optim import Muon, Orthogonalization, build_optimizers, zeropower_newton_schulz
 from .switch import BatchShape, ModuleSwitch, TrainingSwitch
 
 __all__ = [
-    "BOS_ID", "BatchShape", "Block", "CLIP_PERCENTILE", "CausalAttention", "Compressor", "ComplianceError", "ConfigError",
+    "BatchShape", "Block", "CLIP_PERCENTILE", "CausalAttention", "Compressor", "ComplianceError", "ConfigError",
     "EmbeddingSlots", "EvalAdapter", "EvalContext", "ForwardContext", "GolfError", "Head", "Int8Quantizer", "Layer",
     "LayerInfo", "LayerSelection", "ModelDescription", "ModuleSwitch", "Muon", "Orthogonalization", "Part", "PhysicalLayer", "Plugin",
-    "Projection", "Quantizer", "RMSNorm", "Rotary", "RunConfig", "Section", "Skips", "SoftcapHead", "Switch",
+    "Projection", "Quantizer", "RMSNorm", "Rotary", "RunConfig", "Section", "Skips", "SoftcapHead", "SpecialTokens", "Switch",
     "TrainingSwitch", "WeightedSkips", "build_optimizers", "declare", "float_params", "fp16_round", "hookimpl", "option",
     "param_specs", "rms_norm", "row_quantiles", "spec_of", "to_float16", "WeightAverage", "zeropower_newton_schulz",
 ]

@@ -6,12 +6,15 @@ module is where the build hooks are called, once per model build, never inside a
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 
-from .config import RunConfig
-from .contract import Quantizer
-from .description import ModelDescription, default_description
-from .errors import GolfError
+from .config import ModelSection, RunConfig
+from .contract import LayerInfo, Quantizer
+from .description import ModelDescription, Part, default_description
+from .errors import GolfError, PluginError
 from .layers import LayerSelection
 from .model import GPT
 from .params import param_specs
@@ -41,15 +44,37 @@ def check_config(config: RunConfig, host: Host) -> list[int]:
 def describe(config: RunConfig, host: Host, quantizer: Quantizer | None) -> tuple[ModelDescription, dict[str, str]]:
     """The model description after every enabled plugin's golf_edit_model, and which plugin set
     each slot (`path -> plugin`; slots no plugin changed are absent: the core's defaults)."""
-    description = default_description(config.model, layer_schedule(config, host))
+    description = default_description(config.model, layer_schedule(config, host), config.tokens.bos_id)
     setters: dict[str, str] = {}
     before = description.slots()
     for name in host.implementers("golf_edit_model"):
         host.call_one(name, "golf_edit_model", description=description, config=config, quantizer=quantizer)
+        for path, value in _misplaced(description)[:1]:
+            raise PluginError(f"plugin {name!r}: golf_edit_model put {type(value).__name__} {value!r:.40} into slot {path}; "
+                              f"a slot holds a golfcore.Part (or a class, a number or None)")
         after = description.slots()
         setters.update({path: name for path, value in after.items() if before.get(path) != value})
         before = after
     return description, {path: name for path, name in setters.items() if path in before}
+
+
+def _misplaced(description: ModelDescription) -> list[tuple[str, Any]]:
+    """(path, value) of every slot value no slot holds: a plugin's mistake, named before the build."""
+    found: list[tuple[str, Any]] = []
+
+    def walk(path: str, value: Any, names: bool = False) -> None:  # names: the slot is declared to hold a str
+        if dataclasses.is_dataclass(value) and not isinstance(value, (type, LayerInfo, ModelSection)):
+            for f in dataclasses.fields(value):
+                walk(f"{path}.{f.name}" if path else f.name, getattr(value, f.name), "str" in str(f.type))
+        elif isinstance(value, list):
+            for j, item in enumerate(value):
+                walk(f"{path}[{j}]", item, names)
+        elif not (isinstance(value, (Part, type, bool, int, float, type(None), LayerInfo, ModelSection))
+                  or (names and isinstance(value, str))):
+            found.append((path, value))
+
+    walk("", description)
+    return found
 
 
 def build_model(config: RunConfig, host: Host, quantizer: Quantizer | None) -> GPT:

@@ -28,7 +28,6 @@ import torch
 from torch import Tensor
 
 from .config import RunConfig
-from .data import BOS_ID
 from .errors import ComplianceError, GolfError
 from .eval import NORMALIZATION_TOL, plan_windows
 
@@ -79,6 +78,7 @@ class ScoringPath(Protocol):
     model_plugins: list[str]  # enabled plugins answering a model-building hook
     before_eval_plugins: list[str]  # enabled plugins implementing golf_before_eval
     document_aware: list[str]  # enabled plugins that claim document awareness
+    bos_id: int  # the id that starts each document (the corpus tokenizer's)
     seq_len: int
     stride: int
     batch_seqs: int
@@ -411,7 +411,7 @@ def audit_documents(path: ScoringPath, val_tokens: Tensor, seed: int) -> dict:
     total = val_tokens.numel() - 1
     chunked = any(name in path.document_aware for name in path.adapter_names)
     chunk = path.chunk_tokens if chunked else total + 1
-    bos = [int(i) for i in (val_tokens[:total] == BOS_ID).nonzero().flatten()]
+    bos = [int(i) for i in (val_tokens[:total] == path.bos_id).nonzero().flatten()]
     spans = []  # (first perturbed token, BOS position, end of the compared positions)
     for previous, b in zip([-1, *bos], bos):
         lo = max(previous + 1, (b // chunk) * chunk + 1 if chunked else 1)

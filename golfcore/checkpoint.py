@@ -156,15 +156,21 @@ class Checkpoints:
         """Write `state` (nested dicts/lists of tensors, numbers, strings) as the run's checkpoint."""
         tmp, prev = self.path.with_name(DIR_NAME + ".tmp"), self.path.with_name(DIR_NAME + ".prev")
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
         tensors: dict[str, torch.Tensor] = {}
         structure = flatten(state, tensors)
-        save_file(tensors, tmp / TENSORS_NAME)
-        manifest = {
-            "format": FORMAT_VERSION, "step": state.get("step"), "sha256": sha256_file(tmp / TENSORS_NAME),
-            "code": self.code, "recipe": self.config.to_dict(), "state": structure,
-        }
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        try:
+            tmp.mkdir()
+            save_file(tensors, tmp / TENSORS_NAME)
+            manifest = {
+                "format": FORMAT_VERSION, "step": state.get("step"), "sha256": sha256_file(tmp / TENSORS_NAME),
+                "code": self.code, "recipe": self.config.to_dict(), "state": structure,
+            }
+            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        except (OSError, SafetensorError) as e:  # a full disk: the previous checkpoint stays whole
+            shutil.rmtree(tmp, ignore_errors=True)
+            kept = "the previous checkpoint is kept" if self.exists() else "there is no earlier checkpoint"
+            raise CheckpointError(f"cannot write the checkpoint at step {state.get('step')} into {tmp} "
+                                  f"({getattr(e, 'strerror', None) or e}); {kept}") from None
         shutil.rmtree(prev, ignore_errors=True)
         if self.path.exists():
             self.path.rename(prev)

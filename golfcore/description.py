@@ -17,7 +17,7 @@ from typing import Any
 
 from .config import ModelSection
 from .contract import LayerInfo
-from .data import BOS_ID
+from .data import SpecialTokens
 
 
 class Part:
@@ -163,7 +163,7 @@ class ModelDescription:
                          for path, value in slots.items())
 
 
-def default_description(config: ModelSection, schedule: list[int], bos_id: int = BOS_ID) -> ModelDescription:
+def default_description(config: ModelSection, schedule: list[int], bos_id: int = SpecialTokens.bos_id) -> ModelDescription:
     """The challenge baseline (docs/techniques.md §0) over the layer schedule `schedule`;
     `bos_id` is the run's tokenizer's beginning-of-document id."""
     from .model import (Block, CausalAttention, Projection, ReluSquared, RMSNorm, Rotary, SoftcapHead,

@@ -226,15 +226,19 @@ class _Scorer:
 
     def warm_up(self, widths: set[int]) -> None:
         """Run every (batch, width) shape once, so compiling happens before the clock starts."""
-        dummy = torch.zeros(self.batch_seqs, self.plan.seq_len, dtype=torch.long, device=self.val.device)
+        with torch.inference_mode(False):
+            dummy = torch.zeros(self.batch_seqs, self.plan.seq_len, dtype=torch.long, device=self.val.device)
         for width in sorted(widths):
             self.logprob_fn(dummy, width)
 
+    @torch.inference_mode(False)
     def inputs(self, batch: range) -> Tensor:  # [B,T], B = batch_seqs when static
+        """Contiguous and never an inference tensor, however it is built: a compiled graph guards
+        on the input's strides and dispatch keys, so every batch must match the warm-up's."""
         plan, T, n = self.plan, self.plan.seq_len, len(batch)
         s0 = plan.start(batch.start)
         if plan.hi(batch.stop - 1) - s0 == (n - 1) * plan.stride + T:  # every window full length
-            x = self.val[s0 : s0 + (n - 1) * plan.stride + T].unfold(0, T, plan.stride)
+            x = self.val[s0 : s0 + (n - 1) * plan.stride + T].unfold(0, T, plan.stride).contiguous()
         else:  # a window shorter than seq_len (the stream is short, or non-overlapping tail): pad the end
             x = torch.zeros(n, T, dtype=self.val.dtype, device=self.val.device)
             for b, i in enumerate(batch):
@@ -289,6 +293,7 @@ def evaluate(
     static: bool = False,
     progress: Callable[[int, int], None] | None = None,
     record: Callable[[Tensor, Tensor], None] | None = None,
+    token_bytes: Tensor | None = None,
 ) -> EvalResult:
     """Score every target of ``val_tokens`` once and return val_loss/val_bpb with its checks.
 
@@ -305,6 +310,8 @@ def evaluate(
     all-reduced when world_size > 1. ``progress(done, total)`` counts this rank's targets.
     ``record(positions [N], logprobs [N,V])``, when given, receives every scored distribution
     as scored, after all adapters (the legality probes compare them, golfcore.audit).
+    ``token_bytes`` ([N+1], a corpus's byte sidecar, golfcore.data.load_val_bytes), when given,
+    is what each target is charged instead of ``luts``: the original bytes of a transformed text.
     """
     if val_tokens.dim() != 1 or val_tokens.is_floating_point() or val_tokens.numel() < 2:
         raise DataError(
@@ -315,6 +322,10 @@ def evaluate(
     val = val_tokens.long()
     device = val.device
     luts = luts.to(device)
+    if token_bytes is not None:
+        if token_bytes.shape != val.shape:
+            raise DataError(f"eval: {token_bytes.numel()} byte counts for {val.numel()} validation tokens")
+        token_bytes = token_bytes.to(device)
     num_targets = val.numel() - 1
     plan = WindowPlan(num_targets, seq_len, stride)
     chunks = plan.chunks(chunk_tokens) if adapters else [range(len(plan))]
@@ -360,7 +371,7 @@ def evaluate(
                 lo, hi = plan.lo(batch.start), plan.hi(batch.stop - 1)
                 targets = val[lo + 1 : hi + 1]  # [N]
                 sums[0] -= lp.gather(1, targets[:, None]).double().sum()
-                sums[1] += luts.count_bytes(val[lo:hi], targets).sum()
+                sums[1] += luts.count_bytes(val[lo:hi], targets).sum() if token_bytes is None else token_bytes[lo + 1 : hi + 1].sum()
                 sums[2] += hi - lo
                 sums[3] += 1
                 done += hi - lo
@@ -401,16 +412,19 @@ def evaluate(
             "c4_targets_scored": int(scored),
             "c4_targets_expected": num_targets,
             "adapters": [a.name for a in adapters],
+            "bytes_from": "tokenizer byte table" if token_bytes is None else "sidecar",
         },
     )
 
 
-def unigram_entropy_bpb(tokens: Tensor, luts: ByteLUTs) -> float:
+def unigram_entropy_bpb(tokens: Tensor, luts: ByteLUTs, token_bytes: Tensor | None = None) -> float:
     """Bits per byte of the best context-free code for `tokens`: the entropy of their own
-    unigram distribution, spread over the bytes they decode to. A reference point, not a score:
-    a model that learned anything beyond token frequencies lands well below it."""
+    unigram distribution, spread over the bytes they decode to (or the byte sidecar's). A
+    reference point, not a score: a model that learned anything beyond token frequencies lands
+    well below it."""
     targets = tokens[1:]
     counts = torch.bincount(targets, minlength=luts.base_bytes.numel()).double()
     p = counts[counts > 0] / targets.numel()
     nats = float(-(p * p.log()).sum()) * targets.numel()
-    return nats / math.log(2) / float(luts.count_bytes(tokens[:-1], targets).sum())
+    nbytes = luts.count_bytes(tokens[:-1], targets).sum() if token_bytes is None else token_bytes[1:].sum()
+    return nats / math.log(2) / float(nbytes)

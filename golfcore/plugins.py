@@ -9,13 +9,17 @@ Built-ins (modules of `golf_plugins`), entry points in group `golf.plugins` and 
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
 import inspect
 import pkgutil
 import sys
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -129,7 +133,7 @@ def _load_file(path: Path) -> ModuleType:
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as e:  # a broken third-party file is a user error, reported in one line
+    except (Exception, SystemExit) as e:  # a broken third-party file is a user error, reported in one line
         del sys.modules[module_name]
         raise ConfigError(f"{path}: failed to import: {type(e).__name__}: {e}") from None
     return module
@@ -176,6 +180,54 @@ def discover(plugins_dirs: list[Path] = ()) -> dict[str, PluginInfo]:
     return found
 
 
+def _answer_type(spec_function: Callable) -> Any:
+    """A hook spec's return annotation, evaluated; None for a hook whose answers are not used."""
+    import torch
+
+    from . import contract
+
+    annotation = spec_function.__annotations__.get("return")
+    namespace = {**vars(hookspecs), **vars(contract), **vars(sys.modules["golfcore"]), "torch": torch, "nn": torch.nn,
+                 "RunConfig": RunConfig}
+    try:
+        annotation = eval(annotation, namespace) if isinstance(annotation, str) else annotation  # noqa: S307 (golf's own spec text)
+    except Exception:
+        return None
+    return None if annotation in (None, type(None)) else annotation
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in typing.get_args(annotation) if a is not type(None))
+    if origin is list:
+        (item,) = typing.get_args(annotation) or (Any,)
+        return isinstance(value, list) and all(_fits(v, item) for v in value)
+    if origin is collections.abc.Callable or annotation is Callable:
+        return callable(value)
+    if annotation is Any:
+        return True
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(annotation, type) and getattr(annotation, "_is_protocol", False):
+        members = [n for n in (*vars(annotation), *getattr(annotation, "__annotations__", {})) if not n.startswith("_")]
+        return all(hasattr(value, n) for n in members)
+    return not isinstance(annotation, type) or isinstance(value, annotation)
+
+
+def _checked(function: Callable, expected: Any, plugin: str, hook: str) -> Callable:
+    @functools.wraps(function)
+    def checked(*args, **kwargs):
+        answer = function(*args, **kwargs)
+        if answer is not None and not _fits(answer, expected):
+            shown = str(expected).replace("typing.", "").replace("torch.nn.modules.module.", "nn.")
+            raise PluginError(f"plugin {plugin!r}: {hook} returned {type(answer).__name__} {answer!r:.60}; "
+                              f"the hook expects {shown}")
+        return answer
+
+    return checked
+
+
 class Host:
     """The run's plugin manager: the enabled plugins, registered in recipe order.
 
@@ -204,6 +256,7 @@ class Host:
             name = self.pm.get_name(e.plugin) if e.plugin is not None else "?"
             raise ConfigError(f"plugin {name!r}: {str(e).split(' in plugin ')[0]}") from None
         self._check_single_answer_hooks()
+        self._check_answer_types()
         self._modules = {available[name].cls.__module__: name for name in config.plugins}
         if trace is not None:
             self.pm.add_hookcall_monitoring(lambda *a: None, self._tracer(trace))
@@ -225,6 +278,19 @@ class Host:
                         f"{self.config.source}: plugins {both} both implement {caller.name}; enable only one, "
                         f"or mark the override @hookimpl(tryfirst=True)"
                     )
+
+    def _check_answer_types(self) -> None:
+        """Wrap every implementation so that an answer of the wrong type (a str where the hook
+        spec's return annotation says a module) is a PluginError naming the plugin and the hook."""
+        for caller in self.pm.hook.__dict__.values():
+            if not isinstance(caller, pluggy.HookCaller) or not caller.spec:
+                continue
+            expected = _answer_type(caller.spec.function)
+            if expected is None:
+                continue
+            for impl in caller.get_hookimpls():
+                if not (impl.wrapper or impl.hookwrapper):
+                    impl.function = _checked(impl.function, expected, impl.plugin_name, caller.name)
 
     def implementers(self, hook_name: str) -> list[str]:
         """The enabled plugins implementing `hook_name`, in the order pluggy calls them (recipe
@@ -251,7 +317,8 @@ class Host:
 
     def _raising_plugin(self, hook_name: str, error: BaseException) -> str | None:
         """The plugin whose implementation of `hook_name` is on the exception's traceback (innermost)."""
-        codes = {impl.function.__code__: impl.plugin_name for impl in getattr(self.pm.hook, hook_name).get_hookimpls()}
+        codes = {inspect.unwrap(impl.function).__code__: impl.plugin_name
+                 for impl in getattr(self.pm.hook, hook_name).get_hookimpls()}
         culprit, tb = None, error.__traceback__
         while tb is not None:
             culprit = codes.get(tb.tb_frame.f_code, culprit)

@@ -41,6 +41,10 @@ def read_recipe(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: recipe not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a recipe file (e.g. recipes/quickstart.toml)") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the recipe ({e.strerror or e})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
     for key, value in raw.items():
@@ -75,6 +79,8 @@ def _parse_value(text: str) -> Any:
 def apply_overrides(raw: dict[str, Any], sets: list[str], with_: list[str], without: list[str], source: str) -> dict[str, Any]:
     raw = copy.deepcopy(raw)
     plugins = raw.setdefault("plugins", {})
+    for name in set(with_) & set(without):
+        raise ConfigError(f"{source}: --with {name} and --without {name} contradict each other; give one")
     for name in with_:
         plugins.setdefault(name, {})["enabled"] = True
     for name in without:
@@ -154,8 +160,24 @@ def load_recipe(
 ) -> RunConfig:
     """Read, merge, override and validate a recipe file."""
     source = str(path)
-    raw = apply_overrides(read_recipe(Path(path)), list(sets), list(with_), list(without), source)
+    recipe = read_recipe(Path(path))
+    raw = apply_overrides(recipe, list(sets), list(with_), list(without), source)
+    if not any(recipe.values()) and not (sets or with_):
+        raise ConfigError(f"{source}: the recipe sets nothing, so it would train the full-size defaults (17M parameters, "
+                          f"524,288-token batches); set its sections or start from one: extends = \"quickstart.toml\"")
     return resolve(raw, available, source)
+
+
+def changed_keys(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
+    """`section.key = new (was old)` for every value of two resolved recipes (RunConfig.to_dict) that differs."""
+    out = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += changed_keys(old, new, f"{prefix}{key}.")
+        elif old != new:
+            out.append(f"{prefix}{key} = {new!r} (was {old!r})")
+    return out
 
 
 def dump_toml(config: RunConfig) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .errors import GolfError
 from .files import write_json
 
 
@@ -59,6 +60,7 @@ class RunResult:
     artifact: dict[str, Any] = field(default_factory=dict)  # bytes (model, code, total), budget, code files, groups
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> config, source, version
     code_sha256: str | None = None
+    recipe_sha256: str | None = None  # of recipe.toml as the run wrote it: golf eval, audit and export refuse an edited one
 
     error: str | None = None  # why a diverged run stopped
     diverged_at_step: int | None = None
@@ -69,6 +71,10 @@ class RunResult:
 
     @classmethod
     def read(cls, path: Path) -> RunResult:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        """The result written at `path`; GolfError naming the file when it is not one."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            raise GolfError(f"{path}: not a readable result ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None

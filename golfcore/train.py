@@ -166,27 +166,44 @@ NO_BAD_STEP = 2**62  # first_bad_step while every step was finite (the all-reduc
 
 
 class StopSignals:
-    """While active, SIGTERM and SIGINT only raise a flag; the trainer stops at the next step boundary.
+    """While active, SIGTERM and SIGINT only raise a flag, read at step boundaries (and between
+    warm-up steps and scored batches: `raise_if_received`); a second signal takes its default
+    action and ends the process at once, even inside a long step. Entered while one is active
+    (the trainer inside a run), it is that one. Handlers can only be installed from the main
+    thread; elsewhere signals keep their default behaviour."""
 
-    Handlers can only be installed from the main thread; elsewhere (a trainer run from a
-    worker thread) signals keep their default behaviour."""
+    active: StopSignals | None = None
 
     def __init__(self):
         self.received: str | None = None
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopSignals:
+        if StopSignals.active is not None:
+            return StopSignals.active
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
+            StopSignals.active = self
         return self
 
     def _handle(self, signum, frame) -> None:
         self.received = signal.Signals(signum).name
+        for sig in self._previous:
+            signal.signal(sig, signal.SIG_DFL)
+        os.write(2, f"\n{self.received}: stopping at the next step boundary; a second signal stops at once\n".encode())
+
+    @classmethod
+    def raise_if_received(cls, where: str) -> None:
+        """TrainingInterrupted (exit 75) when the active handlers saw a signal."""
+        if cls.active is not None and cls.active.received:
+            raise TrainingInterrupted(f"interrupted by {cls.active.received} {where}")
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        if StopSignals.active is self:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+            StopSignals.active = None
 
 
 @dataclass
@@ -386,6 +403,7 @@ class Trainer:
                 s.set(state)
             self.train_step(step, 1.0)
             self.on_log({"event": "warmup", "step": step + 1, "of": n + len(others)})
+            StopSignals.raise_if_received("during the compile warm-up, before training started")
         for s, state in zip(self.switches, start):
             s.set(state)
         self.model.load_state_dict(model_state_before)

@@ -56,7 +56,7 @@ class Config(golf.Section):
             raise self.invalid("scale_init", "must be finite")
 
 
-def bigram_buckets(tokens: Tensor, buckets: int, cross_documents: bool, bos_id: int = golf.BOS_ID) -> Tensor:
+def bigram_buckets(tokens: Tensor, buckets: int, cross_documents: bool, bos_id: int = 1) -> Tensor:
     """tokens [B,T] -> bucket ids [B,T] (int64), by the rule in the module docstring."""
     t = tokens.long()
     mod = buckets - 1
@@ -68,8 +68,7 @@ def bigram_buckets(tokens: Tensor, buckets: int, cross_documents: bool, bos_id: 
 
 
 class BigramHash(nn.Module):
-    def __init__(self, buckets: int, dim: int, model_dim: int, scale_init: float, cross_documents: bool,
-                 bos_id: int = golf.BOS_ID):
+    def __init__(self, buckets: int, dim: int, model_dim: int, scale_init: float, cross_documents: bool, bos_id: int = 1):
         super().__init__()
         self.buckets, self.cross_documents, self.bos_id = buckets, cross_documents, bos_id
         self.table = golf.declare(nn.Parameter(torch.zeros(buckets, dim)), "embed", "embedding")  # E_b [M,dim], zero init

@@ -38,7 +38,7 @@ class Config(golf.Section):
 
 
 class GatedSmear(nn.Module):
-    def __init__(self, window: int, mask_bos: bool, bos_id: int = golf.BOS_ID):
+    def __init__(self, window: int, mask_bos: bool, bos_id: int = 1):
         super().__init__()
         self.window, self.mask_bos, self.bos_id = window, mask_bos, bos_id
         self.weight = golf.declare(nn.Parameter(torch.zeros(1, window)), "scalar", "float32")  # w [1,window]

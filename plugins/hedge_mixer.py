@@ -115,8 +115,8 @@ class HedgeMixer:
     history_len = 2
     order = 10  # after TTT (order 0): it mixes the adapted model's distribution
 
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
+    def __init__(self, cfg: Config, bos_id: int = 1):
+        self.cfg, self.bos_id = cfg, bos_id
 
     # ------------------------------------------------------------------ state
 
@@ -151,7 +151,7 @@ class HedgeMixer:
         h = ((prev * HASH_A) ^ (cur * HASH_B)) % self.cfg.trigram_buckets
         start = (prev < 0) | (cur < 0)
         if not self.cfg.cross_documents:  # a document start is a fresh context, like the stream start
-            start = start | (cur == golf.BOS_ID)
+            start = start | (cur == self.bos_id)
         return torch.where(start, self.cfg.trigram_buckets, h)
 
     def _bigram_row(self, cur: Tensor) -> Tensor:
@@ -288,4 +288,4 @@ class HedgeMixerPlugin(golf.Plugin):
 
     @golf.hookimpl
     def golf_eval_adapter(self, config):
-        return HedgeMixer(self.config)
+        return HedgeMixer(self.config, config.tokens.bos_id)

@@ -38,7 +38,7 @@ class Config(golf.Section):
 
 
 class SmearGate(nn.Module):
-    def __init__(self, model_dim: int, gate_init: float, mask_bos: bool, bos_id: int = golf.BOS_ID):
+    def __init__(self, model_dim: int, gate_init: float, mask_bos: bool, bos_id: int = 1):
         super().__init__()
         self.mask_bos, self.bos_id = mask_bos, bos_id
         self.gate = golf.declare(nn.Parameter(torch.full((model_dim,), float(gate_init))), "scalar", "float32")  # g [d]

@@ -39,13 +39,14 @@ class ToyPath:
         self.table, self.ahead = torch.randn(V, V, generator=g), torch.randn(V, V, generator=g) * peek
         self.behind = torch.randn(V, V, generator=g) * (previous is not None)  # a bigram term on x_{t-1}
         self.mask_bos = previous == "masked at BOS"
+        self.bos_id = golf.SpecialTokens().bos_id
         self.document_aware = ["toy"] if previous else []
 
     def model(self, tokens, width):  # [B,T] -> [B,width,V]
         nxt = torch.nn.functional.pad(tokens[:, 1:], (0, 1))
         prev = self.behind[torch.nn.functional.pad(tokens[:, :-1], (1, 0))]
         if self.mask_bos:
-            prev = torch.where((tokens == golf.BOS_ID)[..., None], 0.0, prev)
+            prev = torch.where((tokens == self.bos_id)[..., None], 0.0, prev)
         return torch.log_softmax(self.table[tokens] + self.ahead[nxt] + prev, -1)[:, -width:]
 
     def score(self, tokens, variant, record):
@@ -96,7 +97,7 @@ def test_a_model_reading_the_next_token_is_blamed_on_the_model():
 @pytest.mark.parametrize("previous, status", [("masked at BOS", "pass"), ("crossing documents", "fail")])
 def test_document_boundary_probe_holds_a_plugin_to_its_claim(previous, status):
     stream = STREAM.clone()
-    stream[[0, 90, 200]] = golf.BOS_ID  # three documents
+    stream[[0, 90, 200]] = golf.SpecialTokens().bos_id  # three documents
     row = audit.audit_documents(ToyPath(previous=previous), stream, seed=0)
     assert row["status"] == status and "tokens 1..89 rewritten" in row["figures"]
 

@@ -18,12 +18,16 @@ from golfcore.data import (
     SHARD_MAGIC,
     SHARD_VERSION,
     DistributedTokenLoader,
+    SpecialTokens,
     TokenStream,
+    load_val_bytes,
     load_val_tokens,
+    open_corpus,
     open_shard_folder,
     read_shard,
     resolve_corpus,
     shard_files,
+    sidecar_name,
     write_shard,
 )
 from golfcore.errors import ConfigError, DataError
@@ -267,3 +271,80 @@ def test_shard_folder_errors_name_the_path_and_its_setting(tmp_path, what, messa
 def test_shards_and_tokenizer_go_together():
     with pytest.raises(ConfigError, match="shards and tokenizer are set together"):
         DataSection(shards="x").check()
+
+
+# ----------------------------------------------------------------------------- tokenizers and sidecars
+
+
+def test_special_tokens_are_read_from_the_tokenizer(tmp_path):
+    import io
+
+    import sentencepiece as spm
+
+    from golfcore.assets import FINEWEB_SP1024_MODEL
+
+    fineweb = SpecialTokens.of(spm.SentencePieceProcessor(model_file=str(FINEWEB_SP1024_MODEL)))
+    assert fineweb == SpecialTokens(bos_id=1, eos_id=2, unk_id=3, pad_id=0, control_ids=(0, 1, 2))
+    model = io.BytesIO()  # a tokenizer whose BOS is not 1
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(["abc abd abe " * 50] * 20), model_writer=model, vocab_size=30, hard_vocab_limit=False,
+                                   unk_id=0, eos_id=1, pad_id=2, bos_id=5, user_defined_symbols=["x", "y"], minloglevel=2)
+    other = SpecialTokens.of(spm.SentencePieceProcessor(model_proto=model.getvalue()))
+    assert (other.bos_id, other.eos_id, other.unk_id, other.pad_id, other.control_ids) == (5, 1, 0, 2, (1, 2, 5))
+
+
+def _sidecar_corpus(tmp_path, val_sizes=(5, 4), sidecars=True):
+    """A meta.json corpus of val shards with byte sidecars (entry j: token j's bytes), transform caseops_v1."""
+    import sentencepiece  # noqa: F401  (the tokenizer file is only checked for presence here)
+
+    from golfcore.assets import FINEWEB_SP1024_MODEL
+
+    d = tmp_path / "c"
+    d.mkdir()
+    shutil.copyfile(FINEWEB_SP1024_MODEL, d / "tokenizer.model")
+    write_shard(d / "c_train_000000.bin", np.arange(1, 20))
+    names = []
+    for i, n in enumerate(val_sizes):
+        names.append(f"c_val_{i:06d}.bin")
+        write_shard(d / names[-1], np.arange(1, n + 1))
+        if sidecars:
+            write_shard(d / sidecar_name(names[-1]), np.arange(n) % 3 + 10 * i)
+    meta = {"name": "c", "vocab_size": 1024, "transform": "caseops_v1", "fingerprint": {}, "train_files": ["c_train_000000.bin"],
+            "val_files": names, "val_bytes_files": [sidecar_name(n) for n in names] if sidecars else []}
+    (d / "meta.json").write_text(json.dumps(meta))
+    return d
+
+
+def test_val_bytes_follow_the_val_tokens(tmp_path):
+    assert sidecar_name("fineweb_val_000003.bin") == "fineweb_val_bytes_000003.bin"
+    corpus = open_corpus("c", _sidecar_corpus(tmp_path), 0, "rebuild it")
+    assert corpus.transform == "caseops_v1" and corpus.record()["bytes"] == "sidecar"
+    assert load_val_bytes(corpus).tolist() == [0, 1, 2, 0, 1, 10, 11, 12, 10]
+    assert load_val_bytes(corpus, max_targets=5).tolist() == [0, 1, 2, 0, 1, 10]
+    assert load_val_bytes(corpus).shape == load_val_tokens(corpus).shape
+    write_shard(corpus.val_bytes_files[1], np.arange(3))
+    with pytest.raises(DataError, match="c_val_bytes_000001.bin has 3 entries for the 4 tokens of c_val_000001.bin"):
+        load_val_bytes(corpus)
+
+
+def test_transformed_corpus_without_sidecars_is_refused(tmp_path):
+    with pytest.raises(DataError, match="built through the caseops_v1 transform but has 0 byte sidecars for 2 val shards; rebuild it"):
+        open_corpus("c", _sidecar_corpus(tmp_path, sidecars=False), 0, "rebuild it")
+
+
+@pytest.mark.parametrize("corpus, command", [
+    ("fineweb10B_sp8192", "golf data fineweb --variant sp8192 --train-shards 1"),
+    ("fineweb10B_sp4096", "golf data fineweb --variant sp4096 --train-shards 1"),
+    ("fineweb10B_sp8192_caseops", "golf data fineweb --variant sp8192_caseops --train-shards 1"),
+    ("pystdlib_caseops", "golf data pystdlib --caseops --force"),
+])
+def test_corpora_by_name_say_how_to_get_them(tmp_path, corpus, command):
+    DataSection(corpus=corpus).check()
+    with pytest.raises(DataError) as e:
+        resolve_corpus(DataSection(corpus=corpus, root=str(tmp_path)))
+    assert str(e.value).startswith(f"corpus {corpus} is not") and command in str(e.value)
+
+
+@pytest.mark.parametrize("corpus", ["fineweb10B_spx", "fineweb10B_sp8192_lower", "wikipedia"])
+def test_unknown_corpus_names_are_a_config_error(corpus):
+    with pytest.raises(ConfigError, match="unknown corpus"):
+        DataSection(corpus=corpus).check()

@@ -13,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 
 from golfcore.assets import FINEWEB_SP1024_MODEL
-from golfcore.errors import ComplianceError, ConfigError
+from golfcore.errors import ComplianceError, ConfigError, DataError
 from golfcore.eval import ByteLUTs, Window, build_byte_luts, evaluate, plan_windows
 
 V = 16
@@ -230,6 +230,20 @@ def test_bigram_model_matches_hand_computation(seq_len, stride, batch_seqs):
     assert res.targets == 202 and res.bytes == hand_bytes(val)
     assert res.val_loss == pytest.approx(nll / 202, rel=1e-9)
     assert res.val_bpb == pytest.approx(nll / math.log(2) / res.bytes, rel=1e-9)
+
+
+@pytest.mark.parametrize("seq_len,stride,batch_seqs", [(32, 32, 4), (32, 8, 7), (50, 7, 3)])
+def test_byte_sidecar_replaces_the_table(seq_len, stride, batch_seqs):
+    """With a sidecar, each target is charged its own entry (whatever the table says), once."""
+    val = random_tokens(203)
+    sidecar = torch.randint(0, 5, (203,), generator=torch.Generator().manual_seed(3))
+    table, fn = bigram_model()
+    nll = sum(-float(table[x, y]) for x, y in zip(val.tolist(), val[1:].tolist()))
+    res = evaluate(fn, val, toy_luts(), seq_len=seq_len, stride=stride, batch_seqs=batch_seqs, token_bytes=sidecar)
+    assert res.bytes == int(sidecar[1:].sum()) != hand_bytes(val) and res.checks["bytes_from"] == "sidecar"
+    assert res.val_bpb == pytest.approx(nll / math.log(2) / int(sidecar[1:].sum()), rel=1e-9)
+    with pytest.raises(DataError, match="202 byte counts for 203 validation tokens"):
+        evaluate(fn, val, toy_luts(), seq_len=seq_len, stride=stride, token_bytes=sidecar[1:])
 
 
 def test_result_does_not_depend_on_batch_size():

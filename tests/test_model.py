@@ -85,6 +85,18 @@ def test_rotary_is_a_rotation_and_partial_dims_untouched():
     assert torch.allclose(r[0] @ r[1], r[2] @ r[3], atol=1e-5)
 
 
+def test_rotary_past_the_training_length_keeps_the_plain_base():
+    """An eval window longer than training ([eval] seq_len > [train] seq_len) rotates position t
+    by t * base^(-2i/dims) whatever the window length, as PR #1953 and #2135 ran (ROPE_YARN=0)."""
+    x = torch.randn(1, 40, 2, 8)
+    rotary = Rotary(8, 10000.0, dims=4)
+    assert torch.allclose(rotary(x)[:, :32], rotary(x[:, :32]), atol=1e-6)
+    t, inv = 39.0, 10000.0 ** (-torch.arange(0, 4, 2) / 4)
+    cos, sin = (t * inv).cos(), (t * inv).sin()
+    x1, x2 = x[0, 39, 0, :2], x[0, 39, 0, 2:4]
+    assert torch.allclose(rotary(x)[0, 39, 0, :4], torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin)), atol=1e-5)
+
+
 def test_seed_makes_builds_identical():
     config = tiny_config()
     a = build_model(config, host_with(config), None)

@@ -5,7 +5,6 @@ import pytest
 import golfcore as golf
 from golfcore.errors import ConfigError
 from golfcore.plugins import Host, PluginInfo, discover
-import torch
 from golf_plugins.leaky_relu2 import LeakyRelu2
 from golf_plugins.smear_gate import SmearGatePlugin
 from torch import nn
@@ -98,7 +97,10 @@ def test_only_enabled_plugins_run():
 
 
 def test_collect_sorts_by_order_then_recipe_order():
-    class Tagged:
+    class Tagged:  # what the hook answers: an eval adapter (never run here)
+        name, history_len = "tagged", 0
+        start = adjust = observe = None
+
         def __init__(self, tag, order):
             self.tag, self.order = tag, order
 

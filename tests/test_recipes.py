@@ -1,4 +1,4 @@
-"""The shipped recipes: they resolve, build the models they promise, and compile."""
+"""The shipped recipes: they resolve, build the models they promise and run end to end (compiling them: tests/test_compile.py, tests/test_cuda.py)."""
 
 import json
 from pathlib import Path
@@ -56,6 +56,17 @@ def test_v4_is_pr549_plus_the_six_techniques():
     assert set(load_recipe(RECIPES / "pr549-quick.toml", available).plugins) == set(pr549.plugins)
 
 
+def test_caseops_quick_is_quickstart_on_the_caseops_corpus_whole_split():
+    available = discover()
+    caseops = load_recipe(RECIPES / "caseops-quick.toml", available).to_dict()
+    quick = load_recipe(RECIPES / "quickstart.toml", available).to_dict()
+    assert caseops["data"]["corpus"] == "pystdlib_caseops" and caseops["data"]["max_val_tokens"] == 0
+    for section in ("data", "run"):
+        for key in ("corpus", "max_val_tokens", "name"):
+            caseops[section].pop(key, None), quick[section].pop(key, None)
+    assert caseops == quick
+
+
 @pytest.mark.parametrize("technique", ["xsa", "value_residual", "gated_attention", "crownq", "recurrence", "ttt", "hedge_mixer"])
 def test_every_v4_technique_switches_off(technique):
     config, model = model_of("v4-quick.toml", technique)
@@ -65,22 +76,7 @@ def test_every_v4_technique_switches_off(technique):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["quickstart.toml", "pr549-quick.toml", "v4-quick.toml"])
-def test_model_compiles_fullgraph_and_matches_eager(recipe):
-    torch._dynamo.reset()
-    _, model = model_of(recipe)
-    with torch.no_grad():
-        for layer in model.layers:  # zero-initialised projections would hide most of the graph
-            layer.o.weight.normal_(0, 0.02)
-            layer.down.weight.normal_(0, 0.02)
-        tokens = torch.randint(0, 1024, (2, 64))
-        eager = model.logits(tokens)
-        compiled = torch.compile(model.logits, fullgraph=True)(tokens)
-    assert torch.allclose(compiled, eager, atol=1e-4)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["quickstart.toml", "pr549-quick.toml", "v4-quick.toml"])
+@pytest.mark.parametrize("recipe", ["quickstart.toml", "pr549-quick.toml", "v4-quick.toml", "pr2135-quick.toml"])
 def test_quick_recipe_runs_end_to_end_and_passes_every_probe(recipe, tmp_path, pystdlib_root):
     from tests.test_cli import golf
 
@@ -90,7 +86,8 @@ def test_quick_recipe_runs_end_to_end_and_passes_every_probe(recipe, tmp_path, p
     (run_dir,) = tmp_path.iterdir()
     result = json.loads((run_dir / "result.json").read_text())
     expected = {"quickstart.toml": ["roundtrip"], "pr549-quick.toml": ["roundtrip", "roundtrip+ttt"],
-                "v4-quick.toml": ["roundtrip", "roundtrip+ttt", "roundtrip+ttt+hedge_mixer"]}[recipe]
+                "v4-quick.toml": ["roundtrip", "roundtrip+ttt", "roundtrip+ttt+hedge_mixer"],
+                "pr2135-quick.toml": ["roundtrip", "roundtrip+ngram_tilt"]}[recipe]
     assert list(result["stages"]) == expected
     assert result["legal"] and run_dir.name.startswith(result["name"]) and not run_dir.name.endswith(".invalid")
     for name in ("c1_causal", "c2_normalized", "c3_score_before_update", "c4_each_target_once", "artifact_budget"):
@@ -100,7 +97,7 @@ def test_quick_recipe_runs_end_to_end_and_passes_every_probe(recipe, tmp_path, p
     if len(expected) > 1:  # the probe crossed a chunk boundary (chunk_tokens=512 here)
         assert 511 in c1["cut_points"] and c1["prefix_targets"] > 512
     assert c1["reach"] > 0  # perturbing after each cut point visibly changed the later scores
-    if recipe != "quickstart.toml":
+    if recipe in ("pr549-quick.toml", "v4-quick.toml"):
         assert result["artifact"]["quantizer"] == "gptq_lite" and result["artifact"]["compressor"] == "lzma"
 
 
@@ -174,3 +171,27 @@ def test_pr1855_is_the_records_architecture_and_count():
     assert type(block.kernel).__name__ == "DocumentMaskedAttention" and block.rotary.dims == 16
     assert [b.input_scale for b in model.blocks[6:9]] == [1 / 4 ** 0.5, 1 / 5 ** 0.5, 1 / 6 ** 0.5]  # LN scale by physical layer
     assert config.model.qk_gain_init == 5.0 and config.model.mlp_hidden == 2048 and config.model.logit_softcap == 30.0
+
+
+def test_pr2135_is_pr1855_with_its_launch_line_and_count():
+    # PR #2135's log: model_params:35945673, PR #1855's count plus the asymmetric softcap's two caps
+    available = discover()
+    config = load_recipe(RECIPES / "pr2135.toml", available)
+    host = Host(config, available)
+    check_config(config, host)
+    with torch.device("meta"):
+        model = build_model(config, host, host.first("golf_quantizer", config=config))
+    assert count_parameters(model) == 35_945_671 + 2 == 35_945_673
+    assert (config.eval_seq_len, config.train.seq_len, config.optim.matrix_lr) == (2560, 2048, 0.028)
+    assert config.plugins["gated_smear"].mask_bos is False  # SMEAR_GATE_BOS_FIX=0, as it ran
+    tilt = config.plugins["ngram_tilt"]
+    assert (tilt.order, tilt.boost, tilt.threshold) == (16, 2.625, 0.8)
+
+
+@pytest.mark.parametrize("recipe", ["pr1855-quick.toml", "pr2135-quick.toml"])
+def test_frontier_quick_recipes_keep_every_technique_and_score_finite(recipe):
+    full = load_recipe(RECIPES / recipe.replace("-quick", ""), discover())
+    config, model = model_of(recipe)
+    assert set(config.plugins) == set(full.plugins) and config.data.corpus == "pystdlib_caseops"
+    assert config.eval_seq_len >= config.train.seq_len
+    assert torch.isfinite(model.logits(torch.randint(0, 1024, (1, config.eval_seq_len)))).all()

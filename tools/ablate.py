@@ -14,9 +14,10 @@ crashing run cannot take the ablation down. Layout of the ablation directory:
 
 Resume: a finished run (its directory holds result.json) is reused when its recipe.toml is
 the planned resolved recipe, its seed is the planned seed and its code_sha256 is the hash of
-the train_gpt.py the planned run would count (golfcore.bundle); anything else is removed and
-run again. A run killed by a signal, or exiting with code 75, was interrupted: it is rerun next
-time, not reported as failed.
+the train_gpt.py the planned run would count (golfcore.bundle). An interrupted run (killed by
+a signal, or exiting with code 75) of the planned recipe continues from its checkpoint (`golf
+run --resume`). Nothing is deleted: a run of another plan (a changed --set, other code) is
+moved aside to superseded/<time>/<variant>/seed-<S> and said so, and its place run again.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +37,7 @@ from typing import Callable
 from golfcore.bundle import Bundle
 from golfcore.errors import ConfigError, GolfError
 from golfcore.plugins import PluginInfo, discover
+from golfcore.processes import start_child
 from golfcore.recipe import dump_toml, load_recipe
 from golfcore.run import ARTIFACT_NAME, RECIPE_NAME
 
@@ -87,10 +88,13 @@ class Plan:
         path = Path(directory) / "plan.json"
         if not path.is_file():
             raise GolfError(f"{directory}: not an ablation directory (no plan.json)")
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        raw["variants"] = [Variant(**v) for v in raw["variants"]]
-        raw["bar"] = Bar(**raw["bar"])
-        return cls(**raw)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            raw["variants"] = [Variant(**v) for v in raw["variants"]]
+            raw["bar"] = Bar(**raw["bar"])
+            return cls(**raw)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise GolfError(f"{path}: not a readable ablation plan ({type(e).__name__}: {e})") from None
 
 
 def run_path(directory: Path, variant: str, seed: int) -> Path:
@@ -152,6 +156,9 @@ def plan_ablation(recipe: Path, *, mode: str = "leave-one-out", base: Path | Non
                 variant.impossible = f"needs {', '.join(missing)}, which {recipe} does not enable"
             variant.args = [a for n in added if n in full.plugins for a in _enable_args(n, full.plugins[n])]
             variants.append(variant)
+    if len(variants) == 1:
+        raise ConfigError(f"{recipe}: no plugin to vary (it enables none beyond the reference, or --only/--skip "
+                          f"leave none): nothing to ablate")
     for variant in variants[1:]:
         changed = variant.removed or variant.added
         variant.rescored = all(available[n].cls.acts_only_at_eval() for n in changed)
@@ -249,8 +256,8 @@ def reusable(spec: RunSpec) -> bool:
     result_file = spec.directory / "result.json"
     if not result_file.is_file():
         return False
-    result = json.loads(result_file.read_text(encoding="utf-8"))
-    same = ((spec.directory / RECIPE_NAME).read_text(encoding="utf-8") == spec.recipe_text
+    result = read_result(spec.directory)
+    same = (_recipe_text(spec.directory) == spec.recipe_text
             and result.get("seed") == spec.seed and result.get("code_sha256") == spec.code_hash)
     if same and spec.reference is not None:
         artifact = (spec.reference.directory / ARTIFACT_NAME).read_bytes()
@@ -258,12 +265,47 @@ def reusable(spec: RunSpec) -> bool:
     return same
 
 
-def _clear(run_dir: Path) -> None:
-    """Remove what a previous attempt left: a mismatched run, a partial one, a failure note."""
-    for path in (run_dir, run_dir.with_name(f"{run_dir.name}.incomplete")):
+def read_result(run_dir: Path) -> dict:
+    """A run's result.json as a dict; GolfError naming the file when it is not JSON."""
+    path = run_dir / "result.json"
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise GolfError(f"{path}: not a readable result ({type(e).__name__}: {e})") from None
+    if not isinstance(result, dict):
+        raise GolfError(f"{path}: not a readable result (a JSON {type(result).__name__}, not an object)")
+    return result
+
+
+def _recipe_text(run_dir: Path) -> str | None:
+    path = run_dir / RECIPE_NAME
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def _prepare(spec: RunSpec, directory: Path, stamp: str, notice: Callable[[str], None]) -> list[str]:
+    """Make way for spec's run and return its command: an interrupted attempt at the planned
+    recipe is resumed; a finished or interrupted run of another plan is moved aside (never
+    deleted) to superseded/<stamp>/, and said so."""
+    partial = spec.directory.with_name(f"{spec.directory.name}.incomplete")
+    failed_marker(spec.directory).unlink(missing_ok=True)
+    if partial.exists() and not spec.variant.rescored and _recipe_text(partial) == spec.recipe_text:
+        return [*spec.command[:3], "run", "--resume", str(partial), *_passed_on(spec.command)]
+    for path in (spec.directory, partial):
         if path.exists():
-            shutil.rmtree(path)
-    failed_marker(run_dir).unlink(missing_ok=True)
+            aside = directory / "superseded" / stamp / spec.variant.name / path.name
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            path.rename(aside)
+            notice(f"{path} is not this plan's run (another recipe, seed or code): moved aside to {aside}")
+    return spec.command
+
+
+def _passed_on(command: list[str]) -> list[str]:
+    """The options of a run's command that its resumption needs too (plugin folders, processes)."""
+    out = []
+    for option, value in zip(command, command[1:]):
+        if option in ("--plugins-dir", "--nproc"):
+            out += [option, value]
+    return out
 
 
 def _error_line(log: Path) -> str:
@@ -289,13 +331,13 @@ class LocalLauncher:
             self.slots = [",".join(str(g) for g in range(i * per_run, (i + 1) * per_run)) for i in range(parallel)]
         self.free = list(range(parallel))
 
-    def start(self, spec: RunSpec, log: Path):
+    def start(self, spec: RunSpec, command: list[str], log: Path):
         slot = self.free.pop(0)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         if self.slots[slot] is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.slots[slot]
         with open(log, "w", encoding="utf-8") as out:
-            process = subprocess.Popen(spec.command, stdout=out, stderr=subprocess.STDOUT, env=env)
+            process = start_child(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         return _LocalHandle(process, lambda: self.free.append(slot))
 
 
@@ -343,8 +385,8 @@ class SubmititLauncher:
             slurm_partition=options.partition, slurm_additional_parameters=dict(options.sbatch),
         )
 
-    def start(self, spec: RunSpec, log: Path):
-        return _JobHandle(self.executor.submit(run_logged, spec.command, str(log)))
+    def start(self, spec: RunSpec, command: list[str], log: Path):
+        return _JobHandle(self.executor.submit(run_logged, command, str(log)))
 
 
 class _JobHandle:
@@ -373,9 +415,11 @@ def run_logged(command: list[str], log: str) -> int:
 
 
 def execute(specs: list[RunSpec], directory: Path, launcher, on_change: Callable[[list[RunState]], None],
-            poll_seconds: float = 0.2) -> list[RunState]:
+            poll_seconds: float = 0.2, notice: Callable[[str], None] = lambda line: None) -> list[RunState]:
     """Reuse or run every spec, at most launcher.capacity at once; a re-scored variant waits for
-    its reference run. Ctrl-C / SIGTERM stop the running ones (they count as interrupted)."""
+    its reference run. Ctrl-C / SIGTERM stop the running ones (they count as interrupted);
+    `notice(line)` hears of every run moved aside."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     states = [RunState(s) for s in specs]
     by_dir = {s.spec.directory: s for s in states}
     running: dict[Path, tuple[RunState, object]] = {}
@@ -395,10 +439,10 @@ def execute(specs: list[RunSpec], directory: Path, launcher, on_change: Callable
                     state.status = "reused"
                     state.val_bpb = _val_bpb(state.spec.directory)
                     continue
-                _clear(state.spec.directory)
                 state.spec.directory.parent.mkdir(parents=True, exist_ok=True)
+                command = _prepare(state.spec, directory, stamp, notice)
                 state.status, state.started = "running", time.monotonic()
-                running[state.spec.directory] = (state, launcher.start(state.spec, _log_path(directory, state.spec)))
+                running[state.spec.directory] = (state, launcher.start(state.spec, command, _log_path(directory, state.spec)))
             for key, (state, handle) in list(running.items()):
                 code = handle.poll()
                 if code is not None:
@@ -427,7 +471,7 @@ def _log_path(directory: Path, spec: RunSpec) -> Path:
 
 
 def _val_bpb(run_dir: Path) -> float:
-    return json.loads((run_dir / "result.json").read_text(encoding="utf-8"))["val_bpb"]
+    return read_result(run_dir).get("val_bpb")
 
 
 def _settle(state: RunState, code: int, log: Path) -> None:
@@ -443,12 +487,15 @@ def _settle(state: RunState, code: int, log: Path) -> None:
 
 
 def run_ablation(plan: Plan, directory: Path, launcher, on_change: Callable[[list[RunState]], None],
-                 nproc: int = 1) -> tuple[list[RunState], dict]:
+                 nproc: int = 1, notice: Callable[[str], None] = lambda line: None) -> tuple[list[RunState], dict]:
     """Save the plan, reuse or run every run, append this session to sessions.jsonl and write
     the outputs (also after an interruption, with what finished). Returns (states, ablation.json)."""
     from .report import render
 
     directory = Path(directory)
+    if (directory / "plan.json").is_file() and Plan.load(directory) != plan:
+        notice(f"{directory}: the plan changed since the last session; finished runs of the earlier plan that do "
+               f"not match it are moved aside to {directory / 'superseded'}, not deleted")
     plan.save(directory)
     specs = run_specs(plan, directory, nproc)
     started = time.time()
@@ -459,7 +506,7 @@ def run_ablation(plan: Plan, directory: Path, launcher, on_change: Callable[[lis
         on_change(current)
 
     try:
-        execute(specs, directory, launcher, track)
+        execute(specs, directory, launcher, track, notice=notice)
     finally:
         counts = {k: sum(s.status == k for s in states) for k in ("done", "reused", "failed", "interrupted", "skipped")}
         session = {"started": started, "wall_seconds": time.time() - started, "executed": counts["done"] + counts["failed"],

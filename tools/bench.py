@@ -74,6 +74,84 @@ def detect_peak_tflops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
+class _FlashShapedAttention(torch.autograd.Function):
+    """SDPA as FlashAttention runs it on a GPU, for counting only: it keeps q, k, v, the output
+    and the fp32 log-sum-exp [B,H,T] for backward, never the [T,T] scores that SDPA's math
+    fallback (the only one on the meta device) would keep."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):  # [B,H,T,D] each (k, v: G heads)
+        out = torch.empty_like(q)
+        lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, _, _ = ctx.saved_tensors
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _flash_shaped_sdpa(q, k, v, *args, **kwargs):
+    return _FlashShapedAttention.apply(q, k, v)
+
+
+def dry_build(config: RunConfig, available: dict[str, PluginInfo], world_size: int = 8) -> dict:
+    """The recipe's model built on the meta device (nothing allocated): its parameters, FLOPs per
+    token and projected peak memory per rank at the recipe's micro-batch on `world_size` GPUs, with
+    every compile switch on (docs/performance.md, "Dry builds": what is counted and how)."""
+    from unittest import mock
+
+    from golfcore.assemble import build_model, check_config
+    from golfcore.params import param_specs
+    from golfcore.plugins import Host
+    from golfcore.train import micro_batches_per_rank
+
+    host = Host(config, available)
+    check_config(config, host)
+    with torch.device("meta"):
+        model = build_model(config, host, host.first("golf_quantizer", config=config))
+    model.activation_dtype = torch.bfloat16
+    for module in model.modules():  # every switch on (recurrence looping, QAT on): the largest state
+        if isinstance(getattr(module, "compile_switch", None), bool):
+            module.compile_switch = True
+    accum, _ = micro_batches_per_rank(config, world_size)
+    t = config.train
+    rows = t.batch_tokens // (world_size * accum * t.seq_len)
+    tokens = torch.zeros(rows, t.seq_len, dtype=torch.long, device="meta")
+    weights_storage = {p.untyped_storage()._cdata for p in model.parameters()}
+    saved: dict[int, int] = {}  # storage -> bytes: views of one tensor (a transpose, a slice) count once
+
+    def keep(x: torch.Tensor) -> torch.Tensor:
+        storage = x.untyped_storage()
+        if storage._cdata not in weights_storage:  # a parameter or a view of one: counted as weights
+            saved[storage._cdata] = storage.nbytes()
+        return x
+
+    with mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", _flash_shaped_sdpa), \
+            torch.autograd.graph.saved_tensors_hooks(keep, lambda x: x), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(tokens, tokens)
+    params = sum(p.numel() for p in model.parameters())
+    shapes = dict(model.named_parameters())
+    matrix = sum(shapes[name].numel() for name, spec in param_specs(model).items() if spec.group == "matrix")
+    weights = grads = 4 * params  # fp32 master weights and gradients
+    optimizer = 4 * matrix + 8 * (params - matrix)  # Muon: one momentum buffer; AdamW: two moments
+    activations = sum(saved.values())
+    gib = 2.0**30
+    return {
+        "params": params,
+        "model_tflops_per_token": flops_per_token(model, config) / 1e12,
+        "model_tflops_per_token_causal": flops_per_token(model, config, causal=True) / 1e12,
+        "world_size": world_size,
+        "micro_batch": f"{rows} x {t.seq_len} tokens, {accum} per step per rank",
+        "weights_gib": weights / gib,
+        "grads_gib": grads / gib,
+        "optimizer_gib": optimizer / gib,
+        "activations_gib": activations / gib,
+        "peak_memory_gib_estimate": (weights + grads + optimizer + activations) / gib,
+    }
+
+
 class Bench:
     """One recipe's model and trainer, warmed up, stepped on demand in a given regime."""
 
@@ -162,6 +240,20 @@ def bench(config: RunConfig, available: dict[str, PluginInfo], steps: int = 5, w
         for _ in range(steps):
             b.timed_step(regime)
     return b.figures(peak_tflops)
+
+
+def profile_step(config: RunConfig, available: dict[str, PluginInfo], warmup: int = 2, rows: int = 15) -> str:
+    """The top operators of one training step (full lr scale, after the warm-up) by their own
+    device time (CPU time on the CPU), as torch.profiler's table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    b = Bench(config, available, warmup)
+    b.timed_step("full")  # a step outside the profile: allocator and caches settle
+    cuda = b.dist.device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as prof:
+        b.timed_step("full")
+    return prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=rows)
 
 
 def compare(first: RunConfig, second: RunConfig, available: dict[str, PluginInfo], steps: int = 5, warmup: int = 2,

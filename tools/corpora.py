@@ -10,36 +10,32 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
-import io
 import json
 import os
 import platform
 import re
 import shutil
 import sysconfig
+import time
 import uuid
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
-import numpy as np
 
 from golfcore.config import DataSection
 from golfcore.data import (
-    BOS_ID, PYSTDLIB_BUILDER, Corpus, corpus_command, open_corpus, resolve_corpus, shard_files, shard_num_tokens,
-    write_shard,
+    EMBEDDED_CORPORA, PYSTDLIB_BUILDER, Corpus, corpus_command, data_root, open_corpus, resolve_corpus, shard_files,
+    shard_num_tokens, sidecar_name,
 )
 from golfcore.errors import DataError
 from golfcore.files import sha256_file, write_json
 
-SHARD_TOKENS = 1 << 21
-"""Tokens per shard written by golf's builders. Small enough that the default corpus spans a
-few shards (so multi-shard loading and `max_train_shards` are exercised), large enough that a
-shard switch is rare; the challenge's FineWeb shards hold 100M tokens."""
+from .tokenizer import encode_split, train_tokenizer
 
-NUM_THREADS = 2
-"""sentencepiece threads for training and encoding: builds must stay quick on a 2-core CI box."""
+NUM_PROCESSES = 2
+"""Encoding processes of a build: builds must stay quick on a 2-core CI box."""
 
 PYSTDLIB_VAL_PERCENT = 5
 PYSTDLIB_EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"})
@@ -48,20 +44,14 @@ test suites (Lib/test, ctypes/test, unittest/test, tkinter/test, distutils/tests
 lib2to3/tests, idlelib/idle_test), which are repetitive, hold deliberately malformed files and
 would otherwise be 60% of the corpus."""
 SEED = 1337
-TOKENIZER_MAX_CHARS = 64_000_000
-"""Cap on the text a tokenizer is trained on (the whole pystdlib train split is ~12M)."""
-TOKENIZER_CHUNK_CHARS = 4096
-"""Training text is cut at line ends into pieces of about this size (sentencepiece's unit)."""
-ENCODE_BATCH_CHARS = 8_000_000
-"""Documents are encoded in batches of about this many characters to bound memory."""
 
 
 def ensure_corpus(data: DataSection) -> Corpus:
-    """The corpus a recipe's [data] names, building the embedded pystdlib first if it is missing
-    or stale (seconds, no network). Other corpora must exist already: resolving a missing one
-    raises a DataError naming the `golf data` command that creates it."""
-    if data.corpus == "pystdlib":
-        build_pystdlib(Path(data.root))
+    """The corpus a recipe's [data] names, building an embedded pystdlib corpus first if it is
+    missing or stale (seconds, no network). Other corpora must exist already: resolving a
+    missing one raises a DataError naming the `golf data` command that creates it."""
+    if data.corpus in EMBEDDED_CORPORA and not data.shards:
+        build_pystdlib(data_root(data), caseops=bool(EMBEDDED_CORPORA[data.corpus]))
     return resolve_corpus(data)
 
 
@@ -99,125 +89,6 @@ def _shuffle_key(seed: int, identity: str | bytes) -> bytes:
     return hashlib.sha256(f"{seed}\0".encode() + data).digest()
 
 
-def _train_chunks(docs: Iterable[str]) -> Iterator[str]:
-    """Tokenizer training sentences: documents cut at line ends into ~TOKENIZER_CHUNK_CHARS pieces.
-
-    Cutting inside documents (not line by line) keeps indentation after a newline looking as it
-    does when whole files are encoded; only the first chunk's start gets the dummy prefix.
-    """
-    budget = TOKENIZER_MAX_CHARS
-    for doc in docs:
-        cur: list[str] = []
-        size = 0
-        for line in doc.splitlines(keepends=True):
-            if size + len(line) > TOKENIZER_CHUNK_CHARS and cur:
-                yield "".join(cur)
-                cur, size = [], 0
-            cur.append(line)
-            size += len(line)
-        if cur:
-            yield "".join(cur)
-        budget -= len(doc)
-        if budget <= 0:
-            return
-
-
-def _train_tokenizer(docs: Iterable[str], vocab_size: int, dest: Path) -> None:
-    """Train a byte-fallback BPE that keeps text byte-exact (identity normalization, whitespace kept).
-
-    Ids: 0 <unk>, 1 <s> (BOS, a control piece and so a boundary for byte accounting), no EOS or
-    pad, then "\\n" as its own piece, the 256 byte pieces, and merges. add_dummy_prefix stays on:
-    decode() drops the dummy space, which the eval's byte accounting relies on. Deterministic
-    for a given input (no sampling: input_sentence_size=0, no shuffling).
-    """
-    import sentencepiece as spm
-
-    model = io.BytesIO()
-    try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=_train_chunks(docs),
-            model_writer=model,
-            model_type="bpe",
-            vocab_size=vocab_size,
-            byte_fallback=True,
-            character_coverage=0.9995,
-            normalization_rule_name="identity",
-            remove_extra_whitespaces=False,
-            add_dummy_prefix=True,
-            allow_whitespace_only_pieces=True,
-            split_digits=True,
-            user_defined_symbols=["\n"],
-            unk_id=0,
-            bos_id=BOS_ID,
-            eos_id=-1,
-            pad_id=-1,
-            input_sentence_size=0,
-            shuffle_input_sentence=False,
-            max_sentence_length=4 * TOKENIZER_CHUNK_CHARS,
-            num_threads=NUM_THREADS,
-            minloglevel=2,
-        )
-    except RuntimeError as e:
-        raise DataError(
-            f"training a {vocab_size}-piece tokenizer failed ({str(e).strip().splitlines()[-1]}); "
-            "pass an existing --tokenizer, or a smaller --vocab-size for little text, a larger one for text of many distinct characters"
-        ) from None
-    dest.write_bytes(model.getvalue())
-
-
-class _ShardWriter:
-    """Lays documents end to end (each BOS + tokens) and cuts the stream into SHARD_TOKENS shards."""
-
-    def __init__(self, directory: Path, prefix: str, split: str):
-        self.directory, self.prefix, self.split = directory, prefix, split
-        self.buf = np.empty(SHARD_TOKENS, dtype=np.uint16)  # (SHARD_TOKENS,)
-        self.fill = 0
-        self.index = 0
-        self.total = 0
-
-    def add(self, ids: list[int]) -> None:
-        doc = np.empty(len(ids) + 1, dtype=np.uint16)  # (1 + n,)
-        doc[0] = BOS_ID
-        doc[1:] = ids
-        self.total += doc.size
-        while doc.size:
-            k = min(doc.size, SHARD_TOKENS - self.fill)
-            self.buf[self.fill : self.fill + k] = doc[:k]
-            self.fill += k
-            doc = doc[k:]
-            if self.fill == SHARD_TOKENS:
-                self._flush()
-
-    def _flush(self) -> None:
-        write_shard(self.directory / f"{self.prefix}_{self.split}_{self.index:06d}.bin", self.buf[: self.fill])
-        self.index += 1
-        self.fill = 0
-
-    def close(self) -> int:
-        """Write the last partial shard; return the number of tokens written."""
-        if self.fill:
-            self._flush()
-        return self.total
-
-
-def _encode_split(tokenizer: Path, docs: list[str], directory: Path, prefix: str, split: str) -> int:
-    """Encode documents in order with sentencepiece's threaded batch encoder and write shards."""
-    import sentencepiece as spm
-
-    sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
-    writer = _ShardWriter(directory, prefix, split)
-    start = 0
-    while start < len(docs):
-        end, chars = start, 0
-        while end < len(docs) and (end == start or chars < ENCODE_BATCH_CHARS):
-            chars += len(docs[end])
-            end += 1
-        for ids in sp.encode(docs[start:end], num_threads=NUM_THREADS):
-            writer.add(ids)
-        start = end
-    return writer.close()
-
-
 # ----------------------------------------------------------------------------- pystdlib
 
 
@@ -244,8 +115,21 @@ def _pystdlib_is_val(relpath: str) -> bool:
     return int.from_bytes(hashlib.sha256(relpath.encode("utf-8")).digest()[:8], "big") % 100 < PYSTDLIB_VAL_PERCENT
 
 
-def build_pystdlib(root: Path, force: bool = False) -> Corpus:
-    """Build the embedded corpus under <root>/pystdlib from this interpreter's stdlib sources.
+def _encode_splits(tokenizer: Path, splits: dict[str, list[str]], directory: Path, prefix: str, transform: str,
+                   processes: int = NUM_PROCESSES, progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Both splits' shards (with the val split's byte sidecars when there is a transform);
+    `progress(split, done, total)` counts documents. Returns each split's counts."""
+    return {
+        split: encode_split(tokenizer, docs, directory, prefix, split, transform, sidecar=bool(transform) and split == "val",
+                            processes=processes, progress=(lambda d, t, split=split: progress(split, d, t)) if progress else None)
+        for split, docs in splits.items()
+    }
+
+
+def build_pystdlib(root: Path, force: bool = False, caseops: bool = False) -> Corpus:
+    """Build the embedded corpus under <root>/pystdlib (or, with caseops, <root>/pystdlib_caseops:
+    the same documents through the CaseOps transform, with a tokenizer of its own that keeps the
+    operators as pieces, and byte sidecars) from this interpreter's stdlib sources.
 
     Files are split into train/val by a hash of their relative path (~5% val), so the split is
     stable across machines with the same Python; each split's files are shuffled by a seeded
@@ -253,9 +137,11 @@ def build_pystdlib(root: Path, force: bool = False) -> Corpus:
     Takes a few seconds; an existing build is kept unless force is set.
     """
     root = Path(root)
+    name = "pystdlib_caseops" if caseops else "pystdlib"
+    transform = EMBEDDED_CORPORA[name]
     if not force:
         with contextlib.suppress(DataError):  # missing, stale or damaged: build it anew
-            return resolve_corpus(DataSection(corpus="pystdlib", root=str(root)))
+            return resolve_corpus(DataSection(corpus=name, root=str(root)))
     sources = _pystdlib_sources()
     if not sources:
         raise DataError(f"no UTF-8 .py files found under {sysconfig.get_paths()['stdlib']}")
@@ -266,30 +152,31 @@ def build_pystdlib(root: Path, force: bool = False) -> Corpus:
     for rel, text in sorted(sources, key=lambda s: _shuffle_key(SEED, s[0])):
         splits["val" if _pystdlib_is_val(rel) else "train"].append((rel, text))
 
-    final = root / "pystdlib"
+    final = root / name
     tmp = _build_dir(final)
     try:
         tokenizer = tmp / "tokenizer.model"
-        _train_tokenizer((text for _, text in splits["train"]), 1024, tokenizer)
-        for split, docs in splits.items():
-            _encode_split(tokenizer, [text for _, text in docs], tmp, "pystdlib", split)
+        train_tokenizer((text for _, text in splits["train"]), 1024, tokenizer, transform)
+        _encode_splits(tokenizer, {split: [text for _, text in docs] for split, docs in splits.items()}, tmp, name, transform)
         fingerprint = {
-            "corpus": "pystdlib",
+            "corpus": name,
             "python": platform.python_version(),
             "files_sha256": files_hash.hexdigest(),
             "num_files": len(sources),
             "tokenizer_sha256": sha256_file(tokenizer),
             "builder": PYSTDLIB_BUILDER,
         }
+        if transform:
+            fingerprint["transform"] = transform
         extra = {
             split: {"files": len(docs), "bytes": sum(len(t.encode("utf-8")) for _, t in docs), "paths": sorted(r for r, _ in docs)}
             for split, docs in splits.items()
         }
-        write_meta(tmp, "pystdlib", fingerprint, {"documents": extra})
+        write_meta(tmp, name, fingerprint, {"documents": extra}, transform)
         _publish(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return open_corpus("pystdlib", final, 0, f"rebuild it with: {corpus_command('pystdlib', root)}")
+    return open_corpus(name, final, 0, f"rebuild it with: {corpus_command(name, root)}")
 
 
 # ----------------------------------------------------------------------------- text corpora
@@ -298,8 +185,6 @@ def build_pystdlib(root: Path, force: bool = False) -> Corpus:
 class NotTextError(DataError):
     """An input file is not UTF-8 text (binary, another encoding, broken gzip); raised instead
     of skipping the file when the build is strict."""
-
-    exit_code = 2
 
 
 @dataclass
@@ -421,45 +306,64 @@ def build_text_corpus(
     globs: Iterable[str] = ("*",),
     strict: bool = False,
     warn: Callable[[str], None] | None = None,
+    transform: str = "",
+    val_docs: int = 0,
+    processes: int = NUM_PROCESSES,
+    progress: Callable[[str, int, int], None] | None = None,
+    timings: dict | None = None,
 ) -> Corpus:
     """Build <root>/text/<name> from local files and folders (recipe corpus "text:<name>"); what
-    is read, skipped or refused is read_text_inputs's rule.
+    is read, skipped or refused is read_text_inputs's rule. `golf data text` and `golf data
+    tokenizer` run it.
 
     Documents are shuffled by a seeded hash of their content (so the result does not depend on
     the order files are given in); the first round(n * val_fraction) of them, at least one, are
-    validation. Uses the given sentencepiece model (its BOS must be id 1) or trains a
-    byte-fallback BPE on the train documents with pystdlib's settings. Replaces an existing build.
-    The counts of files used and skipped go into the fingerprint, the skipped files into meta.json.
+    validation. With val_docs > 0 the documents keep their order and the first val_docs are
+    validation (the challenge's convention for FineWeb's documents file). Uses the given
+    sentencepiece model or trains a byte-fallback BPE on the train documents with pystdlib's
+    settings; with a transform (CaseOps), documents are transformed before training and
+    encoding, and the val shards get byte sidecars. Encoding runs in `processes` processes;
+    `progress(split, done, total)` counts documents; `timings` receives the seconds spent
+    training the tokenizer and encoding. Replaces an existing build. The counts of
+    files used and skipped go into the fingerprint, the skipped files into meta.json.
     """
     root = Path(root)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
         raise DataError(f"corpus name {name!r}: use letters, digits, '_', '-' and '.'")
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction {val_fraction} must be between 0 and 1")
+    if val_docs < 0 or processes < 1:
+        raise DataError(f"val_docs ({val_docs}) must be >= 0 and processes ({processes}) >= 1")
     if not paths:
         raise DataError("no input files given")
     inputs = read_text_inputs(paths, globs, strict, warn)
     docs = inputs.documents
-    if len(docs) < 2:
+    if len(docs) < 2 or val_docs >= len(docs):
         raise DataError(
-            f"need at least 2 non-empty documents to split into train and val, found {len(docs)} "
+            f"need at least {max(2, val_docs + 1)} non-empty documents to split into train and val, found {len(docs)} "
             f"in {len(inputs.used)} files ({len(inputs.skipped)} skipped as not UTF-8 text)"
         )
-    order = sorted(range(len(docs)), key=lambda i: (_shuffle_key(seed, docs[i]), i))
-    n_val = min(len(docs) - 1, max(1, round(len(docs) * val_fraction)))
-    splits = {"val": [docs[i] for i in order[:n_val]], "train": [docs[i] for i in order[n_val:]]}
+    if val_docs:
+        splits = {"val": docs[:val_docs], "train": docs[val_docs:]}
+    else:
+        order = sorted(range(len(docs)), key=lambda i: (_shuffle_key(seed, docs[i]), i))
+        n_val = min(len(docs) - 1, max(1, round(len(docs) * val_fraction)))
+        splits = {"val": [docs[i] for i in order[:n_val]], "train": [docs[i] for i in order[n_val:]]}
 
     final = root / "text" / name
     tmp = _build_dir(final)
     try:
         model = tmp / "tokenizer.model"
+        start = time.perf_counter()
         if tokenizer is not None:
-            check_tokenizer(Path(tokenizer))
+            check_tokenizer(Path(tokenizer), transform)
             shutil.copyfile(tokenizer, model)
         else:
-            _train_tokenizer(splits["train"], vocab_size, model)
-        for split, split_docs in splits.items():
-            _encode_split(model, split_docs, tmp, "text", split)
+            train_tokenizer(splits["train"], vocab_size, model, transform)
+        trained = time.perf_counter()
+        counts = _encode_splits(model, splits, tmp, "text", transform, processes, progress)
+        if timings is not None:
+            timings.update(tokenizer_seconds=trained - start, encode_seconds=time.perf_counter() - trained)
         fingerprint = {
             "corpus": f"text:{name}",
             "files": [{"name": file, "sha256": digest} for file, digest in inputs.used],
@@ -469,11 +373,16 @@ def build_text_corpus(
             "val_fraction": val_fraction,
             "tokenizer_sha256": sha256_file(model),
         }
+        if val_docs:
+            fingerprint["val_docs"] = val_docs
+        if transform:
+            fingerprint["transform"] = transform
         extra = {
             "documents": {s: len(d) for s, d in splits.items()},
+            "bytes": {s: c["bytes"] for s, c in counts.items()},
             "skipped": [{"name": file, "why": why} for file, why in inputs.skipped],
         }
-        write_meta(tmp, f"text:{name}", fingerprint, extra)
+        write_meta(tmp, f"text:{name}", fingerprint, extra, transform)
         _publish(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -483,9 +392,9 @@ def build_text_corpus(
 # ----------------------------------------------------------------------------- shared with golf_tools.fineweb
 
 
-
-def write_meta(directory: Path, name: str, fingerprint: dict, extra: dict | None = None) -> None:
-    """meta.json: written last, it marks the folder as a complete corpus."""
+def write_meta(directory: Path, name: str, fingerprint: dict, extra: dict | None = None, transform: str = "") -> None:
+    """meta.json: written last, it marks the folder as a complete corpus. A corpus with a text
+    transform lists the val shards' byte sidecars (every val shard has one)."""
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(directory / "tokenizer.model"))
@@ -494,22 +403,35 @@ def write_meta(directory: Path, name: str, fingerprint: dict, extra: dict | None
         files = shard_files(directory, split)
         splits[f"{split}_files"] = [p.name for p in files]
         splits[f"{split}_tokens"] = sum(shard_num_tokens(p) for p in files)
-    meta = {"name": name, "vocab_size": sp.vocab_size(), "fingerprint": fingerprint, **splits, **(extra or {})}
+    if transform:
+        sidecars = [sidecar_name(n) for n in splits["val_files"]]
+        for side in sidecars:
+            if not (directory / side).is_file():
+                raise DataError(f"{directory.name}: the {transform} corpus lacks the byte sidecar {side}")
+        splits["val_bytes_files"] = sidecars
+    meta = {"name": name, "vocab_size": sp.vocab_size(), "transform": transform, "fingerprint": fingerprint,
+            **splits, **(extra or {})}
     write_json(directory / "meta.json", meta)
 
 
-def check_tokenizer(path: Path) -> None:
-    """A usable tokenizer loads, has BOS id 1 (documents in shards start with it) and fits uint16."""
+def check_tokenizer(path: Path, transform: str = "") -> None:
+    """A usable tokenizer loads, has a BOS piece (documents in shards start with it), fits uint16
+    and, for a transform, keeps each of its operators as one piece."""
     import sentencepiece as spm
+
+    from .tokenizer import reserved_symbols
 
     try:
         sp = spm.SentencePieceProcessor(model_file=str(path))
     except (OSError, RuntimeError) as e:
         raise DataError(f"cannot load sentencepiece model {path}: {one_line(e)}") from None
-    if sp.bos_id() != BOS_ID:
-        raise DataError(f"tokenizer {path} has BOS id {sp.bos_id()}; golf shards start documents with id {BOS_ID}")
+    if sp.bos_id() < 0:
+        raise DataError(f"tokenizer {path} has no BOS piece; golf shards start every document with one")
     if sp.vocab_size() > 1 << 16:
         raise DataError(f"tokenizer {path} has {sp.vocab_size()} pieces; shards hold uint16 ids")
+    missing = [f"U+{ord(c):04X}" for c in reserved_symbols(transform) if sp.piece_to_id(c) == sp.unk_id()]
+    if missing:
+        raise DataError(f"tokenizer {path} has no piece for the {transform} operators {', '.join(missing)}")
 
 
 def one_line(e: BaseException) -> str:

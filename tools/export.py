@@ -27,7 +27,7 @@ from golfcore.errors import GolfError
 from golfcore.plugins import PluginInfo
 from golfcore.recipe import load_recipe
 from golfcore.result import RunResult
-from golfcore.run import INVALID_SUFFIX, RECIPE_NAME
+from golfcore.run import INVALID_SUFFIX, RECIPE_NAME, finished_run
 from golfcore.submission import DEFAULT_DATA_PATH, DEFAULT_TOKENIZER_PATH
 
 RUNTIME_PACKAGES = ("torch", "numpy", "sentencepiece", "pluggy", "safetensors", "zstandard")  # what golfcore imports
@@ -70,11 +70,9 @@ def export(run_dir: Path, available: dict[str, PluginInfo], out: Path | None = N
 
 def _legal_result(run_dir: Path) -> RunResult:
     """The run's result, when it is a finished legal score; otherwise a one-line refusal."""
-    if not (run_dir / "result.json").is_file() or not (run_dir / RECIPE_NAME).is_file():
-        raise GolfError(f"{run_dir}: not a run directory (needs result.json and {RECIPE_NAME})")
-    if run_dir.name.endswith((".incomplete", INVALID_SUFFIX)):
+    if run_dir.name.endswith(INVALID_SUFFIX):
         raise GolfError(f"{run_dir}: an {run_dir.suffix[1:]} run cannot be exported")
-    result = RunResult.read(run_dir / "result.json")
+    result = finished_run(run_dir, needs_artifact=False)  # refuses an unfinished run and an edited recipe
     if result.status != "finished" or result.val_bpb is None or not result.legal:
         why = "; ".join(result.violations) or result.error or "no val_bpb"
         raise GolfError(f"{run_dir}: not a finished legal score (status {result.status}: {why})")

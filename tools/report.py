@@ -15,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-from .ablate import Plan, Variant, failed_marker, run_path
+from .ablate import Plan, Variant, failed_marker, read_result, run_path
 from .stats import Bar, Spread, compare, judge
 
 SIGN_NOTE = {
@@ -31,7 +31,7 @@ def _run_record(directory: Path, variant: Variant, seed: int) -> dict:
               "val_bpb": None, "val_loss": None, "error": None}
     result_file = run_dir / "result.json"
     if result_file.is_file():
-        result = json.loads(result_file.read_text(encoding="utf-8"))
+        result = read_result(run_dir)
         record.update(status="done", val_bpb=result["val_bpb"], val_loss=result["stages"][result["final_stage"]]["val_loss"])
     elif failed_marker(run_dir).is_file():
         record.update(status="failed", error=failed_marker(run_dir).read_text(encoding="utf-8").strip())

@@ -14,6 +14,8 @@ from golfcore.errors import ConfigError
 from golfcore.eval import ByteLUTs, evaluate
 from golfcore.plugins import discover
 from golfcore.recipe import resolve
+
+BOS = golf.SpecialTokens().bos_id  # HedgeMixer's default; a run passes its tokenizer's
 from tests.helpers import CaptureAdapter
 
 V = 16
@@ -72,7 +74,7 @@ def naive_counts(targets, v=V, buckets=B):
     for y in targets:
         uni[y] += 1
         bi[v if cur < 0 else cur, y] += 1
-        h = buckets if prev < 0 or cur < 0 or cur == golf.BOS_ID else ((prev * 36313) ^ (cur * 27191)) % buckets
+        h = buckets if prev < 0 or cur < 0 or cur == BOS else ((prev * 36313) ^ (cur * 27191)) % buckets
         tri[h, y] += 1
         prev, cur = cur, y
     return uni, bi, tri
@@ -129,7 +131,7 @@ def test_hedge_update_matches_hand_computation():
         """p_k(y) at position j from the targets observed so far (a Python recount)."""
         uni, bi, tri = naive_counts(observed)
         prev, cur = hist(j)
-        h = B if prev < 0 or cur == golf.BOS_ID else ((prev * 36313) ^ (cur * 27191)) % B
+        h = B if prev < 0 or cur == BOS else ((prev * 36313) ^ (cur * 27191)) % B
         return [
             math.exp(float(neural[j, y])),
             (float(uni[y]) + 0.1) / (len(observed) + 0.1 * V),

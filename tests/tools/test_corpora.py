@@ -17,11 +17,13 @@ from typer.testing import CliRunner
 from golf_cli.main import app as golf_app
 from golf_tools.corpora import NotTextError, build_pystdlib, build_text_corpus, ensure_corpus
 from golfcore.config import DataSection
-from golfcore.data import BOS_ID, read_shard, resolve_corpus
+from golfcore import caseops
+from golfcore.data import load_val_bytes, load_val_tokens, read_shard, resolve_corpus
 from golfcore.errors import DataError
 from golfcore.assets import FINEWEB_SP1024_MODEL
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
+BOS_ID = 1  # the id golf's tokenizers give BOS (golf_tools.tokenizer.train_tokenizer)
 
 
 def _documents(tokens: np.ndarray) -> list[np.ndarray]:
@@ -100,7 +102,7 @@ def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("golf_tools.corpora._encode_split", fail)
+    monkeypatch.setattr("golf_tools.corpora.encode_split", fail)
     with pytest.raises(KeyboardInterrupt):
         build_pystdlib(tmp_path)
     assert list(tmp_path.iterdir()) == []
@@ -237,7 +239,7 @@ def test_text_corpus_strict_refuses_what_is_not_text(tmp_path):
     folder, _ = _mixed_folder(tmp_path)
     with pytest.raises(NotTextError, match=r"image\.bin is binary \(NUL byte at offset 3\) \(--strict") as e:
         build_text_corpus([folder], "strict", tmp_path / "data", strict=True)
-    assert e.value.exit_code == 2
+    assert e.value.exit_code == 1  # a data error, not a recipe error
     (folder / "image.bin").unlink()
     (folder / "broken.txt.gz").write_bytes(b"\x1f\x8b not really gzip")
     with pytest.raises(NotTextError, match=r"broken\.txt\.gz is not valid gzip"):
@@ -275,10 +277,10 @@ def test_cli_text_prints_counts_and_warnings(tmp_path):
     assert result.exit_code == 0 and "files_used: 3" in result.stdout and "files_skipped: 0" in result.stdout
 
 
-def test_cli_text_strict_is_one_line_exit_2(tmp_path):
+def test_cli_text_strict_is_one_line_exit_1(tmp_path):
     folder, _ = _mixed_folder(tmp_path)
     result = CliRunner().invoke(golf_app, ["data", "text", str(folder), "--name", "x", "--root", str(tmp_path / "data"), "--strict"])
-    assert result.exit_code == 2
+    assert result.exit_code == 1  # a data error (not a recipe error)
     assert result.stderr.startswith("error: ") and "image.bin is binary" in result.stderr and result.stderr.count("\n") == 1
     assert not (tmp_path / "data").exists()
 
@@ -295,3 +297,75 @@ def test_golf_run_builds_a_missing_pystdlib(tmp_path):
     result = json.loads((run_dir / "result.json").read_text())
     built = json.loads((root / "pystdlib" / "meta.json").read_text())
     assert result["data"]["fingerprint"]["files_sha256"] == built["fingerprint"]["files_sha256"]
+
+
+# ----------------------------------------------------------------------------- CaseOps corpora
+
+
+def _mixed_case_files(folder: Path, count: int = 24) -> list[Path]:
+    """Stdlib modules as text files (their docstrings and names are mixed case), one document each."""
+    folder.mkdir()
+    files = []
+    for path in sorted(STDLIB.glob("*.py"))[:count]:
+        files.append(folder / f"{path.stem}.txt")
+        files[-1].write_text(path.read_text(encoding="utf-8") + "\nTHE END. Ünïcödé ß İ ǅ 👍🏽\r\n", encoding="utf-8")
+    return files
+
+
+def test_caseops_text_corpus_charges_every_original_byte(tmp_path):
+    files = _mixed_case_files(tmp_path / "docs")
+    corpus = build_text_corpus(files, "cased", tmp_path / "data", vocab_size=400, transform=caseops.NAME, val_fraction=0.25)
+    meta = json.loads((corpus.directory / "meta.json").read_text())
+    assert corpus.transform == meta["transform"] == caseops.NAME and meta["fingerprint"]["transform"] == caseops.NAME
+    assert [p.name for p in corpus.val_bytes_files] == ["text_val_bytes_000000.bin"]
+    sp = spm.SentencePieceProcessor(model_file=str(corpus.tokenizer_path))
+    assert all(sp.piece_to_id(op) != sp.unk_id() for op in caseops.OPERATORS)
+    val_tokens, val_bytes = load_val_tokens(corpus), load_val_bytes(corpus)
+    assert val_bytes.shape == val_tokens.shape and int(val_bytes[val_tokens == sp.bos_id()].sum()) == 0
+    docs = [caseops.decode(sp.decode(d.tolist())) for d in _documents(val_tokens.numpy())]
+    originals = {f.read_bytes().decode("utf-8") for f in files}
+    assert len(docs) == meta["documents"]["val"] == 6 and all(d in originals for d in docs)
+    assert int(val_bytes.sum()) == sum(len(d.encode("utf-8")) for d in docs) == meta["bytes"]["val"]
+    train = np.concatenate([read_shard(p) for p in corpus.train_files])
+    assert (train == sp.bos_id()).sum() == 18 and not (tmp_path / "data" / "text" / "cased" / "text_train_bytes_000000.bin").exists()
+
+
+def test_existing_tokenizer_must_keep_the_transform_operators(tmp_path):
+    files = _mixed_case_files(tmp_path / "docs", 4)
+    with pytest.raises(DataError, match="no piece for the caseops_v1 operators U\\+E001"):
+        build_text_corpus(files, "x", tmp_path / "data", tokenizer=FINEWEB_SP1024_MODEL, transform=caseops.NAME)
+
+
+def test_golf_data_tokenizer_command(tmp_path):
+    files = _mixed_case_files(tmp_path / "docs", 12)
+    result = CliRunner().invoke(golf_app, [
+        "data", "tokenizer", str(tmp_path / "docs"), "--vocab-size", "400", "--name", "t", "--caseops",
+        "--val-docs", "2", "--processes", "2", "--root", str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    assert "12 documents" in result.output and "documents/s" in result.output and "tokens/s" in result.output
+    corpus = resolve_corpus(DataSection(corpus="text:t", root=str(tmp_path / "data")))
+    sp = spm.SentencePieceProcessor(model_file=str(corpus.tokenizer_path))
+    val = [caseops.decode(sp.decode(d.tolist())) for d in _documents(load_val_tokens(corpus).numpy())]
+    assert val == [f.read_bytes().decode("utf-8") for f in sorted(files)[:2]]  # --val-docs: the first documents, in order
+    assert sp.vocab_size() == corpus.vocab_size == 400 and corpus.val_bytes_files
+
+
+@pytest.mark.slow
+def test_golf_run_on_a_caseops_corpus_charges_the_sidecar(tmp_path):
+    from tests.test_cli import golf, tiny_recipe
+
+    root = tmp_path / "data"
+    build_text_corpus(_mixed_case_files(tmp_path / "docs"), "cased", root, vocab_size=400, transform=caseops.NAME,
+                      val_fraction=0.25)
+    recipe = tiny_recipe(tmp_path, root)
+    recipe.write_text(recipe.read_text().replace("iterations = 6", "iterations = 2").replace(
+        'root = "', 'corpus = "text:cased"\nroot = "').replace("[model]\n", "[model]\nvocab_size = 400\n"))
+    golf("run", recipe)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    result = json.loads((run_dir / "result.json").read_text())
+    corpus = resolve_corpus(DataSection(corpus="text:cased", root=str(root)))
+    record = result["compliance"]["data"]
+    assert record["bytes"] == "sidecar" and record["transform"] == caseops.NAME and record["corpus"] == "text:cased"
+    stage = result["stages"][result["final_stage"]]
+    assert stage["bytes"] == int(load_val_bytes(corpus, 4096)[1:].sum()) and stage["checks"]["bytes_from"] == "sidecar"
+    assert "bytes from the sidecar" in (run_dir / "log.txt").read_text()

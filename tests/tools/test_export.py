@@ -119,7 +119,7 @@ def test_export_refusals_are_one_line(finished_run, tmp_path):
         assert proc.returncode == 1 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
         return proc.stderr
 
-    assert "not a run directory" in refused(tmp_path)
+    assert "not a finished run directory" in refused(tmp_path)
     (tmp_path / "taken").mkdir()
     assert "taken: already exists" in refused(run_dir, "--out", tmp_path / "taken")
 

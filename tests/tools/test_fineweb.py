@@ -46,11 +46,11 @@ def _fake_hub(tmp_path: Path, first_train: int, manifest: dict | None = None) ->
 class FakeDownload:
     """hf_hub_download over a local folder: same keywords, saves <local_dir>/<filename>."""
 
-    def __init__(self, hub: Path):
-        self.hub, self.calls = hub, []
+    def __init__(self, hub: Path, repo_id: str = "willdepueoai/parameter-golf"):
+        self.hub, self.repo_id, self.calls = hub, repo_id, []
 
     def __call__(self, repo_id, filename, *, repo_type=None, local_dir=None, **kwargs):
-        assert repo_id == "willdepueoai/parameter-golf" and repo_type == "dataset" and local_dir
+        assert repo_id == self.repo_id and repo_type == "dataset" and local_dir
         self.calls.append(filename)
         source = self.hub / filename
         if not source.is_file():
@@ -125,3 +125,77 @@ def test_golf_data_fineweb_command_downloads(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["data", "fineweb", "--train-shards", "1", "--root", str(root)])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (root / "fineweb10B_sp1024").glob("*.bin")) == ["fineweb_train_000001.bin", "fineweb_val_000000.bin"]
+
+
+def _published(tmp_path: Path, dataset: str, tokenizer: Path, model_name: str, transform: str = "") -> Path:
+    """An export rooted at datasets/ (the layout of the SP4096/SP8192 and CaseOps repos): 1 val
+    shard (with its byte sidecar when there is a transform), 2 train shards numbered from 0."""
+    root = tmp_path / "hub" / "datasets"
+    data = root / "datasets" / dataset
+    data.mkdir(parents=True)
+    (root / "tokenizers").mkdir()
+    rng = np.random.default_rng(1)
+    val = np.concatenate([[1], rng.integers(2, 300, 99)]).astype(np.uint16)
+    write_shard(data / "fineweb_val_000000.bin", val)
+    entry = {"name": dataset, "tokenizer_name": "tok", "stats": {"files_train": 2, "files_val": 1}}
+    if transform:
+        write_shard(data / "fineweb_val_bytes_000000.bin", np.where(val == 1, 0, rng.integers(0, 4, 100)).astype(np.uint16))
+        entry["val_bytes_glob"] = f"/some/where/{dataset}/fineweb_val_bytes_*.bin"
+    for i in range(2):
+        write_shard(data / f"fineweb_train_{i:06d}.bin", rng.integers(1, 300, 150, dtype=np.uint16))
+    shutil.copyfile(tokenizer, root / "tokenizers" / f"{model_name}.model")
+    tok = {"name": "tok", "model_path": f"tokenizers/{model_name}.model"}
+    if transform:
+        tok["text_transform"] = transform
+    (root / "manifest.json").write_text(json.dumps({"datasets": [entry], "tokenizers": [tok]}), encoding="utf-8")
+    return tmp_path / "hub"
+
+
+@pytest.mark.parametrize("variant", ["sp4096", "sp8192"])
+def test_fineweb_sp4096_sp8192_from_their_published_repo(tmp_path, variant):
+    """Layout only: the hub's tokenizer file here is the sp1024 model under the published name."""
+    size = variant.removeprefix("sp")
+    fake = FakeDownload(_published(tmp_path, f"fineweb10B_{variant}", FINEWEB_SP1024_MODEL, f"fineweb_{size}_bpe"),
+                        "kevclark/parameter-golf")
+    corpus = download_fineweb(tmp_path / "data", variant=variant, train_shards=2, download=fake)
+    assert fake.calls[0] == "datasets/manifest.json"
+    assert f"datasets/tokenizers/fineweb_{size}_bpe.model" in fake.calls
+    assert [p.name for p in corpus.train_files] == ["fineweb_train_000000.bin", "fineweb_train_000001.bin"]
+    assert corpus.transform == "" and not corpus.val_bytes_files
+    meta = json.loads((corpus.directory / "meta.json").read_text())
+    assert set(meta["fingerprint"]["shards_sha256"]) == {"fineweb_val_000000.bin", "fineweb_train_000000.bin", "fineweb_train_000001.bin"}
+    resolved = resolve_corpus(DataSection(corpus=f"fineweb10B_{variant}", root=str(tmp_path / "data")))
+    assert resolved.train_files == corpus.train_files
+
+
+def test_fineweb_caseops_export_with_its_byte_sidecar(tmp_path):
+    from golf_tools.tokenizer import train_tokenizer
+    from golfcore import caseops
+    from golfcore.data import load_val_bytes
+    from tests.byte_proofs import stdlib_documents
+
+    model = tmp_path / "caseops.model"
+    train_tokenizer(stdlib_documents(200_000), 400, model, caseops.NAME)
+    dataset = "fineweb10B_sp8192_lossless_caps_caseops_v1_reserved"
+    hub = _published(tmp_path, dataset, model, "fineweb_8192_bpe_lossless_caps_caseops_v1_reserved", "lossless_caps_caseops_v1")
+    fake = FakeDownload(hub, "romeerp/parameter-golf-caseops-v1")
+    root = tmp_path / "data"
+    download_fineweb(root, variant="sp8192_caseops", train_shards=1, download=fake)
+    assert f"datasets/datasets/{dataset}/fineweb_val_bytes_000000.bin" in fake.calls
+    corpus = resolve_corpus(DataSection(corpus="fineweb10B_sp8192_caseops", root=str(root)))
+    assert corpus.transform == caseops.NAME and [p.name for p in corpus.val_bytes_files] == ["fineweb_val_bytes_000000.bin"]
+    sidecar = read_shard(hub / "datasets" / "datasets" / dataset / "fineweb_val_bytes_000000.bin")
+    assert load_val_bytes(corpus).tolist() == sidecar.tolist()
+    assert corpus.record()["bytes"] == "sidecar" and corpus.record()["transform"] == caseops.NAME
+
+    (root / "fineweb10B_sp8192_caseops" / "fineweb_val_bytes_000000.bin").unlink()
+    with pytest.raises(DataError, match="fineweb_val_bytes_000000.bin is missing; fetch it again with: golf data fineweb --variant sp8192_caseops"):
+        resolve_corpus(DataSection(corpus="fineweb10B_sp8192_caseops", root=str(root)))
+
+
+def test_fineweb_unknown_variant_and_transform(tmp_path):
+    with pytest.raises(DataError, match="variant 'bytes260'"):
+        download_fineweb(tmp_path / "data", variant="bytes260", download=FakeDownload(tmp_path))
+    hub = _published(tmp_path, "fineweb10B_sp8192", FINEWEB_SP1024_MODEL, "fineweb_8192_bpe", "lossless_caps_v9")
+    with pytest.raises(DataError, match="text transform 'lossless_caps_v9', which golf does not know"):
+        download_fineweb(tmp_path / "data", variant="sp8192", download=FakeDownload(hub, "kevclark/parameter-golf"))
