@@ -213,6 +213,8 @@ def out_dir_left_kept(w: World) -> None:
     assert (w.tmp / "rescore.incomplete" / "log.txt").read_text() == "an earlier re-score"
 
 
+UNWRITABLE = os.path.join(os.sep, "proc", "golf-test")  # no folder can be made there
+READ_ONLY = os.path.join(os.sep, "sys", "golf-test")  # a read-only file system
 RUN = ["run", "{recipe}"]
 MUST_BE = r"\[{section}\] {key} = {value}: must be "
 
@@ -246,7 +248,7 @@ CASES = [
          r"plugin 'str_addition': golf_edit_model put str 'bigram' into slot embedding\.additions\[0\]; a slot holds"),
     Case("hook-optimizers-str", [*RUN, "--plugins-dir", "{bad}", "--with", "str_optimizers"], 1,
          r"plugin 'str_optimizers': golf_optimizers returned str 'adam'; the hook expects list\[.*Optimizer\]"),
-    Case("new-plugin-unwritable", ["new-plugin", "foo", "--dir", "/proc/golf-test"], 1, r"--dir /proc/golf-test: cannot create"),
+    Case("new-plugin-unwritable", ["new-plugin", "foo", "--dir", UNWRITABLE], 1, rf"--dir {re.escape(UNWRITABLE)}: cannot create"),
     Case("shard-ids-above-vocab", [*RUN, "--set", 'data.shards="{tmp}/shards"', "--set", 'data.tokenizer="{data}/pystdlib/tokenizer.model"'], 1,
          r"shard .*x_train_000000\.bin holds token id 2000, outside the tokenizer's vocabulary of 1024", foreign_shards),
     Case("data-root-a-file", [*RUN, "--set", 'data.root="{tmp}/a_file"'], 1, r"a_file: (not a folder|Not a directory)", file_as_root),
@@ -254,8 +256,8 @@ CASES = [
          edit_recipe("model_dim = 32", "model_dim = 64", "resized"), slow=True),
     Case("eval-set-model-size", ["eval", "{run}", "--set", "model.model_dim=64"], 1,
          r"artifact does not match the recipe's model .*shapes \(artifact vs model\)", slow=True),
-    Case("out-dir-read-only", [*RUN, "--set", 'run.out_dir="/sys/golf-test"'], 1,
-         r"/sys/golf-test: (Operation not permitted|Permission denied|Read-only file system)"),
+    Case("out-dir-read-only", [*RUN, "--set", f'run.out_dir="{READ_ONLY}"'], 1,
+         rf"{re.escape(READ_ONLY)}: (Operation not permitted|Permission denied|Read-only file system)"),
     Case("run-name-slash", [*RUN, "--set", 'run.name="a/b"'], 2, r"\[run\] name: 'a/b' must be a plain directory name"),
     Case("run-name-empty", [*RUN, "--set", 'run.name=""'], 2, r"\[run\] name: '' must be a plain directory name"),
     Case("run-name-escapes", [*RUN, "--set", 'run.name="../escaped"'], 2, r"\[run\] name: '\.\./escaped' must be a plain"),
@@ -377,7 +379,7 @@ def signal_after(proc: subprocess.Popen, marker: str, signum: int, timeout: floa
 SIGNAL_CASES = [
     # (id, extra recipe lines, marker on stdout after which SIGTERM is sent, expected message)
     ("sigterm-during-warm-up", "warmup_steps = 100000", "execution:", r"interrupted by SIGTERM during the compile warm-up"),
-    ("sigterm-during-scoring", "[eval]\nstride = 1", "artifact:", r"interrupted by SIGTERM (after training|while scoring stage roundtrip)"),
+    ("sigterm-during-scoring", "[eval]\nstride = 1", "artifact group:", r"interrupted by SIGTERM (after training|while scoring stage roundtrip)"),
 ]
 
 

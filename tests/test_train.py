@@ -191,8 +191,8 @@ def test_warmdown_fraction_by_wallclock_and_floor_on_warmdown_iters():
 
 @pytest.mark.parametrize("table, message", [
     ({"warmdown_frac": 0.85}, "warmdown_frac: set warmdown_iters = 0"),
-    ({"warmdown_frac": 1.5, "warmdown_iters": 0}, "warmdown_frac: 1.5 is not in"),
-    ({"min_lr_scale": 1.0}, "min_lr_scale: 1.0 is not in"),
+    ({"warmdown_frac": 1.5, "warmdown_iters": 0}, "warmdown_frac = 1.5: must be >= 0 and <= 1"),
+    ({"min_lr_scale": 1.0}, "min_lr_scale = 1.0: must be >= 0 and < 1"),
 ])
 def test_warmdown_options_are_checked(table, message):
     with pytest.raises(ConfigError, match=rf"\[train\] {message}"):

@@ -140,7 +140,7 @@ def _published(tmp_path: Path, dataset: str, tokenizer: Path, model_name: str, t
     entry = {"name": dataset, "tokenizer_name": "tok", "stats": {"files_train": 2, "files_val": 1}}
     if transform:
         write_shard(data / "fineweb_val_bytes_000000.bin", np.where(val == 1, 0, rng.integers(0, 4, 100)).astype(np.uint16))
-        entry["val_bytes_glob"] = f"/some/where/{dataset}/fineweb_val_bytes_*.bin"
+        entry["val_bytes_glob"] = f"{dataset}/fineweb_val_bytes_*.bin"
     for i in range(2):
         write_shard(data / f"fineweb_train_{i:06d}.bin", rng.integers(1, 300, 150, dtype=np.uint16))
     shutil.copyfile(tokenizer, root / "tokenizers" / f"{model_name}.model")

@@ -23,7 +23,7 @@ def test_dry_run_completes_every_step(tmp_path):
     steps = [line for line in report.splitlines() if line.startswith("exit ")]
     assert steps and all(line.startswith("exit 0 ") for line in steps), report
     assert " passed" in report and "aten::" in report  # the cuda tests ran (on the CPU) and the profile printed
-    assert "C1" in report  # the run's probes with their deviations
+    assert "c1_causal" in report and "worst_deviation" in report  # the run's probes with their deviations
 
 
 def test_unknown_argument_is_refused():
