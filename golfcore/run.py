@@ -538,6 +538,7 @@ class ScoringPath:
         self.seq_len, self.stride = config.eval_seq_len, config.eval_stride
         self.batch_seqs, self.chunk_tokens = config.eval.batch_seqs, config.eval.chunk_tokens
         self.vocab_size = config.model.vocab_size
+        self.logit_bound = config.model.logit_softcap
         self.bos_id = config.tokens.bos_id
         self.device = session.dist.device
         self.source = "artifact" if blob is not None else "random-init"

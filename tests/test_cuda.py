@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from golfcore import audit
 from golfcore.assemble import build_model, check_config
 from golfcore.attention import attention_kernel, causal_attention
 from golfcore.plugins import Host, discover
@@ -31,11 +32,9 @@ pytestmark = [
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 DTYPE = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
 QUICK = {"baseline.toml": "quickstart.toml", "pr549.toml": "pr549-quick.toml", "v4.toml": "v4-quick.toml"}  # dry: same plugins, small
-BF16_UNIT_ROUNDOFF = 2.0**-8
-
-
 def logprob_tolerance(softcap: float) -> float:
-    return 2 * BF16_UNIT_ROUNDOFF * softcap
+    """The legality probes' CUDA tolerance: one bf16 rounding of a logit bounded by the softcap."""
+    return audit.tolerance(torch.device("cuda"), softcap).c3
 
 
 @pytest.mark.parametrize("recipe", ["baseline.toml", "pr549.toml", "v4.toml"])
@@ -74,8 +73,8 @@ def test_attention_kernel_matches_float32_reference(kv_heads):
     if DTYPE == torch.bfloat16:
         # bf16 q and k move each score by at most 2u|q||k|/sqrt(D); softmax weights then move by at
         # most twice that (relative), and v and the output are rounded once each
-        score_error = 2 * BF16_UNIT_ROUNDOFF * q.norm(dim=-1).max().item() * k.norm(dim=-1).max().item() / D**0.5
-        bound = (2 * score_error + 2 * BF16_UNIT_ROUNDOFF) * v.abs().max().item()
+        score_error = 2 * audit.BF16_UNIT_ROUNDOFF * q.norm(dim=-1).max().item() * k.norm(dim=-1).max().item() / D**0.5
+        bound = (2 * score_error + 2 * audit.BF16_UNIT_ROUNDOFF) * v.abs().max().item()
     else:
         bound = 1e-5
     worst = (out - reference).abs().max().item()
