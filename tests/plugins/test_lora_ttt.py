@@ -143,7 +143,7 @@ def planted(module):
 class Path_:
     """A scoring path (audit.ScoringPath) running a fresh tiny model and one adapter per call."""
 
-    seq_len, stride, batch_seqs, chunk_tokens, vocab_size = 16, 16, 4, 32, V
+    seq_len, stride, batch_seqs, chunk_tokens, vocab_size, logit_bound = 16, 16, 4, 32, V, 30.0
     adapter_names, model_plugins, before_eval_plugins, document_aware = ["lora_ttt"], [], [], []
     device, source = torch.device("cpu"), "random init"
 
