@@ -12,6 +12,7 @@ default <run.out_dir>/trackers. docs/reports.md has the names of what is logged.
 
 from __future__ import annotations
 
+import abc
 import importlib.util
 import json
 import os
@@ -72,7 +73,7 @@ def flat_recipe(recipe: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-class Tracker:
+class Tracker(abc.ABC):
     """One tracker for one run: `start` once, `log` per metrics record with numbers, `finish` once."""
 
     name = ""
@@ -80,14 +81,17 @@ class Tracker:
     def __init__(self, directory: Path, project: str):
         self.directory, self.project = directory, project
 
+    @abc.abstractmethod
     def start(self, run_name: str, recipe: dict) -> None:
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abc.abstractmethod
     def log(self, step: int, values: dict[str, float]) -> None:
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abc.abstractmethod
     def finish(self, result: dict | None, status: str) -> None:
-        raise NotImplementedError
+        """See the class docstring."""
 
 
 class TensorBoard(Tracker):
