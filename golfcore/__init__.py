@@ -17,7 +17,7 @@ party can copy. docs/hooks.md lists these names.
 """
 
 # the contract: hooks, where a layer sits, what a forward pass and an eval adapter are given
-from .contract import Calibration, Compressor, EvalAdapter, EvalContext, ForwardContext, LayerInfo, Quantizer
+from .contract import IGNORE, Calibration, Compressor, DocumentMode, EvalAdapter, EvalContext, ForwardContext, LayerInfo, Quantizer, Round
 from .description import EmbeddingSlots, Head, Layer, ModelDescription, Part, PhysicalLayer, Skips
 from .hookspecs import hookimpl
 
@@ -38,9 +38,9 @@ from .switch import BatchShape, ModuleSwitch, TrainingSwitch
 
 __all__ = [
     "BatchShape", "Block", "CLIP_PERCENTILE", "Calibration", "CausalAttention", "Compressor", "ComplianceError", "ConfigError",
-    "EmbeddingSlots", "EvalAdapter", "EvalContext", "ForwardContext", "GolfError", "Head", "InputStats", "Int8Quantizer", "Layer",
+    "DocumentMode", "EmbeddingSlots", "IGNORE", "EvalAdapter", "EvalContext", "ForwardContext", "GolfError", "Head", "InputStats", "Int8Quantizer", "Layer",
     "LayerInfo", "LayerSelection", "ModelDescription", "ModuleSwitch", "Muon", "Orthogonalization", "Part", "PhysicalLayer", "Plugin",
-    "Projection", "Quantizer", "RMSNorm", "Rotary", "RunConfig", "Section", "Skips", "SoftcapHead", "SpecialTokens", "Switch",
+    "Projection", "Quantizer", "RMSNorm", "Rotary", "Round", "RunConfig", "Section", "Skips", "SoftcapHead", "SpecialTokens", "Switch",
     "TrainingSwitch", "WeightedSkips", "build_optimizers", "declare", "float_params", "fp16_round", "hookimpl", "option",
     "param_specs", "rms_norm", "row_quantiles", "spec_of", "to_float16", "WeightAverage", "zeropower_newton_schulz",
 ]

@@ -336,9 +336,10 @@ class PassProbe:
             return self.path.reduce_max(max(_max_abs(once, unit.rows(first=split, adapters=k)),
                                             _max_abs(once, unit.rows(adapters=k, twice=True))))
 
+        before = int((unit.positions <= p).sum())  # the unit's rows at positions <= p (ascending)
+
         def c1(k: int | None) -> float:
-            return self.path.reduce_max(_max_abs(unit.rows(adapters=k)[: p + 1 - first],
-                                                 unit.rows(stream, adapters=k)[: p + 1 - first]))
+            return self.path.reduce_max(_max_abs(unit.rows(adapters=k)[:before], unit.rows(stream, adapters=k)[:before]))
 
         where = f"{'chunk' if self.path.adapter_names else 'batch'} {unit.index} of {self.units} (targets {first}..{unit.targets.stop - 1})"
         self.cuts.append(p)

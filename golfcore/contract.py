@@ -86,6 +86,50 @@ class EvalContext:
         return tensor
 
 
+IGNORE = -100
+"""A target that is not one (padding, or not scored in a round): F.cross_entropy's ignore_index."""
+
+
+@dataclass(frozen=True)
+class DocumentMode:
+    """How a document adapter (one declaring `documents`) wants the validation stream scored
+    (golfcore.eval, "document mode"; docs/architecture.md, "The eval adapter contract").
+
+    The stream is split at the BOS into documents; each is scored in pieces of `chunk` targets
+    (`short_chunk` for a document of at most `short_len` targets, when both are set), each
+    piece by a window holding only its own document's inputs (at most the eval seq_len);
+    `slots` consecutive documents are scored together, one batch row (slot) each."""
+
+    chunk: int
+    slots: int
+    short_len: int = 0
+    short_chunk: int = 0
+
+    def piece_len(self, targets: int) -> int:
+        """The piece length of a document of `targets` targets."""
+        return self.short_chunk if self.short_chunk and targets <= self.short_len else self.chunk
+
+    def lengths(self, seq_len: int) -> list[int]:
+        """The input lengths a round may run at (static shapes, ascending): seq_len and up to three
+        halvings of it, none shorter than a piece; a round runs at the shortest that holds it."""
+        return sorted({max(self.chunk, seq_len >> i) for i in range(4)})
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round of document mode, handed to the document adapter's `observe_round` after it
+    was scored and checked (C2): row b is slot b's window, and its scored targets.
+
+    `inputs` [S,L] the windows as scored (zeros after the last scored input); `at` [S] each row's
+    first scored position; `targets` [S,W] the targets of positions at..at+W-1 (W = chunk),
+    IGNORE where nothing was scored; `more` [S] whether the slot's document has targets left."""
+
+    inputs: Tensor
+    at: Tensor
+    targets: Tensor
+    more: list[bool]
+
+
 class EvalAdapter(Protocol):
     """Changes the scored distributions from what it has observed (TTT, n-gram mixers).
 
@@ -100,6 +144,16 @@ class EvalAdapter(Protocol):
     Adapters are ordered by their `order` attribute (default 0). An n-gram adapter declares
     the channel its tables predict through as `ngram_channel`: "token" (the next token from
     previous tokens) is the only one the challenge allows (docs/compliance.md, "Rulings").
+
+    Document mode (optional): an adapter that declares `documents` (a DocumentMode; None or
+    absent otherwise; at most one per evaluation) makes the loop score the stream document by
+    document, and also implements `start_group(spans)` (before a group's first round, on every
+    rank together: slot b scores the targets spans[b], a range of target indices; fewer spans
+    than slots for a short last group, none on a rank without a group) and
+    `observe_round(round)` (a golf.Round, after each round was scored and checked). Every
+    adapter still receives `observe` in stream order: the loop hands over the scored prefix
+    of the stream as it grows, so an adapter's state when a target is scored depends only on
+    earlier stream tokens (stream-order adapters lag up to a group behind).
     """
 
     name: str

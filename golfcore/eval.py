@@ -8,6 +8,10 @@ rather than by review (docs/architecture.md, "The eval adapter contract"):
 - C2: every distribution that is scored is checked to be normalized over V;
 - C3: adapters see a target only in ``observe``, after the chunk holding it was scored;
 - C4: one left-to-right pass, every target scored exactly once (counted and checked).
+
+Two ways through the stream: sliding windows in global chunks (the default), or, when an
+adapter declares `documents` (golf.DocumentMode), document mode: the stream split at the BOS,
+documents scored in pieces, `slots` documents at a time, one batch row each (DocumentPlan).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 import torch
 from torch import Tensor
 
-from .contract import EvalAdapter
+from .contract import IGNORE, DocumentMode, EvalAdapter, Round
 from .errors import ComplianceError, ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -164,6 +168,154 @@ class WindowPlan:
         return groups
 
 
+@dataclass(frozen=True)
+class Piece:
+    """One batch row of a document-mode round: `targets` of document `doc`, scored in slot
+    `slot` by the window of inputs val[start : targets.stop] (its first scored input at
+    targets.start - start)."""
+
+    slot: int
+    doc: int
+    targets: range
+    start: int
+
+
+@dataclass(frozen=True)
+class DocumentPlan:
+    """Document mode's arithmetic, by arithmetic (every rank knows every boundary).
+
+    Document d's targets are starts[d] .. starts[d+1]-1: its first input is a BOS (or val[0])
+    and its last target the next document's BOS, so the documents partition the targets. Its
+    piece k is the next `piece_len` of them; the window scoring it holds only the document's
+    inputs, from max(doc start, piece start + chunk - seq_len) to the piece's last, so every
+    piece's first scored position is at most seq_len - chunk and the scored positions
+    [at, at + chunk) fit one row. Groups are `slots` consecutive documents; with W ranks,
+    the groups are dealt out W at a time (a "turn": rank r takes group turn·W + r), and a turn
+    lasts as many rounds as its longest document has pieces, on every rank."""
+
+    starts: tuple[int, ...]
+    num_targets: int
+    seq_len: int
+    mode: DocumentMode
+
+    def __post_init__(self):
+        m = self.mode
+        if not 1 <= m.chunk <= self.seq_len or m.slots < 1 or m.short_chunk < 0 or m.short_chunk > m.chunk or m.short_len < 0:
+            raise ConfigError(f"eval: document mode needs 1 <= chunk <= seq_len ({self.seq_len}), slots >= 1 and "
+                              f"0 <= short_chunk <= chunk; got {m}")
+
+    @classmethod
+    def split(cls, val: Tensor, bos_id: int, seq_len: int, mode: DocumentMode) -> DocumentPlan:
+        """The documents of the stream `val` [N+1]: one at target 0 and one at every BOS input after it."""
+        num_targets = val.numel() - 1
+        bos = (val[1:num_targets] == bos_id).nonzero().flatten() + 1  # one device read
+        return cls((0, *bos.tolist()), num_targets, seq_len, mode)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def span(self, d: int) -> range:
+        return range(self.starts[d], self.starts[d + 1] if d + 1 < len(self.starts) else self.num_targets)
+
+    def piece_len(self, d: int) -> int:
+        return self.mode.piece_len(len(self.span(d)))
+
+    def pieces(self, d: int) -> int:
+        return -(-len(self.span(d)) // self.piece_len(d))
+
+    def piece(self, slot: int, d: int, k: int) -> Piece:
+        span, n = self.span(d), self.piece_len(d)
+        lo = span.start + k * n
+        return Piece(slot, d, range(lo, min(span.stop, lo + n)), max(span.start, lo + self.mode.chunk - self.seq_len))
+
+    def group(self, g: int) -> range:
+        s = self.mode.slots
+        return range(min(len(self), g * s), min(len(self), (g + 1) * s))
+
+    def turns(self, world_size: int) -> int:
+        return -(-len(self) // (self.mode.slots * world_size))
+
+    def turn(self, t: int, world_size: int) -> list[range]:
+        """The groups of turn t, one per rank (empty for a rank past the last document)."""
+        return [self.group(t * world_size + r) for r in range(world_size)]
+
+    def rounds(self, groups: list[range]) -> int:
+        return max((self.pieces(d) for g in groups for d in g), default=0)
+
+    def round(self, group: range, k: int) -> list[Piece]:
+        """Round k of `group`: piece k of each of its documents that has one, in slot order."""
+        return [self.piece(b, d, k) for b, d in enumerate(group) if k < self.pieces(d)]
+
+
+class _DocumentScorer:
+    """Scores document-mode rounds at a static shape [slots, L], L among a few lengths
+    (DocumentMode.lengths), and returns the scored targets' positions and log-probabilities,
+    gathered at each row's offset before the head (never [S,L,V]). A batch is a list of
+    pieces of one round; `length` is the round's, so another batching of it gives the same
+    shapes. Rows a batch leaves out are zeros (the slots stay the rows' indices)."""
+
+    def __init__(self, logprob_fn, val: Tensor, plan: DocumentPlan, batch_seqs: int):
+        self.logprob_fn, self.val, self.plan, self.batch_seqs = logprob_fn, val, plan, batch_seqs
+        self.lengths = plan.mode.lengths(plan.seq_len)
+
+    def on(self, val: Tensor) -> _DocumentScorer:
+        return _DocumentScorer(self.logprob_fn, val, self.plan, self.batch_seqs)
+
+    def positions(self, pieces: Sequence[Piece]) -> Tensor:
+        return torch.cat([torch.arange(p.targets.start, p.targets.stop) for p in pieces])
+
+    def length(self, pieces: Sequence[Piece]) -> int:
+        need = max(p.targets.start - p.start for p in pieces) + self.plan.mode.chunk
+        return next(n for n in self.lengths if n >= need)
+
+    def batches(self, pieces: Sequence[Piece], first: int | None = None):
+        """Runs of at most batch_seqs pieces (the first of at most `first`)."""
+        i = 0
+        while i < len(pieces):
+            end = min(len(pieces), i + (first if i == 0 and first else self.batch_seqs))
+            yield pieces[i:end]
+            i = end
+
+    def warm_up(self) -> None:
+        with torch.inference_mode(False):
+            at = torch.zeros(self.plan.mode.slots, dtype=torch.long, device=self.val.device)
+        for n in self.lengths:
+            with torch.inference_mode(False):
+                dummy = torch.zeros(self.plan.mode.slots, n, dtype=torch.long, device=self.val.device)
+            self.logprob_fn(dummy, self.plan.mode.chunk, at)
+
+    @torch.inference_mode(False)
+    def inputs(self, pieces: Sequence[Piece], length: int) -> tuple[Tensor, Tensor]:
+        """([S,L] windows, zeros after each one's last scored input, [S] first scored positions)."""
+        S, device = self.plan.mode.slots, self.val.device
+        start, stop, at = (torch.zeros(S, dtype=torch.long) for _ in range(3))
+        for p in pieces:
+            start[p.slot], stop[p.slot], at[p.slot] = p.start, p.targets.stop, p.targets.start - p.start
+        start, stop = start.to(device), stop.to(device)
+        idx = start[:, None] + torch.arange(length, device=device)  # [S,L]
+        x = torch.where(idx < stop[:, None], self.val[idx.clamp_max(self.val.numel() - 1)], 0)
+        return x.contiguous(), at.to(device)
+
+    def targets(self, pieces: Sequence[Piece]) -> Tensor:
+        """[S,W] the targets of each row's scored positions, IGNORE where none was scored."""
+        S, W = self.plan.mode.slots, self.plan.mode.chunk
+        y = torch.full((S, W), IGNORE, dtype=torch.long, device=self.val.device)
+        for p in pieces:
+            y[p.slot, : len(p.targets)] = self.val[p.targets.start + 1 : p.targets.stop + 1]
+        return y
+
+    def rows(self, pieces: Sequence[Piece]) -> Tensor:
+        """[N] the flat indices into [S*W] of the pieces' scored positions, in piece order."""
+        W = self.plan.mode.chunk
+        return torch.cat([torch.arange(p.slot * W, p.slot * W + len(p.targets)) for p in pieces])
+
+    def __call__(self, pieces: Sequence[Piece]) -> tuple[Tensor, Tensor]:  # [N] target indices, [N,V]
+        x, at = self.inputs(pieces, self.length(pieces))
+        lp = self.logprob_fn(x, self.plan.mode.chunk, at)  # [S,W,V]
+        lp = lp.reshape(-1, lp.size(-1))[self.rows(pieces).to(lp.device)]
+        return self.positions(pieces).to(self.val.device), lp
+
+
 def plan_windows(num_targets: int, seq_len: int, stride: int) -> list[Window]:
     """Every window of WindowPlan(num_targets, seq_len, stride), as a list."""
     plan = WindowPlan(num_targets, seq_len, stride)
@@ -222,6 +374,14 @@ class _Scorer:
                 end = 1  # window 0 is wider than the overlapping windows after it
             yield range(i, end)
             i = end
+
+    def on(self, val: Tensor) -> _Scorer:
+        """The same scorer on another stream of the same length (a probe's perturbed copy)."""
+        return _Scorer(self.logprob_fn, val, self.plan, self.batch_seqs, self.static)
+
+    def positions(self, windows: range) -> Tensor:
+        """[M] the targets `windows` score, ascending."""
+        return torch.arange(self.plan.lo(windows.start), self.plan.hi(windows.stop - 1))
 
     def shapes(self, windows: range) -> set[int]:
         return {self.plan.width(i) for i in (windows.start, windows.stop - 1)} if windows else set()
@@ -288,17 +448,20 @@ def _adjust(lp: Tensor, pos: Tensor, val: Tensor, adapters: Sequence[EvalAdapter
 
 class Unit:
     """A few windows of the real pass that an in-pass probe re-scores (golfcore.audit.PassProbe):
-    the first windows of a batch, with adapters a batch of a drawn chunk. `reference` [M,V] holds
-    the distributions of its targets `targets` as the pass scored them; `rows` scores the same
-    windows again, on another stream or with another batching, with copies of the adapters as
-    they were before the chunk (adjust may not change an adapter's state; a probe must not
-    depend on that)."""
+    the first windows of a batch, with adapters a batch of a drawn chunk; in document mode the
+    first rows of a drawn round. `reference` [M,V] holds the distributions of its targets
+    `positions` [M] (ascending; `targets` the range they span) as the pass scored them; `rows`
+    scores the same windows again, on another stream or with another batching, with copies of
+    the adapters as they were before the chunk or round (adjust may not change an adapter's
+    state; a probe must not depend on that)."""
 
     WINDOWS = 4  # a unit's windows: a small share of a batch, so probing is cheap
 
-    def __init__(self, index: int, windows: range, score: _Scorer, val: Tensor, adapters: Sequence[EvalAdapter]):
+    def __init__(self, index: int, windows: Sequence, score: _Scorer | _DocumentScorer, val: Tensor,
+                 adapters: Sequence[EvalAdapter]):
         self.index, self.windows, self.val, self.score = index, windows, val, score
-        self.targets = range(score.plan.lo(windows.start), score.plan.hi(windows.stop - 1))
+        self.positions = score.positions(windows)
+        self.targets = range(int(self.positions[0]), int(self.positions[-1]) + 1)
         self.reference: Tensor | None = None
         self.copy_error: str | None = None
         try:
@@ -308,7 +471,7 @@ class Unit:
 
     def keep(self, lp: Tensor) -> None:
         """Keep the unit's rows [M,V] of the scored batch [N,V] that holds it (the unit starts it)."""
-        self.reference = lp[: len(self.targets)].clone()
+        self.reference = lp[: len(self.positions)].clone()
 
     def rows(self, stream: Tensor | None = None, first: int | None = None, adapters: int | None = None,
              twice: bool = False) -> Tensor:
@@ -316,7 +479,7 @@ class Unit:
         validation tokens; `first`: the first batch's size; `adapters`: only the first k;
         `twice`: scored twice by the same adapter copies, the second time returned)."""
         val = self.val if stream is None else stream
-        score = _Scorer(self.score.logprob_fn, val, self.score.plan, self.score.batch_seqs, self.score.static)
+        score = self.score.on(val)
         adapters = copy.deepcopy(self.saved[:adapters])
         scratch = torch.zeros(len(adapters) + 1, device=val.device)
         for _ in range(1 + twice):
@@ -371,6 +534,7 @@ def evaluate(
     record: Callable[[Tensor, Tensor], None] | None = None,
     token_bytes: Tensor | None = None,
     probe: PassProbe | None = None,
+    bos_id: int | None = None,
 ) -> EvalResult:
     """Score every target of ``val_tokens`` once and return val_loss/val_bpb with its checks.
 
@@ -394,6 +558,14 @@ def evaluate(
     copied before it): each unit is kept as scored and, before any adapter observes it, handed
     to ``probe.check``; its time is left out of ``seconds`` and reported as
     ``checks["probe_seconds"]`` (docs/compliance.md, "Probes across the whole pass").
+
+    Document mode, when an adapter declares ``documents`` (a golf.DocumentMode; at most one):
+    the stream is split at ``bos_id`` (DocumentPlan); for each turn of groups, the document
+    adapter's ``start_group`` gets this rank's group, then each round scores piece k of every
+    document of the group (``logprob_fn(inputs [S,L], chunk, at [S])``, at most
+    ``batch_seqs`` rows per call, ``stride`` unused), the C2 check is read, the document
+    adapter observes the round (golf.Round), and every adapter observes, in stream order, the
+    targets by which the scored prefix of the stream grew. Units are rounds (their first rows).
     """
     if val_tokens.dim() != 1 or val_tokens.is_floating_point() or val_tokens.numel() < 2:
         raise DataError(
@@ -409,27 +581,42 @@ def evaluate(
             raise DataError(f"eval: {token_bytes.numel()} byte counts for {val.numel()} validation tokens")
         token_bytes = token_bytes.to(device)
     num_targets = val.numel() - 1
-    plan = WindowPlan(num_targets, seq_len, stride)
-    chunks = plan.chunks(chunk_tokens) if adapters else [range(len(plan))]
-    mine = [_slice(chunk, rank, world_size) for chunk in chunks]  # this rank's windows of each chunk
-    score = _Scorer(logprob_fn, val, plan, batch_seqs, static)
     stages = ["logprob_fn"] + [a.name for a in adapters]
+    by_documents = [a for a in adapters if getattr(a, "documents", None) is not None]
+    if len(by_documents) > 1 or (by_documents and bos_id is None):
+        raise ConfigError(f"eval: document mode needs one document adapter and the BOS id; got adapters "
+                          f"{[a.name for a in by_documents]}, bos_id {bos_id}")
+    if by_documents:
+        docs = DocumentPlan.split(val, bos_id, seq_len, by_documents[0].documents)
+        turns = [docs.turn(t, world_size) for t in range(docs.turns(world_size))]
+        score = _DocumentScorer(logprob_fn, val, docs, batch_seqs)
+    else:
+        plan = WindowPlan(num_targets, seq_len, stride)
+        chunks = plan.chunks(chunk_tokens) if adapters else [range(len(plan))]
+        mine = [_slice(chunk, rank, world_size) for chunk in chunks]  # this rank's windows of each chunk
+        score = _Scorer(logprob_fn, val, plan, batch_seqs, static)
 
     t0 = time.perf_counter()
     if static:
         with torch.inference_mode():
-            score.warm_up(set().union(*(score.shapes(w) for w in mine)))
+            score.warm_up() if by_documents else score.warm_up(set().union(*(score.shapes(w) for w in mine)))
         _sync(device)
     warmup_seconds = time.perf_counter() - t0
 
     # Accumulated on device, so no batch waits for the host: nll, bytes, targets, batches.
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     max_dev = torch.zeros(len(stages), dtype=torch.float32, device=device)  # per stage, |logsumexp|
-    total = sum(plan.hi(w.stop - 1) - plan.lo(w.start) for w in mine if w)
+    if by_documents:
+        total = sum(len(docs.span(d)) for groups in turns for d in groups[rank])
+    else:
+        total = sum(plan.hi(w.stop - 1) - plan.lo(w.start) for w in mine if w)
     done = 0
     phases = dict.fromkeys(["score", *(f"observe:{a.name}" for a in adapters)], 0.0)
-    # what the probe draws from: the chunks with adapters, else the batches
-    units = len(chunks) if adapters else sum(1 for _ in score.batches(mine[0]))
+    # what the probe draws from: the rounds in document mode, the chunks with adapters, else the batches
+    if by_documents:
+        units = sum(docs.rounds(groups) for groups in turns)
+    else:
+        units = len(chunks) if adapters else sum(1 for _ in score.batches(mine[0]))
     drawn = set(probe.draw(units)) if probe is not None else set()
     probe_seconds, probed = 0.0, 0
 
@@ -447,55 +634,114 @@ def evaluate(
         _sync(device)
         probe_seconds += time.perf_counter() - t_probe
 
-    t0 = time.perf_counter()
-    for c, (chunk, windows) in enumerate(zip(chunks, mine)):
-        t_chunk = time.perf_counter()
-        unit, at = None, None  # a probe's unit and the batch that starts it
-        if adapters and c in drawn:
-            batches = list(score.batches(windows))
-            if batches:
-                at = batches[probe.pick(len(batches))]
-                unit = Unit(c, at[: Unit.WINDOWS], score, val, adapters)
-            probe_seconds += time.perf_counter() - t_chunk  # copying the adapters is the probe's cost
-        with torch.inference_mode():
-            for b, batch in enumerate(score.batches(windows)):
-                if not adapters and b in drawn:
-                    unit, at = Unit(b, batch[: Unit.WINDOWS], score, val, ()), batch
-                pos, lp = score(batch)  # [N] input positions j (target j+1), [N,V]
-                lp = _adjust(lp, pos, val, adapters, max_dev)
-                if record is not None:
-                    record(pos, lp)
-                if batch == at:
-                    unit.keep(lp)
-                lo, hi = plan.lo(batch.start), plan.hi(batch.stop - 1)
-                targets = val[lo + 1 : hi + 1]  # [N]
-                sums[0] -= lp.gather(1, targets[:, None]).double().sum()
-                sums[1] += luts.count_bytes(val[lo:hi], targets).sum() if token_bytes is None else token_bytes[lo + 1 : hi + 1].sum()
-                sums[2] += hi - lo
-                sums[3] += 1
-                done += hi - lo
-                if progress is not None:
-                    progress(done, total)
-                if not adapters and unit is not None:
-                    check(unit, None, b + 1)
-                    unit = at = None
-        if adapters and c in drawn:
-            _check_normalized(max_dev, stages, world_size)  # a probe re-scores only a normalized chunk
-            check(unit, time.perf_counter() - t_chunk, c + 1)
-        if adapters:
-            _check_normalized(max_dev, stages, world_size)  # before any adapter observes the chunk
-            phases["score"] += time.perf_counter() - t_chunk
-            # [M] this chunk's targets; a copy, so no adapter can rewrite the stream it is scored on
-            observed = val[plan.lo(chunk.start) + 1 : plan.hi(chunk.stop - 1) + 1].clone()
+    def add(pos: Tensor, lp: Tensor) -> Tensor:
+        """Score one batch: the adapters, the record, the sums ([N] target indices, [N,V])."""
+        nonlocal done
+        lp = _adjust(lp, pos, val, adapters, max_dev)
+        if record is not None:
+            record(pos, lp)
+        targets = val[pos + 1]  # [N]
+        sums[0] -= lp.gather(1, targets[:, None]).double().sum()
+        sums[1] += luts.count_bytes(val[pos], targets).sum() if token_bytes is None else token_bytes[pos + 1].sum()
+        sums[2] += pos.numel()
+        sums[3] += 1
+        done += pos.numel()
+        if progress is not None:
+            progress(done, total)
+        return lp
+
+    def observe(lo: int, hi: int) -> None:
+        """Every adapter observes targets lo..hi-1, in stream order (a copy: no adapter can
+        rewrite the stream it is scored on)."""
+        if hi > lo:
+            observed = val[lo + 1 : hi + 1].clone()
             for adapter in adapters:
                 t_obs = time.perf_counter()
                 adapter.observe(observed)
                 _sync(device)
                 phases[f"observe:{adapter.name}"] += time.perf_counter() - t_obs
+
+    t0 = time.perf_counter()
+    if by_documents:
+        document_adapter, u = by_documents[0], 0
+        key = f"observe:{document_adapter.name}"
+        scored_to, frontier = 0, 0  # the scored prefix: targets < scored_to; the first document not all scored
+        for groups in turns:
+            t_obs = time.perf_counter()
+            document_adapter.start_group([docs.span(d) for d in groups[rank]])
+            _sync(device)
+            phases[key] += time.perf_counter() - t_obs
+            last = max(g.stop for g in groups)  # the turn's documents are groups[0].start .. last-1
+            for k in range(docs.rounds(groups)):
+                t_round = time.perf_counter()
+                pieces = docs.round(groups[rank], k)
+                unit = None
+                if u in drawn:
+                    unit = Unit(u, pieces[: Unit.WINDOWS], score, val, adapters) if pieces else None
+                    probe_seconds += time.perf_counter() - t_round  # copying the adapters is the probe's cost
+                with torch.inference_mode():
+                    for b, batch in enumerate(score.batches(pieces)):
+                        lp = add(*score(batch))
+                        if b == 0 and unit is not None:
+                            unit.keep(lp)
+                if u in drawn:
+                    _check_normalized(max_dev, stages, world_size)
+                    check(unit, time.perf_counter() - t_round, u + 1)
+                _check_normalized(max_dev, stages, world_size)  # before any adapter observes the round
+                phases["score"] += time.perf_counter() - t_round
+                u += 1
+                if pieces:
+                    t_obs = time.perf_counter()
+                    x, at = score.inputs(pieces, score.length(pieces))
+                    y = score.targets(pieces)
+                    more = [False] * docs.mode.slots
+                    for p in pieces:
+                        more[p.slot] = k + 1 < docs.pieces(p.doc)
+                    document_adapter.observe_round(Round(x, at, y, more))
+                    _sync(device)
+                    phases[key] += time.perf_counter() - t_obs
+                while frontier < last and docs.pieces(frontier) <= k + 1:
+                    frontier += 1
+                if frontier == len(docs):
+                    grown = num_targets
+                elif frontier < last:
+                    span = docs.span(frontier)
+                    grown = min(span.stop, span.start + (k + 1) * docs.piece_len(frontier))
+                else:
+                    grown = docs.span(frontier).start
+                observe(scored_to, grown)
+                scored_to = grown
+    else:
+        for c, (chunk, windows) in enumerate(zip(chunks, mine)):
+            t_chunk = time.perf_counter()
+            unit, at = None, None  # a probe's unit and the batch that starts it
+            if adapters and c in drawn:
+                batches = list(score.batches(windows))
+                if batches:
+                    at = batches[probe.pick(len(batches))]
+                    unit = Unit(c, at[: Unit.WINDOWS], score, val, adapters)
+                probe_seconds += time.perf_counter() - t_chunk  # copying the adapters is the probe's cost
+            with torch.inference_mode():
+                for b, batch in enumerate(score.batches(windows)):
+                    if not adapters and b in drawn:
+                        unit, at = Unit(b, batch[: Unit.WINDOWS], score, val, ()), batch
+                    lp = add(*score(batch))  # [N] input positions j (target j+1), [N,V]
+                    if batch == at:
+                        unit.keep(lp)
+                    if not adapters and unit is not None:
+                        check(unit, None, b + 1)
+                        unit = at = None
+            if adapters and c in drawn:
+                _check_normalized(max_dev, stages, world_size)  # a probe re-scores only a normalized chunk
+                check(unit, time.perf_counter() - t_chunk, c + 1)
+            if adapters:
+                _check_normalized(max_dev, stages, world_size)  # before any adapter observes the chunk
+                phases["score"] += time.perf_counter() - t_chunk
+                observe(plan.lo(chunk.start), plan.hi(chunk.stop - 1))
     if not adapters:
         _check_normalized(max_dev, stages, world_size)
         phases["score"] = time.perf_counter() - t0 - probe_seconds
-    if adapters:
+    else:
         phases["score"] -= probe_seconds
 
     if world_size > 1:

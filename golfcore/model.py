@@ -271,12 +271,18 @@ class GPT(nn.Module):
     def forward(self, tokens: Tensor, targets: Tensor) -> Tensor:  # mean next-token NLL in nats
         return F.cross_entropy(self.logits(tokens).flatten(0, 1), targets.flatten())
 
-    def logprobs(self, tokens: Tensor, last: int | None = None) -> Tensor:  # [B,last or T,V] float32
-        """Normalized log-probabilities of the last `last` positions (all by default): the
-        sliding-window eval scores only a window's last `stride`, so the head and softmax,
-        the largest matrix product at V=1024, skip the context positions."""
+    def logprobs(self, tokens: Tensor, last: int | None = None, at: Tensor | None = None) -> Tensor:  # [B,last or T,V] float32
+        """Normalized log-probabilities of the last `last` positions (all by default), or with
+        `at` [B] of positions at[b]..at[b]+last-1 of each row (document mode's windows): the eval
+        scores only a window's new targets, so the head and softmax, the largest matrix product
+        at V=1024, skip the context positions."""
         h = self.hidden(tokens)
-        return F.log_softmax(self.head(h if last is None else h[:, -last:]), dim=-1)
+        if at is not None:
+            idx = at[:, None] + torch.arange(last, device=at.device)  # [B,last]
+            h = h.gather(1, idx[..., None].expand(-1, -1, h.size(-1)))
+        elif last is not None:
+            h = h[:, -last:]
+        return F.log_softmax(self.head(h), dim=-1)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -361,16 +361,16 @@ class Scorer:
         self.session = session
         self._luts: ByteLUTs | None = None
 
-    def logprob_fn(self, model: nn.Module) -> Callable[[torch.Tensor, int], torch.Tensor]:
-        """(inputs [B,T], width) -> log-probabilities [B,width,V] float32, compiled once per
-        static shape when the run compiles (golfcore.eval pads every batch to one shape)."""
+    def logprob_fn(self, model: nn.Module) -> Callable[..., torch.Tensor]:
+        """(inputs [B,T], width, at [B] or None) -> log-probabilities [B,width,V] float32 (GPT.logprobs),
+        compiled once per static shape when the run compiles (golfcore.eval pads every batch to a few shapes)."""
         device = self.session.dist.device
         compiled = should_compile(self.session.config, device)
         forward = torch.compile(model.logprobs, fullgraph=True, dynamic=False) if compiled else model.logprobs
 
-        def fn(tokens: torch.Tensor, width: int) -> torch.Tensor:
+        def fn(tokens: torch.Tensor, width: int, at: torch.Tensor | None = None) -> torch.Tensor:
             with autocast_for(device, model.activation_dtype):
-                return forward(tokens, width).float()
+                return forward(tokens, width, at).float()
 
         return fn
 
@@ -403,7 +403,7 @@ class Scorer:
             seq_len=config.eval_seq_len, stride=stride or config.eval_stride,
             batch_seqs=batch_seqs or config.eval.batch_seqs, adapters=list(adapters), chunk_tokens=chunk_tokens,
             rank=dist.rank, world_size=dist.world_size, static=ctx.compile, progress=progress, record=record,
-            token_bytes=self.session.token_bytes(val_tokens), probe=probe,
+            token_bytes=self.session.token_bytes(val_tokens), probe=probe, bos_id=config.tokens.bos_id,
         )
         result.warmup_seconds += started
         return result
