@@ -17,7 +17,7 @@ party can copy. docs/hooks.md lists these names.
 """
 
 # the contract: hooks, where a layer sits, what a forward pass and an eval adapter are given
-from .contract import IGNORE, Calibration, Compressor, DocumentMode, EvalAdapter, EvalContext, ForwardContext, LayerInfo, Quantizer, Round
+from .contract import IGNORE, Calibration, Compressor, DocumentMode, EvalAdapter, EvalContext, ForwardContext, LayerInfo, Quantizer, Round, pad_rows
 from .description import EmbeddingSlots, Head, Layer, ModelDescription, Part, PhysicalLayer, Skips
 from .hookspecs import hookimpl
 
@@ -42,5 +42,5 @@ __all__ = [
     "LayerInfo", "LayerSelection", "ModelDescription", "ModuleSwitch", "Muon", "Orthogonalization", "Part", "PhysicalLayer", "Plugin",
     "Projection", "Quantizer", "RMSNorm", "Rotary", "Round", "RunConfig", "Section", "Skips", "SoftcapHead", "SpecialTokens", "Switch",
     "TrainingSwitch", "WeightedSkips", "build_optimizers", "declare", "float_params", "fp16_round", "hookimpl", "option",
-    "param_specs", "rms_norm", "row_quantiles", "spec_of", "to_float16", "WeightAverage", "zeropower_newton_schulz",
+    "pad_rows", "param_specs", "rms_norm", "row_quantiles", "spec_of", "to_float16", "WeightAverage", "zeropower_newton_schulz",
 ]

@@ -85,9 +85,31 @@ class EvalContext:
             torch.distributed.all_reduce(tensor, op=ops[op])
         return tensor
 
+    def step(self, optimizer: torch.optim.Optimizer, params: list[nn.Parameter], grad_clip: float) -> None:
+        """One update of weights every rank holds alike (test-time training): the gradients (None
+        counts as zero) summed across ranks, then clipped to a global norm of `grad_clip` (0 = off),
+        then the step; so the clip sees the global batch and every rank applies the same update."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        if self.world_size > 1:
+            flat = self.all_reduce(torch.cat([g.reshape(-1) for g in grads]))
+            grads = [g.view_as(p) for g, p in zip(torch.split(flat, [p.numel() for p in params]), params)]
+        for p, g in zip(params, grads):
+            p.grad = g
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+
 
 IGNORE = -100
 """A target that is not one (padding, or not scored in a round): F.cross_entropy's ignore_index."""
+
+
+def pad_rows(x: Tensor, y: Tensor, rows: int) -> tuple[Tensor, Tensor]:
+    """Pad [r,T] inputs and targets to [rows,T] (one static shape); padded targets are IGNORE."""
+    missing = rows - x.size(0)
+    if missing <= 0:
+        return x, y
+    return torch.cat([x, x.new_zeros(missing, x.size(1))]), torch.cat([y, y.new_full((missing, y.size(1)), IGNORE)])
 
 
 @dataclass(frozen=True)

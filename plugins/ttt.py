@@ -64,7 +64,7 @@ from torch import Tensor, nn
 
 import golfcore as golf
 
-IGNORE = -100  # F.cross_entropy's ignore_index: padding positions are not targets
+IGNORE = golf.IGNORE  # padding positions are not targets
 
 
 @dataclass
@@ -203,7 +203,7 @@ class TttAdapter:
                     xb, yb = x[b : b + bs], y[b : b + bs]
                     count = min(n, (b + bs) * t) - b * t  # the step's targets on all ranks, known without a sync
                     lo, hi = rank * xb.size(0) // world, (rank + 1) * xb.size(0) // world
-                    self.step(*_pad_rows(xb[lo:hi], yb[lo:hi], rows), count)
+                    self.step(*golf.pad_rows(xb[lo:hi], yb[lo:hi], rows), count)
                     steps += 1
         finally:
             self.model.eval()
@@ -214,24 +214,7 @@ class TttAdapter:
         with self.ctx.autocast():
             loss = self.loss_sum(x, y)
         (loss / count).backward()
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        if self.ctx.world_size > 1:
-            flat = self.ctx.all_reduce(torch.cat([g.reshape(-1) for g in grads]))
-            grads = list(torch.split(flat, [g.numel() for g in grads]))
-            grads = [g.view_as(p) for g, p in zip(grads, self.params)]
-        for p, g in zip(self.params, grads):
-            p.grad = g
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
-        self.optimizer.step()
-
-
-def _pad_rows(x: Tensor, y: Tensor, rows: int) -> tuple[Tensor, Tensor]:
-    """Pad [r,T] inputs and targets to [rows,T]; padded targets are IGNORE (no loss, no gradient)."""
-    missing = rows - x.size(0)
-    if missing <= 0:
-        return x, y
-    return torch.cat([x, x.new_zeros(missing, x.size(1))]), torch.cat([y, y.new_full((missing, y.size(1)), IGNORE)])
+        self.ctx.step(self.optimizer, self.params, self.cfg.grad_clip)
 
 
 class Ttt(golf.Plugin):

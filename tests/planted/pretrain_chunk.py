@@ -1,6 +1,6 @@
-"""Planted violation (C1/C3): phased LoRA TTT that, inside `adjust`, trains its adapters on the
-rows it is about to score (their inputs hold targets of the same batch) and then re-scores them
-with the adapted model: a chunk trained on before it is scored."""
+"""Planted violation (C1/C3): phased LoRA TTT that, inside `adjust`, trains each slot's adapter on
+the inputs of the piece it is about to score (they hold the piece's own targets but the last)
+and then re-scores the piece with the adapted model: a chunk trained on before it is scored."""
 
 import torch
 import torch.nn.functional as F
@@ -16,17 +16,27 @@ class Adapter(LoraTttAdapter):
         super().start(model, ctx)
         self.history_len = ctx.seq_len
 
-    def adjust(self, logprobs, history, positions):
+    def start_group(self, spans):
+        super().start_group(spans)
+        self.spans = spans
+
+    def adjust(self, logprobs, history, positions):  # [N,V], [N,K], [N]
+        pos = positions.tolist()
+        slot = [next(b for b, span in enumerate(self.spans) if p in span) for p in pos]
+        last = {b: i for i, b in enumerate(slot)}  # each slot's last scored row: its history holds the piece
+        width = self.cfg.chunk
         with torch.inference_mode(False), torch.enable_grad():
-            rows = history.clone().clamp_min(0)  # [N,K]: each position's inputs, up to itself
+            x = torch.zeros(self.cfg.slots, history.size(1), dtype=torch.long)
+            for b, i in last.items():
+                x[b] = history[i].clamp_min(0)
             self.model.train()
             self.adam.zero_grad(set_to_none=True)
-            logits = self.model.logits(rows[:, :-1])
-            F.cross_entropy(logits.flatten(0, 1).float(), rows[:, 1:].flatten()).backward(inputs=self.lora_params)
+            F.cross_entropy(self.model.logits(x[:, :-1]).flatten(0, 1).float(), x[:, 1:].flatten()).backward(inputs=self.lora_params)
             self.adam.step()
             self.model.eval()
             with torch.no_grad():
-                return self.model.logprobs(rows, 1)[:, 0]
+                lp = self.model.logprobs(x, width)  # [S,W,V]: the last W inputs of each slot's window
+        return torch.stack([lp[b, width - 1 - (pos[last[b]] - p)] for b, p in zip(slot, pos)])
 
 
 class PretrainChunk(golf.Plugin):
