@@ -8,13 +8,17 @@ import json
 import math
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 import sentencepiece as spm
 import torch
 import torch.multiprocessing as mp
 
 from golfcore.assets import FINEWEB_SP1024_MODEL
 from golfcore.errors import ComplianceError, ConfigError, DataError
-from golfcore.eval import ByteLUTs, Window, build_byte_luts, evaluate, plan_windows
+from golfcore.contract import IGNORE, DocumentMode
+from golfcore.eval import ByteLUTs, DocumentPlan, Window, build_byte_luts, evaluate, plan_windows
+from tests.helpers import CaptureAdapter
 
 V = 16
 
@@ -552,3 +556,98 @@ def test_a_unit_rescores_from_the_adapters_state_before_its_chunk():
     evaluate(unigram_model(), random_tokens(161), toy_luts(), seq_len=16, stride=4, batch_seqs=3, adapters=[mix],
              chunk_tokens=40, probe=Late())
     assert len(kept) == 4 and all(torch.equal(u.reference, u.rows()) for u in kept)
+
+
+# --- document mode ------------------------------------------------------------------------
+
+
+class DocumentRecorder(Recorder):
+    """A document adapter that changes nothing: records groups, rounds and the stream it observes."""
+
+    name = "documents"
+
+    def __init__(self, mode: DocumentMode):
+        super().__init__(0)
+        self.documents, self.groups, self.rounds = mode, [], []
+
+    def start_group(self, spans):
+        self.groups.append(spans)
+
+    def observe_round(self, round):
+        self.rounds.append((round, self.adjusted))
+
+
+def bigram_at(table):
+    """The bigram model, answering document mode's calls (positions at..at+width-1 of each row)."""
+
+    def fn(inputs, width, at=None):
+        if at is None:
+            return table[inputs[:, -width:]]
+        return table[inputs.gather(1, at[:, None] + torch.arange(width))]
+
+    return fn
+
+
+def document_stream(lengths: list[int], bos: int = 0, seed: int = 1) -> torch.Tensor:
+    """Documents of the given token counts, each led by a BOS; no other BOS inside."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.cat([torch.tensor([bos]), torch.randint(1, V, (n - 1,), generator=g)]) for n in lengths])
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=9), st.integers(1, 8), st.integers(1, 4),
+       st.integers(0, 10), st.integers(0, 8), st.booleans())
+def test_document_mode_scores_every_target_once_as_its_documents_pieces(lengths, chunk, slots, short_len, short_chunk, lead):
+    val = document_stream(lengths)
+    if not lead:
+        val = val[1:]  # a stream that does not start with a BOS: its first document starts at val[0]
+    assume(val.numel() >= 2 and hand_bytes(val) > 0)
+    mode = DocumentMode(chunk, slots, short_len, min(short_chunk, chunk))
+    rec, cap = DocumentRecorder(mode), CaptureAdapter()
+    table, fn = bigram_model()
+    res = evaluate(bigram_at(table), val, toy_luts(), seq_len=8, stride=8, batch_seqs=2, adapters=[rec, cap], bos_id=0)
+    plain = evaluate(fn, val, toy_luts(), seq_len=8, stride=8)
+    pos, _ = cap.by_position()
+    assert torch.equal(pos, torch.arange(val.numel() - 1)) and res.targets == val.numel() - 1  # each target once (C4)
+    assert res.val_bpb == pytest.approx(plain.val_bpb, rel=1e-9)  # a bigram sees the same context in both modes
+    plan = DocumentPlan.split(val, 0, 8, mode)
+    spans = [plan.span(d) for d in range(len(plan))]
+    assert [s for g in rec.groups for s in g] == spans and all(len(g) <= slots for g in rec.groups)
+    assert all(s.start == 0 or val[s.start] == 0 for s in spans) and spans[-1].stop == val.numel() - 1
+    for round, _ in rec.rounds:  # every scored row: a window of its own document, the piece's targets
+        for b, more in enumerate(round.more):
+            scored = round.targets[b] != IGNORE
+            assert scored.sum() <= chunk and (not more or scored.any())
+    assert torch.equal(torch.cat(rec.observed), val[1:])  # the stream, in order, once
+    scored_before = [n for _, n in rec.rounds]
+    assert scored_before == sorted(scored_before)
+
+
+def test_document_windows_hold_only_their_own_document_and_stream_adapters_observe_the_scored_prefix():
+    val = document_stream([5, 30, 12, 9])  # documents of 5, 30, 12 and 8 targets
+    rec, hist = DocumentRecorder(DocumentMode(chunk=4, slots=2)), Recorder(1)
+    uniform = lambda x, width, at=None: torch.full((x.size(0), width, V), -math.log(V))  # noqa: E731
+    evaluate(uniform, val, toy_luts(), seq_len=8, stride=8, batch_seqs=4, adapters=[rec, hist], bos_id=0)
+    assert [[(s.start, s.stop) for s in g] for g in rec.groups] == [[(0, 5), (5, 35)], [(35, 47), (47, 55)]]
+    first, _ = rec.rounds[0]
+    assert first.inputs.tolist() == [val[0:4].tolist(), val[5:9].tolist()]  # the shorter of the two lengths, 4 and 8
+    late, _ = rec.rounds[6]  # round 6 of the first group: targets 29..32 of document 1, window 8 inputs back
+    assert late.more == [False, True] and late.at.tolist() == [0, 4] and late.inputs[1].tolist() == val[25:33].tolist()
+    assert late.targets[1].tolist() == val[30:34].tolist() and (late.targets[0] == IGNORE).all()
+    # the stream adapters' observe: after round 0 document 0's first piece (targets 0..3); after round 1
+    # its last target and document 1's first two pieces (scored in rounds 0 and 1); then a piece a round
+    sizes = [o.numel() for o in hist.observed]
+    assert sizes[:3] == [4, 1 + 8, 4] and sum(sizes) == 55
+    # every observe came after all it holds was scored, and before anything later in the stream was
+    # observed (the second group starts after the first: stream order)
+    assert torch.equal(torch.cat(hist.observed), val[1:])
+    assert all(n <= m for n, m in zip(hist.adjusted_at_observe, hist.adjusted_at_observe[1:]))
+
+
+def test_document_mode_refuses_two_document_adapters_or_no_bos():
+    mode = DocumentMode(chunk=4, slots=2)
+    with pytest.raises(ConfigError, match="document mode"):
+        evaluate(unigram_model(), random_tokens(50), toy_luts(), seq_len=8, stride=8,
+                 adapters=[DocumentRecorder(mode), DocumentRecorder(mode)], bos_id=0)
+    with pytest.raises(ConfigError, match="document mode"):
+        evaluate(unigram_model(), random_tokens(50), toy_luts(), seq_len=8, stride=8, adapters=[DocumentRecorder(mode)])
