@@ -472,18 +472,25 @@ def test_oracle_adapter_cannot_see_targets():
 # --- distributed --------------------------------------------------------------------------
 
 
+DOCUMENTS = [7, 30, 3, 12, 25, 9, 14, 40, 5]  # 9 documents: groups of 3, two ranks, two turns
+
+
 def _rank_main(rank: int, world_size: int, init_file: str, out_dir: str):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         val = random_tokens(1001)
-        _, fn = bigram_model()
+        table, fn = bigram_model()
         plain = evaluate(copy_model(9), val, toy_luts(), seq_len=32, stride=8, batch_seqs=3,
                          rank=rank, world_size=world_size)
         mix, rec = UnigramMix(), Recorder(2)
         adapted = evaluate(fn, val, toy_luts(), seq_len=32, stride=8, batch_seqs=3, adapters=[mix, rec],
                            chunk_tokens=100, rank=rank, world_size=world_size)
+        docs = DocumentRecorder(DocumentMode(chunk=6, slots=3))
+        by_documents = evaluate(bigram_at(table), document_stream(DOCUMENTS), toy_luts(), seq_len=16, stride=16,
+                                batch_seqs=3, adapters=[docs], bos_id=0, rank=rank, world_size=world_size)
         torch.save({"plain": plain, "adapted": adapted, "observed": torch.cat(rec.observed),
-                    "rows": rec.adjusted}, f"{out_dir}/rank{rank}.pt")
+                    "rows": rec.adjusted, "documents": by_documents, "groups": docs.groups,
+                    "document_observed": torch.cat(docs.observed)}, f"{out_dir}/rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
 
@@ -504,6 +511,14 @@ def test_two_ranks_match_one(tmp_path):
             assert got.val_bpb == pytest.approx(single[key].val_bpb, rel=1e-9)
     assert all(torch.equal(out["observed"], val[1:]) for out in ranks)  # every rank observes every chunk
     assert sum(out["rows"] for out in ranks) == 1000 and all(out["rows"] > 0 for out in ranks)
+    stream = document_stream(DOCUMENTS)
+    docs = DocumentRecorder(DocumentMode(chunk=6, slots=3))
+    one = evaluate(bigram_at(bigram_model()[0]), stream, toy_luts(), seq_len=16, stride=16, batch_seqs=3,
+                   adapters=[docs], bos_id=0)
+    for out in ranks:  # the same score, the same stream observed; groups dealt out in turns
+        assert out["documents"].targets == one.targets and out["documents"].val_bpb == pytest.approx(one.val_bpb, rel=1e-9)
+        assert torch.equal(out["document_observed"], stream[1:])
+    assert ranks[0]["groups"][0] == docs.groups[0] and ranks[1]["groups"][0] == docs.groups[1]
 
 
 class RecordingProbe:

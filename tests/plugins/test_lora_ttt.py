@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from golf_plugins.lora_ttt import Config, LoraProjection, LoraTtt
 
 import golfcore as golf
@@ -71,11 +72,13 @@ def small(**overrides):
     return Config(**{"chunk": 8, "slots": 2, **overrides})
 
 
-def run_eval(config, model, adapter, val, batch_seqs=4):
+def run_eval(config, model, adapter, val, batch_seqs=4, rank=0, world_size=1):
     cap = CaptureAdapter()
-    adapter.start(model, golf.EvalContext.local(V, val.numel() - 1, config.eval.chunk_tokens, config.eval_seq_len))
+    adapter.start(model, golf.EvalContext.local(V, val.numel() - 1, config.eval.chunk_tokens, config.eval_seq_len,
+                                                rank, world_size))
     res = evaluate(model.logprobs, val, LUTS, seq_len=config.eval_seq_len, stride=16, batch_seqs=batch_seqs,
-                   adapters=[adapter, cap], chunk_tokens=config.eval.chunk_tokens, bos_id=BOS)
+                   adapters=[adapter, cap], chunk_tokens=config.eval.chunk_tokens, bos_id=BOS, rank=rank,
+                   world_size=world_size)
     return res, cap
 
 
@@ -149,6 +152,38 @@ def test_a_phase_trains_the_base_weights_on_the_first_documents_only():
                                            {"phase_documents": 2, "steps": 3, "targets": 78}]
     # phase 1: document 0 (39 tokens: 38 targets, 3 sequences of 16, 2 per step); phase 2: documents 0, 1
     assert adapter.finished == [] and all(lora.active for lora in adapter.loras)  # no phase left: nothing kept
+
+
+PHASED = dict(lr=0.05, rank=4, phase_prefix_docs=4, phase_lr=0.05, phase_batch_seqs=2)
+SIX = [30, 22, 41, 17, 35, 26]  # with 2 slots: the phase falls at group 2 on one rank and at turn 1 (group 2) on two
+
+
+def _rank_main(rank, world_size, init_file, out_dir):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        torch.set_num_threads(1)
+        config, model, adapter = make(small(**PHASED))
+        res, _ = run_eval(config, model, adapter, documents(SIX), rank=rank, world_size=world_size)
+        torch.save({"bpb": res.val_bpb, "log": adapter.log, "params": [p.detach() for p in adapter.base_params]},
+                   f"{out_dir}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one(tmp_path):
+    """Groups dealt out to the ranks, the phase's sequences split across them with the gradients
+    all-reduced: the same score and weights as one rank (up to float summation order)."""
+    mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    config, model, adapter = make(small(**PHASED))
+    single, _ = run_eval(config, model, adapter, documents(SIX))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    phase = [e for e in adapter.log if "phase_documents" in e]
+    assert phase == [{"phase_documents": 4, "steps": 4, "targets": 108}]  # 109 observed tokens (val[0] never is): 7 sequences of 16
+    for out in ranks:
+        assert out["bpb"] == pytest.approx(single.val_bpb, rel=1e-5)
+        assert [e for e in out["log"] if "phase_documents" in e] == phase
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(out["params"], adapter.base_params))
 
 
 def planted(module):
