@@ -40,7 +40,10 @@ State flow (score-first): `adjust` only reads the tables and w, and records each
 position's stream index, history and neural row; `observe` (targets now known) first
 computes every expert's loss on those positions (the tables have not changed since
 `adjust`), updates w (and beta), then adds the chunk's targets to the tables in stream
-order, carrying the last two targets over as the next chunk's first contexts.
+order, carrying the last two targets over as the next chunk's first contexts. Beside a
+document adapter (golf.DocumentMode) the loop observes the scored prefix of the stream, which
+lags behind what was scored: rows scored beyond it wait for the chunk that holds them (their
+losses then read tables that grew meanwhile, from earlier stream tokens only).
 
 Several ranks: each rank scores only its share of a chunk's positions, so the per-expert
 loss sums and the position count are all-reduced before the update, and every rank
@@ -134,7 +137,7 @@ class HedgeMixer:
         self.context = torch.full((2,), -1, dtype=torch.long, device=device)  # last two observed targets
         self.w = torch.tensor([self.cfg.neural_prior, 0.0, 0.0, 0.0], dtype=torch.float64, device=device)
         self.beta = torch.zeros((), dtype=torch.float64, device=device)
-        self.records: list[tuple[Tensor, Tensor, Tensor]] = []  # (positions, history, neural rows) of this chunk
+        self.records: list[tuple[Tensor, Tensor, Tensor]] = []  # (positions, history, neural rows) scored, not yet observed
         self._unigram_lp: Tensor | None = None
         self.updates: list[dict] = []  # per updated chunk: mean losses, w and beta after the update
 
@@ -221,20 +224,23 @@ class HedgeMixer:
         tokens = tokens.to(self.device).long()
         if self.mixing:
             self._hedge_update(tokens)
-        self.records = []
         self._count(tokens)
 
     def _hedge_update(self, tokens: Tensor) -> None:
-        """w_k -= eta * mean loss_k over this chunk's scored positions (all ranks), before the tables change."""
-        # loss sums [4], count, beta-gradient sum, scored positions outside the chunk: one all-reduce, one read
+        """w_k -= eta * mean loss_k over this chunk's scored positions (all ranks), before the tables
+        change. Positions scored beyond the chunk (document mode: the eval loop hands over the scored
+        prefix of the stream, which may lag behind what was scored) wait for a later chunk."""
+        # loss sums [4], count, beta-gradient sum, scored positions before the chunk: one all-reduce, one read
         stats = torch.zeros(7, dtype=torch.float64, device=self.device)
         if self.records:
             pos = torch.cat([r[0] for r in self.records]).to(self.device)
             history = torch.cat([r[1] for r in self.records]).to(self.device)
             logprobs = torch.cat([r[2] for r in self.records]).to(self.device)
             offset = pos - self.observed
-            outside = (offset < 0) | (offset >= tokens.numel())
-            stats[6] = outside.sum()
+            later = offset >= tokens.numel()
+            self.records = [(pos[later], history[later], logprobs[later])]
+            pos, history, logprobs, offset = pos[~later], history[~later], logprobs[~later], offset[~later]
+            stats[6] = (offset < 0).sum()
             lp = self.expert_target_logprobs(logprobs, history, tokens[offset.clamp(0, tokens.numel() - 1)])  # [n,4]
             stats[:4] = -lp.sum(0)
             stats[4] = pos.numel()

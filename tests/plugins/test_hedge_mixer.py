@@ -329,12 +329,19 @@ def test_two_ranks_give_the_same_val_bpb_as_one(tmp_path):
 # --- plugin and config --------------------------------------------------------------------
 
 
-def test_scored_positions_outside_the_observed_chunk_are_refused():
-    """A driver that hands the mixer a position it does not then observe breaks C3/C4: refused, not mixed in."""
+def test_positions_scored_beyond_the_chunk_wait_and_positions_already_observed_are_refused():
+    """Document mode observes the scored prefix, which lags: a row scored beyond the observed chunk
+    enters the update of the chunk holding it. A position handed over after its target was
+    observed breaks C3/C4: refused, not mixed in."""
     m = mixer()
     lp = torch.log_softmax(torch.randn(3, V), -1)
     m.adjust(lp, torch.zeros(3, m.history_len, dtype=torch.long), torch.tensor([0, 1, 7]))
-    with pytest.raises(golf.ComplianceError, match="1 scored positions are not in the observed chunk 0..4"):
+    m.observe(torch.arange(5))
+    assert m.updates[-1]["positions"] == 2 and m.records[0][0].tolist() == [7]
+    m.observe(torch.arange(5, 10))
+    assert m.updates[-1]["positions"] == 1 and m.records[0][0].numel() == 0
+    m.adjust(lp[:1], torch.zeros(1, m.history_len, dtype=torch.long), torch.tensor([3]))
+    with pytest.raises(golf.ComplianceError, match="1 scored positions are not in the observed chunk 10..14"):
         m.observe(torch.arange(5))
 
 
