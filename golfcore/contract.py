@@ -120,7 +120,8 @@ class DocumentMode:
     The stream is split at the BOS into documents; each is scored in pieces of `chunk` targets
     (`short_chunk` for a document of at most `short_len` targets, when both are set), each
     piece by a window holding only its own document's inputs (at most the eval seq_len);
-    `slots` consecutive documents are scored together, one batch row (slot) each."""
+    `slots` documents are scored together, one batch row (slot) each, a slot taking the next
+    document as soon as its own is scored."""
 
     chunk: int
     slots: int
@@ -169,13 +170,13 @@ class EvalAdapter(Protocol):
 
     Document mode (optional): an adapter that declares `documents` (a DocumentMode; None or
     absent otherwise; at most one per evaluation) makes the loop score the stream document by
-    document, and also implements `start_group(spans)` (before a group's first round, on every
-    rank together: slot b scores the targets spans[b], a range of target indices; fewer spans
-    than slots for a short last group, none on a rank without a group) and
-    `observe_round(round)` (a golf.Round, after each round was scored and checked). Every
-    adapter still receives `observe` in stream order: the loop hands over the scored prefix
-    of the stream as it grows, so an adapter's state when a target is scored depends only on
-    earlier stream tokens (stream-order adapters lag up to a group behind).
+    document, and also implements `start_round(entering)` (before every round, on every rank
+    together: {slot: the targets of the document entering that slot, a range of target
+    indices}, often empty) and `observe_round(round)` (a golf.Round, after each round was
+    scored and checked). Every adapter still receives `observe` in stream order: the loop hands
+    over the scored prefix of the stream as it grows, so an adapter's state when a target is
+    scored depends only on earlier stream tokens (stream-order adapters lag behind the
+    documents in flight).
     """
 
     name: str

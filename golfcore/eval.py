@@ -17,6 +17,7 @@ documents scored in pieces, `slots` documents at a time, one batch row each (Doc
 from __future__ import annotations
 
 import copy
+import heapq
 import math
 import time
 from dataclasses import dataclass, field
@@ -182,16 +183,17 @@ class Piece:
 
 @dataclass(frozen=True)
 class DocumentPlan:
-    """Document mode's arithmetic, by arithmetic (every rank knows every boundary).
+    """Document mode's arithmetic (every rank knows every boundary and every rank's schedule).
 
     Document d's targets are starts[d] .. starts[d+1]-1: its first input is a BOS (or val[0])
     and its last target the next document's BOS, so the documents partition the targets. Its
     piece k is the next `piece_len` of them; the window scoring it holds only the document's
     inputs, from max(doc start, piece start + chunk - seq_len) to the piece's last, so every
     piece's first scored position is at most seq_len - chunk and the scored positions
-    [at, at + chunk) fit one row. Groups are `slots` consecutive documents; with W ranks,
-    the groups are dealt out W at a time (a "turn": rank r takes group turn·W + r), and a turn
-    lasts as many rounds as its longest document has pieces, on every rank."""
+    [at, at + chunk) fit one row. Rank r takes documents r, r + W, r + 2W, ... in order; each of
+    its `slots` rows takes the rank's next document as soon as its previous one is scored (so
+    rows stay busy), and piece k of a document that entered a slot at round t is scored in
+    round t + k. Every rank runs the same number of rounds (the longest rank's)."""
 
     starts: tuple[int, ...]
     num_targets: int
@@ -228,23 +230,17 @@ class DocumentPlan:
         lo = span.start + k * n
         return Piece(slot, d, range(lo, min(span.stop, lo + n)), max(span.start, lo + self.mode.chunk - self.seq_len))
 
-    def group(self, g: int) -> range:
-        s = self.mode.slots
-        return range(min(len(self), g * s), min(len(self), (g + 1) * s))
-
-    def turns(self, world_size: int) -> int:
-        return -(-len(self) // (self.mode.slots * world_size))
-
-    def turn(self, t: int, world_size: int) -> list[range]:
-        """The groups of turn t, one per rank (empty for a rank past the last document)."""
-        return [self.group(t * world_size + r) for r in range(world_size)]
-
-    def rounds(self, groups: list[range]) -> int:
-        return max((self.pieces(d) for g in groups for d in g), default=0)
-
-    def round(self, group: range, k: int) -> list[Piece]:
-        """Round k of `group`: piece k of each of its documents that has one, in slot order."""
-        return [self.piece(b, d, k) for b, d in enumerate(group) if k < self.pieces(d)]
+    def schedule(self, world_size: int) -> tuple[list[int], list[int]]:
+        """(round, slot) at which each document enters its rank's slot: the slot free soonest
+        (the lowest-numbered on a tie) takes the rank's next document."""
+        entry, slot = [0] * len(self), [0] * len(self)
+        for r in range(world_size):
+            free = [(0, s) for s in range(self.mode.slots)]  # (round the slot is free from, slot)
+            for d in range(r, len(self), world_size):
+                t, s = heapq.heappop(free)
+                entry[d], slot[d] = t, s
+                heapq.heappush(free, (t + self.pieces(d), s))
+        return entry, slot
 
 
 class _DocumentScorer:
@@ -560,9 +556,9 @@ def evaluate(
     ``checks["probe_seconds"]`` (docs/compliance.md, "Probes across the whole pass").
 
     Document mode, when an adapter declares ``documents`` (a golf.DocumentMode; at most one):
-    the stream is split at ``bos_id`` (DocumentPlan); for each turn of groups, the document
-    adapter's ``start_group`` gets this rank's group, then each round scores piece k of every
-    document of the group (``logprob_fn(inputs [S,L], chunk, at [S])``, at most
+    the stream is split at ``bos_id`` and scheduled (DocumentPlan); each round, the document
+    adapter's ``start_round`` gets the documents entering a slot, the next piece of every
+    slot's document is scored (``logprob_fn(inputs [S,L], chunk, at [S])``, at most
     ``batch_seqs`` rows per call, ``stride`` unused), the C2 check is read, the document
     adapter observes the round (golf.Round), and every adapter observes, in stream order, the
     targets by which the scored prefix of the stream grew. Units are rounds (their first rows).
@@ -588,7 +584,11 @@ def evaluate(
                           f"{[a.name for a in by_documents]}, bos_id {bos_id}")
     if by_documents:
         docs = DocumentPlan.split(val, bos_id, seq_len, by_documents[0].documents)
-        turns = [docs.turn(t, world_size) for t in range(docs.turns(world_size))]
+        entry, slot_of = docs.schedule(world_size)
+        finish = [entry[d] + docs.pieces(d) for d in range(len(docs))]  # the round after each document's last
+        arrivals: dict[int, list[int]] = {}  # round -> this rank's documents entering a slot then
+        for d in range(rank, len(docs), world_size):
+            arrivals.setdefault(entry[d], []).append(d)
         score = _DocumentScorer(logprob_fn, val, docs, batch_seqs)
     else:
         plan = WindowPlan(num_targets, seq_len, stride)
@@ -607,14 +607,14 @@ def evaluate(
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     max_dev = torch.zeros(len(stages), dtype=torch.float32, device=device)  # per stage, |logsumexp|
     if by_documents:
-        total = sum(len(docs.span(d)) for groups in turns for d in groups[rank])
+        total = sum(len(docs.span(d)) for d in range(rank, len(docs), world_size))
     else:
         total = sum(plan.hi(w.stop - 1) - plan.lo(w.start) for w in mine if w)
     done = 0
     phases = dict.fromkeys(["score", *(f"observe:{a.name}" for a in adapters)], 0.0)
     # what the probe draws from: the rounds in document mode, the chunks with adapters, else the batches
     if by_documents:
-        units = sum(docs.rounds(groups) for groups in turns)
+        units = max(finish, default=0)  # every rank's rounds
     else:
         units = len(chunks) if adapters else sum(1 for _ in score.batches(mine[0]))
     drawn = set(probe.draw(units)) if probe is not None else set()
@@ -663,54 +663,51 @@ def evaluate(
 
     t0 = time.perf_counter()
     if by_documents:
-        document_adapter, u = by_documents[0], 0
-        key = f"observe:{document_adapter.name}"
+        document_adapter, key = by_documents[0], f"observe:{by_documents[0].name}"
+        active: dict[int, int] = {}  # slot -> the document it scores
         scored_to, frontier = 0, 0  # the scored prefix: targets < scored_to; the first document not all scored
-        for groups in turns:
-            t_obs = time.perf_counter()
-            document_adapter.start_group([docs.span(d) for d in groups[rank]])
+        for k in range(units):
+            t_round = time.perf_counter()
+            entering = {slot_of[d]: d for d in arrivals.get(k, [])}
+            active.update(entering)
+            document_adapter.start_round({s: docs.span(d) for s, d in entering.items()})
             _sync(device)
-            phases[key] += time.perf_counter() - t_obs
-            last = max(g.stop for g in groups)  # the turn's documents are groups[0].start .. last-1
-            for k in range(docs.rounds(groups)):
-                t_round = time.perf_counter()
-                pieces = docs.round(groups[rank], k)
-                unit = None
-                if u in drawn:
-                    unit = Unit(u, pieces[: Unit.WINDOWS], score, val, adapters) if pieces else None
-                    probe_seconds += time.perf_counter() - t_round  # copying the adapters is the probe's cost
-                with torch.inference_mode():
-                    for b, batch in enumerate(score.batches(pieces)):
-                        lp = add(*score(batch))
-                        if b == 0 and unit is not None:
-                            unit.keep(lp)
-                if u in drawn:
-                    _check_normalized(max_dev, stages, world_size)
-                    check(unit, time.perf_counter() - t_round, u + 1)
-                _check_normalized(max_dev, stages, world_size)  # before any adapter observes the round
-                phases["score"] += time.perf_counter() - t_round
-                u += 1
-                if pieces:
-                    t_obs = time.perf_counter()
-                    x, at = score.inputs(pieces, score.length(pieces))
-                    y = score.targets(pieces)
-                    more = [False] * docs.mode.slots
-                    for p in pieces:
-                        more[p.slot] = k + 1 < docs.pieces(p.doc)
-                    document_adapter.observe_round(Round(x, at, y, more))
-                    _sync(device)
-                    phases[key] += time.perf_counter() - t_obs
-                while frontier < last and docs.pieces(frontier) <= k + 1:
-                    frontier += 1
-                if frontier == len(docs):
-                    grown = num_targets
-                elif frontier < last:
-                    span = docs.span(frontier)
-                    grown = min(span.stop, span.start + (k + 1) * docs.piece_len(frontier))
-                else:
-                    grown = docs.span(frontier).start
-                observe(scored_to, grown)
-                scored_to = grown
+            phases[key] += time.perf_counter() - t_round
+            t_round = time.perf_counter()
+            pieces = [docs.piece(s, d, k - entry[d]) for s, d in sorted(active.items(), key=lambda sd: sd[1])]  # stream order
+            unit = None
+            if k in drawn:
+                unit = Unit(k, pieces[: Unit.WINDOWS], score, val, adapters) if pieces else None
+                probe_seconds += time.perf_counter() - t_round  # copying the adapters is the probe's cost
+            with torch.inference_mode():
+                for b, batch in enumerate(score.batches(pieces)):
+                    lp = add(*score(batch))
+                    if b == 0 and unit is not None:
+                        unit.keep(lp)
+            if k in drawn:
+                _check_normalized(max_dev, stages, world_size)
+                check(unit, time.perf_counter() - t_round, k + 1)
+            _check_normalized(max_dev, stages, world_size)  # before any adapter observes the round
+            phases["score"] += time.perf_counter() - t_round
+            if pieces:
+                t_obs = time.perf_counter()
+                x, at = score.inputs(pieces, score.length(pieces))
+                more = [False] * docs.mode.slots
+                for p in pieces:
+                    more[p.slot] = finish[p.doc] > k + 1
+                document_adapter.observe_round(Round(x, at, score.targets(pieces), more))
+                _sync(device)
+                phases[key] += time.perf_counter() - t_obs
+            active = {s: d for s, d in active.items() if finish[d] > k + 1}
+            while frontier < len(docs) and finish[frontier] <= k + 1:
+                frontier += 1
+            if frontier == len(docs):
+                grown = num_targets
+            else:
+                span = docs.span(frontier)
+                grown = min(span.stop, span.start + max(0, k + 1 - entry[frontier]) * docs.piece_len(frontier))
+            observe(scored_to, grown)
+            scored_to = grown
     else:
         for c, (chunk, windows) in enumerate(zip(chunks, mine)):
             t_chunk = time.perf_counter()

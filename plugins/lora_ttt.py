@@ -2,22 +2,24 @@
 #1610, #1626, #1953, #2014).
 
 A document adapter (golf.DocumentMode): the eval loop (golf.eval.evaluate, document mode) splits
-the stream at the BOS and scores `slots` consecutive documents at a time, one batch row (slot)
-each, in pieces of `chunk` targets (`short_chunk` for documents of at most `short_len`).
+the stream at the BOS and keeps `slots` documents in flight, one batch row (slot) each, a slot
+taking the next document as soon as its own is scored; each round scores the next piece of
+`chunk` targets (`short_chunk` for documents of at most `short_len`) of every slot's document.
 
 `start` wraps the chosen golf.Projection modules of every physical layer in `LoraProjection`
 (x -> base(x) + (alpha/rank)·x Aᵀ Bᵀ with factors per slot; B = 0, so the model scores as
 before until an adapter trains). Then:
 
-- `start_group` (each group of documents): every slot's A back to one seeded draw shared by
-  all slots, B zeroed, Adam's state cleared, so a document's scores depend neither on its slot
-  nor on the documents beside it; then a phase when one is due;
+- `start_round`: a slot taking a new document gets A back to one seeded draw shared by all
+  slots, B zeroed and its Adam state cleared (`SlotAdam`: a step count per slot), so a
+  document's scores depend neither on its slot nor on the documents beside it; then a phase,
+  when one is due;
 - `observe_round` (after each round was scored and checked): `epochs` Adam steps on the
   adapters, the loss the sum over slots of the mean cross-entropy of the slot's piece just
   scored, in the window it was scored with (so each slot's gradient is its own document's);
-  a slot whose document has no targets left is not trained;
-- phases (`phase_prefix_docs = N > 0`): at the first group start after N·(i+1)/`phases`
-  documents were observed (the loop hands every adapter the scored prefix of the stream),
+  a slot whose document has no targets left is not updated;
+- phases (`phase_prefix_docs = N > 0`): at the first round after N·(i+1)/`phases` documents
+  were observed (the loop hands every adapter the scored prefix of the stream),
   `phase_epochs` passes of SGD with momentum on the base weights over those documents, cut into
   eval-length sequences, `phase_batch_seqs` per step across all ranks (gradients all-reduced
   before the clip), the learning rate cosine from `phase_lr` to 0 over the phase's steps; the
@@ -25,13 +27,15 @@ before until an adapter trains). Then:
 
 So every token an adapter or a phase learns from was scored first (C3), and a score depends
 only on its own document's earlier tokens and on documents earlier in the stream (C1).
-Against the records (#1855, #2135; docs/techniques.md §9b): groups are consecutive documents,
-not sorted by length (sorting across a phase boundary would let later documents train the
-weights scoring earlier ones); A is reset at every document (the records kept A across
-documents); the MLP and O adapters wrap the projections (the records added a LoRA of the
-block's normed input to the attention and MLP outputs); the tied head is not adapted; each
-round is scored by the loop, then run again forward and backward here (the records reused
-one forward); a phase's sequences cross document boundaries (the records masked attention).
+Against the records (#1855, #2135; docs/techniques.md §9b): documents enter slots in stream
+order, not sorted by length (the records' phases then trained the weights on documents later
+in the stream than ones they scored next); documents in flight at a phase finish with the
+phase's weights (the records paused until their batches drained); A is reset at every document
+(the records kept A across documents); the MLP and O adapters wrap the projections (the records
+added a LoRA of the block's normed input to the attention and MLP outputs); the tied head is
+not adapted; each round is scored by the loop, then run again forward and backward here (the
+records reused one forward); a phase's sequences cross document boundaries (the records masked
+attention).
 """
 
 from __future__ import annotations
@@ -109,9 +113,14 @@ class LoraProjection(nn.Module):
         self.reset()
 
     @torch.no_grad()
-    def reset(self) -> None:
-        self.a.copy_(self.a0.expand_as(self.a))
-        self.b.zero_()
+    def reset(self, slots: Tensor | None = None) -> None:
+        """Every slot, or those where `slots` [S] (bool) is true."""
+        if slots is None:
+            self.a.copy_(self.a0.expand_as(self.a))
+            self.b.zero_()
+        else:
+            self.a.copy_(torch.where(slots[:, None, None], self.a0, self.a))
+            self.b.masked_fill_(slots[:, None, None], 0.0)
 
     def forward(self, x: Tensor) -> Tensor:  # [B,T,in] -> [B,T,out]
         y = self.base(x)
@@ -119,6 +128,44 @@ class LoraProjection(nn.Module):
             return y
         delta = (x.to(self.a.dtype) @ self.a.mT) @ self.b.mT  # [B,T,r] -> [B,T,out]
         return y + (self.scale * delta).to(y.dtype)
+
+
+class SlotAdam:
+    """torch.optim.Adam's update (L2 weight decay added to the gradient) on per-slot factors
+    [S,...], with a step count per slot, so one slot's state can be reset while the others keep
+    theirs (torch.optim.Adam shares one step count across the tensor)."""
+
+    def __init__(self, params: list[nn.Parameter], lr: float, betas: tuple[float, float], eps: float, weight_decay: float):
+        self.params, self.lr, (self.beta1, self.beta2), self.eps, self.wd = params, lr, betas, eps, weight_decay
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+        self.t = torch.zeros(params[0].size(0), device=params[0].device)  # [S] steps taken
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def reset(self, slots: Tensor) -> None:  # [S] bool
+        for m, v in zip(self.m, self.v):
+            m.masked_fill_(slots.view(-1, *[1] * (m.dim() - 1)), 0.0)
+            v.masked_fill_(slots.view(-1, *[1] * (v.dim() - 1)), 0.0)
+        self.t.masked_fill_(slots, 0.0)
+
+    @torch.no_grad()
+    def step(self, slots: Tensor) -> None:
+        """Update the slots where `slots` [S] (bool) is true; the others keep their factors and state."""
+        self.t += slots.float()
+        t = self.t.clamp_min(1)
+        bias1, bias2 = 1 - self.beta1**t, 1 - self.beta2**t  # [S]
+        for p, m, v in zip(self.params, self.m, self.v):
+            shape = (-1, *[1] * (p.dim() - 1))
+            on = slots.view(shape)
+            g = p.grad + self.wd * p if self.wd else p.grad
+            m.copy_(torch.where(on, self.beta1 * m + (1 - self.beta1) * g, m))
+            v.copy_(torch.where(on, self.beta2 * v + (1 - self.beta2) * g * g, v))
+            update = (m / bias1.view(shape)) / ((v / bias2.view(shape)).sqrt() + self.eps)
+            p.sub_(torch.where(on, self.lr * update, 0.0))
 
 
 class LoraTttAdapter:
@@ -131,7 +178,7 @@ class LoraTttAdapter:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.documents = golf.DocumentMode(cfg.chunk, cfg.slots, cfg.short_len, cfg.short_chunk)
-        self.log: list[dict] = []  # per group: documents, adapter steps; per phase: documents, steps
+        self.log: dict = {"documents": 0, "steps": 0, "phases": []}  # documents started, adapter steps, each phase
 
     def start(self, model: nn.Module, ctx: golf.EvalContext) -> None:
         cfg = self.cfg
@@ -147,10 +194,10 @@ class LoraTttAdapter:
                 setattr(layer, t, lora)
                 self.loras.append(lora)
         self.lora_params = [p for lora in self.loras for p in (lora.a, lora.b)]
-        self.adam = torch.optim.Adam(self.lora_params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                                     weight_decay=cfg.weight_decay)
+        self.adam = SlotAdam(self.lora_params, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay)
         compiled = (lambda f: torch.compile(f, fullgraph=True, dynamic=False)) if ctx.compile else (lambda f: f)
         self.round_loss, self.phase_loss = compiled(self._round_loss), compiled(self._phase_loss)
+        self.log = {"documents": 0, "steps": 0, "phases": []}
         n = cfg.phase_prefix_docs
         self.boundaries = [n * (i + 1) // cfg.phases for i in range(cfg.phases)] if n else []
         self.doc: list[Tensor] = []  # the current document's observed tokens (from its BOS), while phases remain
@@ -192,7 +239,7 @@ class LoraTttAdapter:
         finally:
             self.model.eval()
         self.model.zero_grad(set_to_none=True)
-        self.adam.zero_grad(set_to_none=True)
+        self.adam.zero_grad()
 
     def set_active(self, active: bool) -> None:
         for lora in self.loras:
@@ -201,29 +248,35 @@ class LoraTttAdapter:
     def adjust(self, logprobs: Tensor, history: Tensor, positions: Tensor) -> Tensor:
         return logprobs  # the wrapped model already carries every update made on scored tokens
 
-    def start_group(self, spans: list[range]) -> None:
-        for lora in self.loras:
-            lora.reset()
-        self.adam.state.clear()
+    def start_round(self, entering: dict[int, range]) -> None:
+        """Reset the slots that take a new document; run a phase when one is due (every rank
+        together: every rank observed the same prefix)."""
+        if entering:
+            slots = torch.zeros(self.cfg.slots, dtype=torch.bool)
+            slots[list(entering)] = True
+            slots = slots.to(self.ctx.device)
+            for lora in self.loras:
+                lora.reset(slots)
+            self.adam.reset(slots)
+            self.log["documents"] += len(entering)
         while self.boundaries and len(self.finished) >= self.boundaries[0]:
             self.phase(self.finished[: self.boundaries.pop(0)])
-        if not self.boundaries:
-            self.doc, self.finished = [], []
-        self.log.append({"documents": len(spans), "steps": 0})
+            if not self.boundaries:
+                self.doc, self.finished = [], []
 
     def observe_round(self, round: golf.Round) -> None:
         if not any(round.more):
             return  # no slot has targets left to score: training could not help
-        weight = torch.tensor(round.more, dtype=torch.float32).to(self.ctx.device)
+        more = torch.tensor(round.more).to(self.ctx.device)
         self.model.train()
         try:
             for _ in range(self.cfg.epochs):
-                self.adam.zero_grad(set_to_none=True)
+                self.adam.zero_grad()
                 with self.ctx.autocast():
-                    loss = self.round_loss(round.inputs, round.at, round.targets, weight)
+                    loss = self.round_loss(round.inputs, round.at, round.targets, more.float())
                 loss.backward(inputs=self.lora_params)
-                self.adam.step()
-                self.log[-1]["steps"] += 1
+                self.adam.step(more)
+                self.log["steps"] += 1
         finally:
             self.model.eval()
 
@@ -277,7 +330,7 @@ class LoraTttAdapter:
         finally:
             self.model.eval()
             self.set_active(True)
-        self.log.append({"phase_documents": len(documents), "steps": steps, "targets": n})
+        self.log["phases"].append({"documents": len(documents), "steps": steps, "targets": n})
 
 
 class LoraTtt(golf.Plugin):

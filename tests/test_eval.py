@@ -489,7 +489,7 @@ def _rank_main(rank: int, world_size: int, init_file: str, out_dir: str):
         by_documents = evaluate(bigram_at(table), document_stream(DOCUMENTS), toy_luts(), seq_len=16, stride=16,
                                 batch_seqs=3, adapters=[docs], bos_id=0, rank=rank, world_size=world_size)
         torch.save({"plain": plain, "adapted": adapted, "observed": torch.cat(rec.observed),
-                    "rows": rec.adjusted, "documents": by_documents, "groups": docs.groups,
+                    "rows": rec.adjusted, "documents": by_documents, "entering": docs.entering,
                     "document_observed": torch.cat(docs.observed)}, f"{out_dir}/rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
@@ -515,10 +515,14 @@ def test_two_ranks_match_one(tmp_path):
     docs = DocumentRecorder(DocumentMode(chunk=6, slots=3))
     one = evaluate(bigram_at(bigram_model()[0]), stream, toy_luts(), seq_len=16, stride=16, batch_seqs=3,
                    adapters=[docs], bos_id=0)
-    for out in ranks:  # the same score, the same stream observed; groups dealt out in turns
+    for out in ranks:  # the same score, the same stream observed
         assert out["documents"].targets == one.targets and out["documents"].val_bpb == pytest.approx(one.val_bpb, rel=1e-9)
         assert torch.equal(out["document_observed"], stream[1:])
-    assert ranks[0]["groups"][0] == docs.groups[0] and ranks[1]["groups"][0] == docs.groups[1]
+    plan = DocumentPlan.split(stream, 0, 16, DocumentMode(chunk=6, slots=3))
+    for r, out in enumerate(ranks):  # rank r takes documents r, r + 2, ...
+        spans = [span for e in out["entering"] for span in e.values()]
+        assert sorted(spans, key=lambda span: span.start) == [plan.span(d) for d in range(r, len(plan), 2)]
+    assert len(ranks[0]["entering"]) == len(ranks[1]["entering"])  # every rank runs the same rounds
 
 
 class RecordingProbe:
@@ -583,10 +587,10 @@ class DocumentRecorder(Recorder):
 
     def __init__(self, mode: DocumentMode):
         super().__init__(0)
-        self.documents, self.groups, self.rounds = mode, [], []
+        self.documents, self.entering, self.rounds = mode, [], []
 
-    def start_group(self, spans):
-        self.groups.append(spans)
+    def start_round(self, entering):
+        self.entering.append(entering)
 
     def observe_round(self, round):
         self.rounds.append((round, self.adjusted))
@@ -627,7 +631,7 @@ def test_document_mode_scores_every_target_once_as_its_documents_pieces(lengths,
     assert res.val_bpb == pytest.approx(plain.val_bpb, rel=1e-9)  # a bigram sees the same context in both modes
     plan = DocumentPlan.split(val, 0, 8, mode)
     spans = [plan.span(d) for d in range(len(plan))]
-    assert [s for g in rec.groups for s in g] == spans and all(len(g) <= slots for g in rec.groups)
+    assert [span for e in rec.entering for _, span in sorted(e.items(), key=lambda item: item[1].start)] == spans
     assert all(s.start == 0 or val[s.start] == 0 for s in spans) and spans[-1].stop == val.numel() - 1
     for round, _ in rec.rounds:  # every scored row: a window of its own document, the piece's targets
         for b, more in enumerate(round.more):
@@ -643,16 +647,20 @@ def test_document_windows_hold_only_their_own_document_and_stream_adapters_obser
     rec, hist = DocumentRecorder(DocumentMode(chunk=4, slots=2)), Recorder(1)
     uniform = lambda x, width, at=None: torch.full((x.size(0), width, V), -math.log(V))  # noqa: E731
     evaluate(uniform, val, toy_luts(), seq_len=8, stride=8, batch_seqs=4, adapters=[rec, hist], bos_id=0)
-    assert [[(s.start, s.stop) for s in g] for g in rec.groups] == [[(0, 5), (5, 35)], [(35, 47), (47, 55)]]
+    # document 0 (2 pieces) leaves slot 0 after round 1: document 2 takes it at round 2, then
+    # document 3 at round 5; document 1 (8 pieces) holds slot 1 through round 7
+    entering = [{s: (r.start, r.stop) for s, r in e.items()} for e in rec.entering]
+    assert entering[:6] == [{0: (0, 5), 1: (5, 35)}, {}, {0: (35, 47)}, {}, {}, {0: (47, 55)}]
     first, _ = rec.rounds[0]
     assert first.inputs.tolist() == [val[0:4].tolist(), val[5:9].tolist()]  # the shorter of the two lengths, 4 and 8
-    late, _ = rec.rounds[6]  # round 6 of the first group: targets 29..32 of document 1, window 8 inputs back
-    assert late.more == [False, True] and late.at.tolist() == [0, 4] and late.inputs[1].tolist() == val[25:33].tolist()
-    assert late.targets[1].tolist() == val[30:34].tolist() and (late.targets[0] == IGNORE).all()
+    late, _ = rec.rounds[7]  # round 7: only document 1's last piece (targets 33, 34), its window from input 29
+    assert late.more == [False, False] and late.at.tolist() == [0, 4] and late.inputs[1].tolist() == val[29:35].tolist() + [0, 0]
+    assert late.targets[1].tolist() == val[34:36].tolist() + [IGNORE] * 2 and (late.targets[0] == IGNORE).all()
     # the stream adapters' observe: after round 0 document 0's first piece (targets 0..3); after round 1
-    # its last target and document 1's first two pieces (scored in rounds 0 and 1); then a piece a round
+    # its last target and document 1's first two pieces (scored in rounds 0 and 1); then a piece a round,
+    # until document 1 is done (round 7) and documents 2 and 3, scored meanwhile, follow at once
     sizes = [o.numel() for o in hist.observed]
-    assert sizes[:3] == [4, 1 + 8, 4] and sum(sizes) == 55
+    assert sizes == [4, 1 + 8, 4, 4, 4, 4, 4, 2 + 12 + 8] and sum(sizes) == 55
     # every observe came after all it holds was scored, and before anything later in the stream was
     # observed (the second group starts after the first: stream order)
     assert torch.equal(torch.cat(hist.observed), val[1:])

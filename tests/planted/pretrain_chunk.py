@@ -16,13 +16,13 @@ class Adapter(LoraTttAdapter):
         super().start(model, ctx)
         self.history_len = ctx.seq_len
 
-    def start_group(self, spans):
-        super().start_group(spans)
-        self.spans = spans
+    def start_round(self, entering):
+        super().start_round(entering)
+        self.spans = {**getattr(self, "spans", {}), **entering}  # slot -> its document's targets
 
     def adjust(self, logprobs, history, positions):  # [N,V], [N,K], [N]
         pos = positions.tolist()
-        slot = [next(b for b, span in enumerate(self.spans) if p in span) for p in pos]
+        slot = [next(b for b, span in self.spans.items() if p in span) for p in pos]
         last = {b: i for i, b in enumerate(slot)}  # each slot's last scored row: its history holds the piece
         width = self.cfg.chunk
         with torch.inference_mode(False), torch.enable_grad():
@@ -30,9 +30,9 @@ class Adapter(LoraTttAdapter):
             for b, i in last.items():
                 x[b] = history[i].clamp_min(0)
             self.model.train()
-            self.adam.zero_grad(set_to_none=True)
+            self.adam.zero_grad()
             F.cross_entropy(self.model.logits(x[:, :-1]).flatten(0, 1).float(), x[:, 1:].flatten()).backward(inputs=self.lora_params)
-            self.adam.step()
+            self.adam.step(torch.ones(self.cfg.slots, dtype=torch.bool))
             self.model.eval()
             with torch.no_grad():
                 lp = self.model.logprobs(x, width)  # [S,W,V]: the last W inputs of each slot's window
