@@ -27,7 +27,7 @@ from torch import nn
 from torch._dynamo.utils import counters
 
 from golfcore.assemble import build_model, check_config
-from golfcore.eval import _Scorer, build_byte_luts
+from golfcore.eval import _DocumentScorer, _Scorer, build_byte_luts
 import golfcore as golf
 from golfcore.plugins import Host, PluginInfo, discover
 from golfcore.recipe import load_recipe
@@ -48,6 +48,7 @@ FITS_TWO_LAYERS = {  # defaults that name layers or lengths a 2-layer, 32-token 
     "value_embeddings": ["plugins.value_embeddings.layers=[0, 1]"],
     "parallel_residuals": ["model.num_layers=4", "plugins.parallel_residuals.start=3"],  # its split layer must be a decoder's
     "progressive_context": ["plugins.progressive_context.seq_lens=[16, 32]", "plugins.progressive_context.at=[0.5]"],
+    "lora_ttt": ["plugins.lora_ttt.chunk=8", "plugins.lora_ttt.slots=4"],  # pieces inside the 32-token windows
 }
 
 
@@ -123,23 +124,26 @@ def train_without_recompiling(available, config) -> None:
 
 
 def score_without_recompiling(available, config) -> None:
-    """Score the way a run does (static shapes; adapters started, then both window shapes run
-    once, before the clock); from the end of that warm-up on, nothing may compile."""
+    """Score the way a run does (static shapes; adapters started, then every window shape run
+    once, before the clock: two in stream mode, up to four in document mode); from the end of
+    that warm-up on, nothing may compile."""
     session = Session(config, available, dist=CPU, build_data=False)
     scorer = Scorer(session)
     scorer._luts = build_byte_luts(spm.SentencePieceProcessor(model_file=str(FINEWEB_TOKENIZER)), config.model.vocab_size)
     val = torch.randint(0, config.model.vocab_size, (VAL_TOKENS,), generator=torch.Generator().manual_seed(0))
-    warm_up = _Scorer.warm_up
     compiled = {}
 
-    def then_forbid(scorer, widths):
-        warm_up(scorer, widths)
-        compiled["warm-up"] = graphs()
-        torch._dynamo.config.error_on_recompile = True
+    def then_forbid(warm_up):
+        def wrapped(scorer, *widths):
+            warm_up(scorer, *widths)
+            compiled["warm-up"] = graphs()
+            torch._dynamo.config.error_on_recompile = True
+        return wrapped
 
     model = session.build_model()
     adapters = session.host.collect("golf_eval_adapter", config=config)
-    with mock.patch.object(_Scorer, "warm_up", then_forbid):
+    with mock.patch.object(_Scorer, "warm_up", then_forbid(_Scorer.warm_up)), \
+            mock.patch.object(_DocumentScorer, "warm_up", then_forbid(_DocumentScorer.warm_up)):
         scorer.score(model, val, adapters)
     assert graphs() == compiled["warm-up"] > 0
 
