@@ -228,4 +228,6 @@ def golf_eval_adapter(config: RunConfig) -> EvalAdapter | None:
     """Called once per evaluation with adapters. Return a score-first eval adapter
     (start / adjust / observe; see `golf.EvalAdapter`). A fresh adapter per call: the core
     calls `start(model, ctx: golf.EvalContext)` on the artifact model after golf_before_eval.
-    Ordered by its `order` attribute."""
+    Ordered by its `order` attribute. One adapter may declare `documents` (a golf.DocumentMode):
+    the loop then scores document by document and also calls its `start_round` and
+    `observe_round` (docs/architecture.md, "The eval adapter contract")."""

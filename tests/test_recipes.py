@@ -1,5 +1,6 @@
 """The shipped recipes: they resolve, build the models they promise and run end to end (compiling them: tests/test_compile.py, tests/test_cuda.py)."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def test_quick_recipe_runs_end_to_end_and_passes_every_probe(recipe, tmp_path, p
     result = json.loads((run_dir / "result.json").read_text())
     expected = {"quickstart.toml": ["roundtrip"], "pr549-quick.toml": ["roundtrip", "roundtrip+ttt"],
                 "v4-quick.toml": ["roundtrip", "roundtrip+ttt", "roundtrip+ttt+hedge_mixer"],
-                "pr2135-quick.toml": ["roundtrip", "roundtrip+ngram_tilt"]}[recipe]
+                "pr2135-quick.toml": ["roundtrip", "roundtrip+lora_ttt", "roundtrip+lora_ttt+ngram_tilt"]}[recipe]
     assert list(result["stages"]) == expected
     assert result["legal"] and run_dir.name.startswith(result["name"]) and not run_dir.name.endswith(".invalid")
     for name in ("c1_causal", "c2_normalized", "c3_score_before_update", "c4_each_target_once", "artifact_budget"):
@@ -186,6 +187,33 @@ def test_pr2135_is_pr1855_with_its_launch_line_and_count():
     assert config.plugins["gated_smear"].mask_bos is False  # SMEAR_GATE_BOS_FIX=0, as it ran
     tilt = config.plugins["ngram_tilt"]
     assert (tilt.order, tilt.boost, tilt.threshold) == (16, 2.625, 0.8)
+    adapters = Host(config, available).collect("golf_eval_adapter", config=config)
+    assert [a.name for a in adapters] == ["lora_ttt", "ngram_tilt"]  # the tilt tilts the adapted distribution
+
+
+# train_seed42.log's Hyperparameters (ttt_*, phased_ttt_*, global_ttt_*), TTT_LORA_ALPHA's default
+PR1855_TTT = dict(rank=80, alpha=144.0, targets=["q", "k", "v", "o", "up", "down"], lr=1e-4, beta1=0.0, beta2=0.99,
+                  eps=1e-10, weight_decay=0.5, epochs=1, chunk=48, slots=64, short_len=0, short_chunk=0,
+                  phase_prefix_docs=2500, phases=3, phase_lr=0.001, phase_momentum=0.9, phase_epochs=1,
+                  phase_batch_seqs=16, phase_grad_clip=1.0)
+PR2135_TTT = PR1855_TTT | dict(lr=8e-5, weight_decay=2.0, targets=["q", "v", "o", "up", "down"], phases=1, phase_batch_seqs=13)
+
+
+@pytest.mark.parametrize("recipe, expected", [("pr1855.toml", PR1855_TTT), ("pr2135.toml", PR2135_TTT)])
+def test_frontier_recipes_run_the_records_phased_lora_ttt(recipe, expected):
+    config = load_recipe(RECIPES / recipe, discover())
+    assert dataclasses.asdict(config.plugins["lora_ttt"]) == expected
+    # every piece's window fits the eval context; one step per 32,768-token chunk, as the records
+    assert expected["chunk"] <= config.eval_seq_len and abs(expected["phase_batch_seqs"] * config.eval_seq_len - 32768) < config.eval_seq_len
+
+
+@pytest.mark.parametrize("recipe", ["pr1855-quick.toml", "pr2135-quick.toml"])
+def test_frontier_quick_recipes_scale_the_ttt_down_and_keep_its_shape(recipe):
+    full = load_recipe(RECIPES / recipe.replace("-quick", ""), discover()).plugins["lora_ttt"]
+    quick = load_recipe(RECIPES / recipe, discover()).plugins["lora_ttt"]
+    assert quick.alpha / quick.rank == pytest.approx(full.alpha / full.rank)  # the same update scale
+    assert (quick.targets, quick.phases, quick.weight_decay, quick.beta2) == (full.targets, full.phases, full.weight_decay, full.beta2)
+    assert quick.lr == pytest.approx(10 * full.lr) and quick.phase_prefix_docs == 4 and quick.slots == 2
 
 
 @pytest.mark.parametrize("recipe", ["pr1855-quick.toml", "pr2135-quick.toml"])
