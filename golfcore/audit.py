@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from .config import RunConfig
+from .contract import DocumentMode
 from .errors import ComplianceError, GolfError
 from .eval import NORMALIZATION_TOL, Unit, plan_windows
 
@@ -94,6 +95,7 @@ class ScoringPath(Protocol):
     stride: int
     batch_seqs: int
     chunk_tokens: int
+    documents: DocumentMode | None  # the document adapter's, when one scores document by document (no global chunks)
     vocab_size: int
     logit_bound: float  # no logit exceeds it in magnitude (the softcap): the CUDA tolerances' scale
     device: torch.device
@@ -112,9 +114,10 @@ def describe(path: ScoringPath) -> str:
 
 
 def probe_prefix(path: ScoringPath, available: int, chunks: int = 2) -> int:
-    """Targets a probe scores: two windows, and with adapters enough to cross `chunks - 1` chunk boundaries."""
+    """Targets a probe scores: two windows, and with adapters in global chunks enough to cross
+    `chunks - 1` chunk boundaries (in document mode adapters learn every piece: two windows do)."""
     n = 2 * path.seq_len
-    if path.adapter_names:
+    if path.adapter_names and path.documents is None:
         n = max(n, (chunks - 1) * path.chunk_tokens + path.seq_len)
     return min(n, available)
 
@@ -126,7 +129,7 @@ def cut_points(path: ScoringPath, num_targets: int, many: bool = False) -> list[
     windows = plan_windows(num_targets, path.seq_len, path.stride)
     picked = [windows[0].first_target + (windows[0].end_target - windows[0].first_target) // 2,
               windows[0].end_target - 1, (windows[-1].first_target + windows[-1].end_target) // 2]
-    if path.adapter_names:
+    if path.adapter_names and path.documents is None:
         picked += range(path.chunk_tokens - 1, num_targets - 1, path.chunk_tokens)
     if many:
         step = max(1, len(windows) // 8)
@@ -603,7 +606,8 @@ def audit_c3(path: ScoringPath, tokens: Tensor) -> list[dict]:
     which chunk) a smaller one that cuts the prefix into at least three chunks."""
     batch_sizes = sorted({1, 2, 3, path.batch_seqs})
     smaller = max(1, min(path.chunk_tokens // 2, (tokens.numel() - 1) // 3))
-    chunk_sizes = [path.chunk_tokens] + ([smaller] if path.adapter_names and smaller < path.chunk_tokens else [])
+    chunked = path.adapter_names and path.documents is None
+    chunk_sizes = [path.chunk_tokens] + ([smaller] if chunked and smaller < path.chunk_tokens else [])
     out = []
     tol = tolerance(path.device, path.logit_bound).c3
     for chunk in chunk_sizes:

@@ -531,7 +531,9 @@ class ScoringPath:
         session = scorer.session
         config, host = session.config, session.host
         self.scorer, self.session, self.blob = scorer, session, blob
-        self.adapter_names = [a.name for a in host.collect("golf_eval_adapter", config=config)]
+        adapters = host.collect("golf_eval_adapter", config=config)
+        self.adapter_names = [a.name for a in adapters]
+        self.documents = next((a.documents for a in adapters if getattr(a, "documents", None) is not None), None)
         self.model_plugins = _implementers(host, hookspecs.hooks_in("build"))
         self.before_eval_plugins = _implementers(host, ("golf_before_eval",))
         self.document_aware = [name for name, plugin in host.plugins.items() if plugin.document_aware][::-1]

@@ -29,7 +29,7 @@ class ToyPath:
     """A scoring path over a position-wise toy model (causal unless `peek`), with the given adapters."""
 
     model_plugins, before_eval_plugins, document_aware = [], [], []
-    seq_len, stride, batch_seqs, chunk_tokens, vocab_size, logit_bound = 16, 8, 4, 40, V, 30.0
+    seq_len, stride, batch_seqs, chunk_tokens, vocab_size, logit_bound, documents = 16, 8, 4, 40, V, 30.0, None
     device, source = torch.device("cpu"), "toy"
 
     def __init__(self, adapter_classes=(), peek=False, previous=None):

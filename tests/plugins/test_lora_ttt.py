@@ -222,6 +222,7 @@ class Path_:
     """A scoring path (audit.ScoringPath) running a fresh tiny model and one adapter per call."""
 
     seq_len, stride, batch_seqs, chunk_tokens, vocab_size, logit_bound, bos_id = 16, 16, 2, 32, V, 30.0, BOS
+    documents = golf.DocumentMode(chunk=8, slots=2)
     adapter_names, model_plugins, before_eval_plugins, document_aware = ["lora_ttt"], [], [], []
     device, source = torch.device("cpu"), "random init"
 
