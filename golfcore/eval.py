@@ -247,8 +247,8 @@ class _DocumentScorer:
     """Scores document-mode rounds at a static shape [slots, L], L among a few lengths
     (DocumentMode.lengths), and returns the scored targets' positions and log-probabilities,
     gathered at each row's offset before the head (never [S,L,V]). A batch is a list of
-    pieces of one round; `length` is the round's, so another batching of it gives the same
-    shapes. Rows a batch leaves out are zeros (the slots stay the rows' indices)."""
+    pieces of one round, run at the shortest length that holds them all; rows it leaves out
+    are zeros (a row's index is its slot, whatever the batching)."""
 
     def __init__(self, logprob_fn, val: Tensor, plan: DocumentPlan, batch_seqs: int):
         self.logprob_fn, self.val, self.plan, self.batch_seqs = logprob_fn, val, plan, batch_seqs
