@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from golfcore.assets import FINEWEB_SP1024_MODEL
 from golfcore.errors import ComplianceError, ConfigError, DataError
 from golfcore.contract import IGNORE, DocumentMode
-from golfcore.eval import ByteLUTs, DocumentPlan, Window, build_byte_luts, evaluate, plan_windows
+from golfcore.eval import ByteLUTs, DocumentPlan, Piece, Window, build_byte_luts, evaluate, plan_windows
 from tests.helpers import CaptureAdapter
 
 V = 16
@@ -689,3 +689,12 @@ def test_a_stream_adapter_beside_a_document_adapter_stays_causal_in_stream_order
                  record=lambda pos, lp: seen.__setitem__(pos, lp))
         rows.append(seen)
     assert torch.equal(rows[0][: cut + 1], rows[1][: cut + 1]) and not torch.equal(rows[0], rows[1])
+
+
+def test_short_documents_are_scored_in_smaller_pieces():
+    val = document_stream([6, 30])  # documents of 6 and 30 targets (the last one has no next BOS: 29)
+    plan = DocumentPlan.split(val, 0, 8, DocumentMode(chunk=4, slots=2, short_len=6, short_chunk=2))
+    assert [plan.span(d) for d in range(2)] == [range(0, 6), range(6, 35)]
+    assert [(plan.piece_len(d), plan.pieces(d)) for d in range(2)] == [(2, 3), (4, 8)]
+    assert plan.piece(0, 0, 2) == Piece(0, 0, range(4, 6), 0)  # window from the document's start
+    assert plan.piece(1, 1, 7) == Piece(1, 1, range(34, 35), 30)  # 8 inputs at most: 34 + 4 - 8
