@@ -197,7 +197,6 @@ class LoraTttAdapter:
         self.adam = SlotAdam(self.lora_params, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay)
         compiled = (lambda f: torch.compile(f, fullgraph=True, dynamic=False)) if ctx.compile else (lambda f: f)
         self.round_loss, self.phase_loss = compiled(self._round_loss), compiled(self._phase_loss)
-        self.log = {"documents": 0, "steps": 0, "phases": []}
         n = cfg.phase_prefix_docs
         self.boundaries = [n * (i + 1) // cfg.phases for i in range(cfg.phases)] if n else []
         self.doc: list[Tensor] = []  # the current document's observed tokens (from its BOS), while phases remain
