@@ -1,7 +1,8 @@
 """Full-Hessian GPTQ with SDClip steps, bits per role, LQER and AWQ-lite (docs/techniques.md §3.11; PR #1060, #1394, #1797, #1908).
 
 Calibration: the quantizer asks for `calibration_batches` micro-batches of the training stream after
-the last step (golf's calibration step, docs/techniques.md §3.12); each projection's inputs x give H = mean x xᵀ [in, in].
+the last step (golf's calibration step, docs/techniques.md §3.12); each projection's inputs x give H = mean x xᵀ [in, in]
+(the tied embedding's: the final hidden states the head multiplies by it).
 
 Step per row (SDClip): s_r = fp16(k · std(w_r) / L), L = 2^(bits-1) - 1 levels a side, k per role
 (`clip_sigmas`: the state key's last name, e.g. "up", or the module's `role`; "embedding" for
