@@ -192,7 +192,7 @@ def test_pr2135_is_pr1855_with_its_launch_line_and_count():
 def test_frontier_quick_recipes_keep_every_technique_and_score_finite(recipe):
     full = load_recipe(RECIPES / recipe.replace("-quick", ""), discover())
     config, model = model_of(recipe)
-    assert set(config.plugins) == set(full.plugins) and config.data.corpus == "pystdlib"
+    assert set(config.plugins) == set(full.plugins) and config.data.corpus == "pystdlib_caseops"
     assert config.eval_seq_len >= config.train.seq_len
     assert torch.isfinite(model.logits(torch.randint(0, 1024, (1, config.eval_seq_len)))).all()
 

@@ -44,6 +44,13 @@ test suites (Lib/test, ctypes/test, unittest/test, tkinter/test, distutils/tests
 lib2to3/tests, idlelib/idle_test), which are repetitive, hold deliberately malformed files and
 would otherwise be 60% of the corpus."""
 SEED = 1337
+NEAR_COPY_LINES = 4
+NEAR_COPY_SHARE = 0.25
+"""A validation file sharing at least this share of its runs of NEAR_COPY_LINES non-blank
+lines with the training files goes to training (the stdlib's generated codecs,
+encodings/cp*.py, are near-copies of each other). Decided on the text, so both pystdlib
+corpora keep the same split; a quarter leaves margin under the overlap check's half of the
+token spans (docs/compliance.md, "Training/validation overlap")."""
 
 
 def ensure_corpus(data: DataSection) -> Corpus:
@@ -115,6 +122,23 @@ def _pystdlib_is_val(relpath: str) -> bool:
     return int.from_bytes(hashlib.sha256(relpath.encode("utf-8")).digest()[:8], "big") % 100 < PYSTDLIB_VAL_PERCENT
 
 
+def _line_runs(text: str) -> set[int]:
+    """Hashes of the file's runs of NEAR_COPY_LINES consecutive non-blank, stripped lines."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return {hash("\n".join(lines[i : i + NEAR_COPY_LINES])) for i in range(max(1, len(lines) - NEAR_COPY_LINES + 1))}
+
+
+def _near_copies(train: list[tuple[str, str]], val: list[tuple[str, str]]) -> set[str]:
+    """Relative paths of the validation files that near-copy training files (NEAR_COPY_SHARE)."""
+    seen = set().union(*(_line_runs(text) for _, text in train))
+    out = set()
+    for rel, text in val:
+        runs = _line_runs(text)
+        if len(runs & seen) >= NEAR_COPY_SHARE * len(runs):
+            out.add(rel)
+    return out
+
+
 def _encode_splits(tokenizer: Path, splits: dict[str, list[str]], directory: Path, prefix: str, transform: str,
                    processes: int = NUM_PROCESSES, progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Both splits' shards (with the val split's byte sidecars when there is a transform);
@@ -132,8 +156,9 @@ def build_pystdlib(root: Path, force: bool = False, caseops: bool = False) -> Co
     operators as pieces, and byte sidecars) from this interpreter's stdlib sources.
 
     Files are split into train/val by a hash of their relative path (~5% val), so the split is
-    stable across machines with the same Python; each split's files are shuffled by a seeded
-    hash before being laid end to end, BOS first. The tokenizer sees the train split only.
+    stable across machines with the same Python; validation files that near-copy training ones
+    move to train (NEAR_COPY_SHARE); each split's files are shuffled by a seeded hash before
+    being laid end to end, BOS first. The tokenizer sees the train split only.
     Takes a few seconds; an existing build is kept unless force is set.
     """
     root = Path(root)
@@ -151,6 +176,10 @@ def build_pystdlib(root: Path, force: bool = False, caseops: bool = False) -> Co
     splits: dict[str, list[tuple[str, str]]] = {"train": [], "val": []}
     for rel, text in sorted(sources, key=lambda s: _shuffle_key(SEED, s[0])):
         splits["val" if _pystdlib_is_val(rel) else "train"].append((rel, text))
+    moved = _near_copies(splits["train"], splits["val"])
+    splits["train"] += [doc for doc in splits["val"] if doc[0] in moved]  # order stays the seeded shuffle's
+    splits["train"].sort(key=lambda s: _shuffle_key(SEED, s[0]))
+    splits["val"] = [doc for doc in splits["val"] if doc[0] not in moved]
 
     final = root / name
     tmp = _build_dir(final)
@@ -172,6 +201,7 @@ def build_pystdlib(root: Path, force: bool = False, caseops: bool = False) -> Co
             split: {"files": len(docs), "bytes": sum(len(t.encode("utf-8")) for _, t in docs), "paths": sorted(r for r, _ in docs)}
             for split, docs in splits.items()
         }
+        extra["val"]["near_copies_moved_to_train"] = sorted(moved)
         write_meta(tmp, name, fingerprint, {"documents": extra}, transform)
         _publish(tmp, final)
     finally:

@@ -15,7 +15,7 @@ import sentencepiece as spm
 from typer.testing import CliRunner
 
 from golf_cli.main import app as golf_app
-from golf_tools.corpora import NotTextError, build_pystdlib, build_text_corpus, ensure_corpus
+from golf_tools.corpora import NotTextError, _near_copies, build_pystdlib, build_text_corpus, ensure_corpus
 from golfcore.config import DataSection
 from golfcore import caseops
 from golfcore.data import load_val_bytes, load_val_tokens, read_shard, resolve_corpus
@@ -62,6 +62,18 @@ def test_pystdlib_split_by_file(pystdlib_root):
     assert not any(part in ("test", "tests", "idle_test", "site-packages") for p in train | val for part in p.split("/")[:-1])
     assert 0.02 <= meta["documents"]["val"]["bytes"] / (meta["documents"]["train"]["bytes"] + meta["documents"]["val"]["bytes"]) <= 0.08
     assert meta["documents"]["val"]["bytes"] >= 200_000
+
+
+def test_near_copied_validation_files_move_to_train(pystdlib_root):
+    """The stdlib's generated codecs are near-copies of each other: none stays in validation,
+    and the overlap check then passes on both embedded corpora's split (the same files)."""
+    meta = json.loads((pystdlib_root / "pystdlib" / "meta.json").read_text())
+    moved = meta["documents"]["val"]["near_copies_moved_to_train"]
+    assert moved and set(moved) <= set(meta["documents"]["train"]["paths"])
+    assert not set(moved) & set(meta["documents"]["val"]["paths"])
+    train = [("a.py", "x = 1\ny = 2\nz = 3\nw = 4\nv = 5\n")]
+    val = [("copy.py", "x = 1\ny = 2\nz = 3\nw = 4\nother = 6\n"), ("new.py", "a\nb\nc\nd\ne\n")]
+    assert _near_copies(train, val) == {"copy.py"}  # 1 of its 2 runs of 4 lines is in training
 
 
 def test_pystdlib_documents_round_trip(pystdlib_root):
