@@ -4,7 +4,7 @@
 Builds the recipe's model on the CPU (no data, no training), bundles its code, and prints the
 projected model, code and total bytes against the budget. `--measure` also packs that model
 with the recipe's quantizer and compressor and prints the artifact's bytes: the model at its
-initialisation, zero-initialised matrices drawn N(0, 0.02²) so every integer row is Gaussian,
+initialisation, zero-initialised integer matrices drawn N(0, 0.02²) so every integer row is Gaussian,
 calibrated (when the quantizer wants it) on `--calibration-batches` batches of random tokens.
 That measures the compressor on Gaussian rows, the projection's assumption; trained weights
 differ (docs/performance.md, "The records' export at full size")."""
@@ -20,7 +20,7 @@ from golfcore.artifact import pack, project
 from golfcore.bundle import Bundle
 from golfcore.calibration import calibrate
 from golfcore.model import count_parameters
-from golfcore.params import param_specs
+from golfcore.params import param_specs, spec_of
 from golfcore.plugins import discover
 from golfcore.recipe import dump_toml, load_recipe
 from golfcore.run import Session
@@ -56,7 +56,7 @@ def measure(session: Session, model, code_bytes: int, batches: int) -> int:
     generator = torch.Generator().manual_seed(config.run.seed)
     with torch.no_grad():
         for p in model.parameters():
-            if p.ndim == 2 and not p.any():
+            if spec_of(p).export in ("quantize", "embedding") and not p.any():
                 p.normal_(0, 0.02, generator=generator)
     t0 = time.perf_counter()
     if getattr(quantizer, "calibration_batches", 0):
