@@ -46,6 +46,8 @@ test suites (Lib/test, ctypes/test, unittest/test, tkinter/test, distutils/tests
 lib2to3/tests, idlelib/idle_test), which are repetitive, hold deliberately malformed files and
 would otherwise be 60% of the corpus."""
 SEED = 1337
+READ_CHUNK = 1 << 18
+"""Bytes read from an input file at a time (the text builds read their files as streams)."""
 NEAR_COPY_LINES = 4
 NEAR_COPY_SHARE = 0.25
 """A validation file sharing at least this share of its runs of NEAR_COPY_LINES non-blank
@@ -338,7 +340,7 @@ def _file_documents(path: Path, digest, on_bytes: Callable[[int], None] | None =
         raise DataError(f"cannot read {path}: {e.strerror or e}") from None
     with file:
         raw = _HashedReader(path, file, digest, on_bytes)
-        stream = gzip.GzipFile(fileobj=raw, mode="rb") if gz else io.BufferedReader(raw, 1 << 20)
+        stream = gzip.GzipFile(fileobj=raw, mode="rb") if gz else io.BufferedReader(raw, READ_CHUNK)
         try:
             if (path.with_suffix("") if gz else path).suffix == ".jsonl":
                 yield from _jsonl_documents(path, stream)
@@ -346,7 +348,7 @@ def _file_documents(path: Path, digest, on_bytes: Callable[[int], None] | None =
                 yield text
         except (OSError, EOFError, zlib.error) as e:  # only gzip raises these (reading raises DataError)
             raise NotTextError(f"not valid gzip ({one_line(e)})") from None
-        while raw.read(1 << 20):  # what a gzip stream leaves unread is hashed too
+        while raw.read(READ_CHUNK):  # what a gzip stream leaves unread is hashed too
             pass
 
 
