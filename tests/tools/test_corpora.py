@@ -342,7 +342,7 @@ def test_reading_holds_one_document_at_a_time(tmp_path):
 def test_streamed_jsonl_keeps_the_whole_file_verdicts(tmp_path):
     """Read line by line, a file still gets the verdict reading it whole gave: not text beats a
     bad JSON line before it, a NUL byte beats an earlier invalid byte, offsets count from the
-    file's start; and a file changed between two readings is refused."""
+    file's start; lines end at "\\n" only; and a file changed between two readings is refused."""
     from golf_tools.corpora import read_text_inputs
 
     first, latin1 = b'{"text": "fine"}\n', b'{"text": "caf\xe9"}\n'
@@ -361,6 +361,10 @@ def test_streamed_jsonl_keeps_the_whole_file_verdicts(tmp_path):
     (tmp_path / "json_then_latin1.jsonl").write_bytes(first + b"not json\n" + first)
     with pytest.raises(DataError, match=r"json_then_latin1\.jsonl:2: invalid JSON"):
         read_text_inputs([tmp_path / "json_then_latin1.jsonl"])
+
+    separators = tmp_path / "separators.jsonl"  # JSON strings may hold them raw; str.splitlines would split there
+    separators.write_text(json.dumps({"text": "a\u2028b\x85c\rd"}, ensure_ascii=False) + "\r\n", encoding="utf-8")
+    assert list(read_text_inputs([separators]).documents()) == ["a\u2028b\x85c\rd"]
 
     notes = tmp_path / "notes.jsonl"
     notes.write_bytes(first * 3)
