@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from golf_tools import corpora, fineweb
 from golfcore.caseops import NAME as CASEOPS
@@ -97,16 +97,19 @@ def tokenizer(
     """Train a sentencepiece BPE of --vocab-size pieces on the train documents (optionally through
     CaseOps, its operators reserved as pieces) and re-tokenize every document into train and val
     shards of ROOT/text/NAME, one BOS per document, in --processes processes."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("documents"),
-               TimeElapsedColumn())
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"), TimeElapsedColumn())
     timings: dict[str, float] = {}
     with Progress(*columns, transient=True) as bar:
         tasks: dict[str, int] = {}
 
-        def progress(split: str, done: int, total: int) -> None:
-            if split not in tasks:
-                tasks[split] = bar.add_task(f"encoding {split}", total=total)
-            bar.update(tasks[split], completed=done)
+        def progress(stage: str, done: int, total: int | None) -> None:
+            if stage == "read":  # the first reading of the input, in bytes
+                count = f"{done / 1e6:,.1f}/{total / 1e6:,.1f} MB"
+            else:
+                count = f"{done:,}{'' if total is None else f'/{total:,}'} documents"
+            if stage not in tasks:
+                tasks[stage] = bar.add_task("reading" if stage == "read" else f"encoding {stage}", total=total, count="")
+            bar.update(tasks[stage], completed=done, count=count)
 
         start = time.perf_counter()
         corpus = corpora.build_text_corpus(
@@ -119,9 +122,9 @@ def tokenizer(
     docs = sum(meta["documents"].values())
     tokens = meta["train_tokens"] + meta["val_tokens"]
     seconds = timings["encode_seconds"]
-    typer.echo(f"  tokenizer trained in {timings['tokenizer_seconds']:.1f}s; {docs:,} documents "
-               f"({sum(meta['bytes'].values()) / 1e6:,.1f} MB) encoded into {tokens:,} tokens in {seconds:.1f}s with "
-               f"{processes} processes: {docs / seconds:,.0f} documents/s, {tokens / seconds:,.0f} tokens/s")
+    typer.echo(f"  input read in {timings['read_seconds']:.1f}s; tokenizer trained in {timings['tokenizer_seconds']:.1f}s; "
+               f"{docs:,} documents ({sum(meta['bytes'].values()) / 1e6:,.1f} MB) encoded into {tokens:,} tokens in "
+               f"{seconds:.1f}s with {processes} processes: {docs / seconds:,.0f} documents/s, {tokens / seconds:,.0f} tokens/s")
 
 
 @app.command("fineweb")

@@ -497,8 +497,10 @@ def clip_spread(max_level: int, cols: int) -> float:
 def precision_bytes(model: torch.nn.Module, quantizer: Quantizer, float_max_numel: int) -> int:
     """Parameter count × export precision, in bytes: the declared export kinds as the core's rules
     store them (integer rows at the quantizer's level width plus an fp16 step per row, float16,
-    float32). A quantizer without `max_level` counts as int8."""
+    float32, or the quantizer's `float32_bits` when it stores them narrower). A quantizer without
+    `max_level` counts as int8."""
     level_bits = math.ceil(math.log2(2 * getattr(quantizer, "max_level", 127) + 1))
+    float32_bits = getattr(quantizer, "float32_bits", 32)
     bits = 0
     for p in model.parameters():
         export, n = spec_of(p).export, p.numel()
@@ -506,7 +508,7 @@ def precision_bytes(model: torch.nn.Module, quantizer: Quantizer, float_max_nume
         if export in ("quantize", "embedding") and n > float_max_numel:
             bits += n * (level_bits if export == "quantize" else 8) + 16 * rows
         else:
-            bits += n * (32 if export == "float32" else 16)
+            bits += n * (float32_bits if export == "float32" else 16)
     return math.ceil(bits / 8)
 
 
@@ -515,7 +517,9 @@ def projected_model_bytes(model: torch.nn.Module, quantizer: Quantizer, float_ma
     trained: integer rows at `level_entropy_bits` per value (the quantizer's `level_spread(name,
     export, cols)` when it has one: GPTQ's SDClip; else a clip at the row's maximum on its
     `max_level` grid, int8 for embeddings) plus an fp16 step per row; float tensors at their width
-    (they barely compress); times 1 + PROJECTION_MARGIN."""
+    (they barely compress; "float32" ones at the quantizer's `float32_bits` when it has them);
+    times 1 + PROJECTION_MARGIN."""
+    float32_bits = getattr(quantizer, "float32_bits", 32)
     bits = 0.0
     for name, p in model.named_parameters():
         export, n = spec_of(p).export, p.numel()
@@ -527,7 +531,7 @@ def projected_model_bytes(model: torch.nn.Module, quantizer: Quantizer, float_ma
             spread, top = found if found else (clip_spread(top, cols), top)
             bits += n * level_entropy_bits(spread, top) + 16 * (n // cols)
         else:
-            bits += n * (32 if export == "float32" else 16)
+            bits += n * (float32_bits if export == "float32" else 16)
     return math.ceil(bits / 8 * (1 + PROJECTION_MARGIN))
 
 

@@ -8,8 +8,11 @@ runs the model's forward on them with a pre-hook on every projection, and hands 
 (`calibration_reserve_seconds` on the quantizer) and the compliance record's train time includes it.
 
 A projection is any module with a 2-D `.weight` [out, in] that its forward multiplies by its first
-input x [..., in] (golfcore.Projection, nn.Linear). A weight used by several modules or several
-times per forward (depth recurrence, shared layers) accumulates every use.
+input x [..., in] (golfcore.Projection, nn.Linear), or a module handed a 2-D parameter as its second
+argument, `module(x, W)`: the tied head `logit_head(h, tok_emb.weight)`, whose inputs, the final
+hidden states, give the embedding table its Hessian (as PR #1855 hooks the final norm's output).
+A weight used by several modules or several times per forward (depth recurrence, shared layers)
+accumulates every use.
 """
 
 from __future__ import annotations
@@ -56,24 +59,36 @@ def collect_input_stats(model: nn.Module, batches: Iterable[Tensor], forward: Ca
     sums: dict[str, Tensor] = {}
     rows: dict[str, int] = {}
     roles: dict[str, str | None] = {}
-    hooks = []
+    names = {id(p): name for name, p in model.named_parameters() if p.ndim == 2}
 
-    def observer(name: str):
+    def add(name: str, x: Tensor) -> None:
+        x = x.detach().reshape(-1, x.size(-1)).float()  # [rows, in]
+        if name not in sums:
+            sums[name] = torch.zeros(x.size(1), x.size(1), device=x.device)
+            rows[name] = 0
+        sums[name].addmm_(x.T, x)
+        rows[name] += x.size(0)
+
+    def projection_hook(name: str, weight: Tensor):
         def hook(module: nn.Module, args: tuple) -> None:
-            x = args[0]
-            if not torch.is_floating_point(x) or x.size(-1) != module.weight.size(1):
-                return
-            x = x.detach().reshape(-1, x.size(-1)).float()  # [rows, in]
-            if name not in sums:
-                sums[name] = torch.zeros(x.size(1), x.size(1), device=x.device)
-                rows[name] = 0
-            sums[name].addmm_(x.T, x)
-            rows[name] += x.size(0)
+            if torch.is_floating_point(args[0]) and args[0].size(-1) == weight.size(1):
+                add(name, args[0])
         return hook
 
-    for name, modules in projections(model).items():
+    def head_hook(module: nn.Module, args: tuple) -> None:  # module(x, W): W's input is x
+        if len(args) >= 2 and isinstance(args[1], Tensor) and id(args[1]) in names and torch.is_tensor(args[0]) \
+                and torch.is_floating_point(args[0]) and args[0].size(-1) == args[1].size(1):
+            roles.setdefault(names[id(args[1])], None)
+            add(names[id(args[1])], args[0])
+
+    hooks = []
+    found = projections(model)
+    for name, modules in found.items():
         roles[name] = getattr(modules[0], "role", None)
-        hooks += [m.register_forward_pre_hook(observer(name)) for m in modules]
+        weight = modules[0].weight
+        hooks += [m.register_forward_pre_hook(projection_hook(name, weight)) for m in modules]
+    hooked = {id(m) for ms in found.values() for m in ms}
+    hooks += [m.register_forward_pre_hook(head_hook) for m in model.modules() if id(m) not in hooked]
     try:
         with torch.no_grad():
             for batch in batches:
@@ -86,7 +101,7 @@ def collect_input_stats(model: nn.Module, batches: Iterable[Tensor], forward: Ca
         total, count = sums[name], torch.tensor(float(rows[name]), device=sums[name].device)
         if all_reduce is not None:
             total, count = all_reduce(total), all_reduce(count)
-        out[name] = InputStats((total / count.clamp_min(1)).cpu(), int(count.item()), roles[name])
+        out[name] = InputStats((total / count.clamp_min(1)).cpu(), int(count.item()), roles.get(name))
     return out
 
 

@@ -50,7 +50,7 @@ SHARD_VERSION = 1
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 
-PYSTDLIB_BUILDER = 1
+PYSTDLIB_BUILDER = 2
 """Version of the pystdlib build recipe (golf_tools.corpora), bumped whenever it changes: a
 build of another version is stale, so resolving refuses it and `golf run` rebuilds it."""
 EMBEDDED_CORPORA = {"pystdlib": "", "pystdlib_caseops": "caseops_v1"}  # name -> its text transform

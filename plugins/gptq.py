@@ -1,7 +1,8 @@
 """Full-Hessian GPTQ with SDClip steps, bits per role, LQER and AWQ-lite (docs/techniques.md §3.11; PR #1060, #1394, #1797, #1908).
 
 Calibration: the quantizer asks for `calibration_batches` micro-batches of the training stream after
-the last step (golf's calibration step, docs/techniques.md §3.12); each projection's inputs x give H = mean x xᵀ [in, in].
+the last step (golf's calibration step, docs/techniques.md §3.12); each projection's inputs x give H = mean x xᵀ [in, in]
+(the tied embedding's: the final hidden states the head multiplies by it).
 
 Step per row (SDClip): s_r = fp16(k · std(w_r) / L), L = 2^(bits-1) - 1 levels a side, k per role
 (`clip_sigmas`: the state key's last name, e.g. "up", or the module's `role`; "embedding" for
@@ -24,8 +25,8 @@ LQER: after quantizing, the `lqer_top_k` tensors with the largest ||W - Ŵ||_F g
 |·|max/7.5 per `lqer_group` values of B flattened); or "sym": both per row at `lqer_factor_bits`.
 
 Small matrices: 2-D tensors declared "float16" (attention gates, projections of plugins) are stored
-int8 per row (step |w_r|max / 127) with `small_matrix_int8`. Everything else follows the core
-(fp16, fp32, raw).
+int8 per row (step |w_r|max / 127) with `small_matrix_int8`; tensors declared "float32" are stored
+fp16 with `float32_as_float16`. Everything else follows the core (fp16, fp32, raw).
 
 `row_step` / `fake_quantize` (late QAT, CROWN-Q) use the SDClip grid of a "quantize" matrix with
 the default role's k, rounded to nearest: what GPTQ starts from, not what it ends at.
@@ -55,6 +56,7 @@ class Config(golf.Section):
     damping: float = golf.option(0.01, "added to diag H, times its mean")
     act_order: bool = golf.option(True, "quantize columns in decreasing diag H order")
     small_matrix_int8: bool = golf.option(True, "2-D \"float16\" tensors (gates, small projections) stored int8 per row")
+    float32_as_float16: bool = golf.option(True, "\"float32\" tensors (scales, mixes, skip weights) stored fp16, as PR #1855 stores every small float")
     lqer_rank: int = golf.option(4, "rank of the LQER correction (0 = off)")
     lqer_top_k: int = golf.option(3, "tensors with the largest quantization error that get it")
     lqer_packing: str = golf.option("asym", "\"asym\": A int2, B int4 per group; \"sym\": both per row at lqer_factor_bits")
@@ -174,7 +176,8 @@ class GptqQuantizer(golf.Int8Quantizer):
     def __init__(self, cfg: Config, float_max_numel: int = 65536):
         super().__init__(float_max_numel)
         self.cfg = cfg
-        self.max_level = levels_of(cfg.matrix_bits)  # artifact projections read it
+        self.max_level = levels_of(cfg.matrix_bits)  # artifact projections read it, and float32_bits
+        self.float32_bits = 16 if cfg.float32_as_float16 else 32
         self.calibration_batches = cfg.calibration_batches
         self.calibration_reserve_seconds = cfg.calibration_reserve_seconds
         self.stats: dict = {}  # weight name -> golf.InputStats, from calibrate
@@ -281,6 +284,8 @@ class GptqQuantizer(golf.Int8Quantizer):
             step = golf.fp16_round(w.abs().amax(1) / 127)
             return {f"{name}.q": round_levels(w, step.unsqueeze(1), 127).to(torch.int8),
                     f"{name}.scale": step.to(torch.float16)}, {"scheme": "int8_absmax_row"}
+        if self.cfg.float32_as_float16 and tensor.is_floating_point() and export == "float32":
+            return {name: golf.to_float16(name, tensor.detach())}, {"scheme": "float16"}
         return super().quantize(name, tensor, export)
 
     def dequantize(self, name: str, stored: dict[str, Tensor], info: dict) -> Tensor:

@@ -369,6 +369,13 @@ def test_projection_from_the_shapes_and_the_grid():
     assert sd.model_bytes == math.ceil((20_000 * level_entropy_bits(31 / 12.0, 31) + embedding + steps + floats) / 8 * (1 + PROJECTION_MARGIN))
     assert sd.model_bytes < p.model_bytes and not sd.fits
 
+    class SdClipHalfFloats(SdClip):
+        float32_bits = 16  # gptq's float32_as_float16
+
+    half = project(net, SdClipHalfFloats(), 1000, code=500, budget=10_000)
+    assert half.model_bytes == math.ceil((20_000 * level_entropy_bits(31 / 12.0, 31) + embedding + steps + 100 * 16 + 7 * 16) / 8 * (1 + PROJECTION_MARGIN))
+    assert half.precision_bytes == (bits - 7 * 16) // 8
+
 
 @pytest.mark.slow
 def test_run_projects_before_training_and_records_groups(tmp_path, pystdlib_root):

@@ -53,6 +53,41 @@ def test_a_weight_tied_to_the_embedding_is_found_under_its_first_name():
     assert "emb.weight" in projections(model) and "head.weight" not in projections(model)
 
 
+class TiedHead(nn.Module):
+    """A head handed the table as an argument, as GPT.head calls logit_head(h, tok_emb.weight)."""
+
+    def forward(self, h, table):
+        return h @ table.T
+
+
+def test_a_tied_head_gives_the_embedding_the_final_states_as_inputs():
+    torch.manual_seed(0)
+    model = Toy()
+    model.tied = TiedHead()
+    model.up = nn.Linear(4, 4, bias=False)
+    forward = lambda t: model.tied(model.up(model.emb(t)), model.emb.weight)  # noqa: E731
+    batches = [torch.randint(0, 10, (2, 5)) for _ in range(2)]
+    stats = collect_input_stats(model, batches, forward)
+    with torch.no_grad():
+        h = torch.cat([model.up(model.emb(t)).reshape(-1, 4) for t in batches])  # the head's inputs [20, 4]
+    assert stats["emb.weight"].rows == 20
+    assert torch.allclose(stats["emb.weight"].hessian, h.T @ h / 20, atol=1e-6)
+    assert not any(m._forward_pre_hooks for m in model.modules())
+
+
+def test_the_gpt_embedding_gets_the_final_hidden_states():
+    from tests.helpers import build
+
+    torch.manual_seed(0)
+    _, _, model = build()
+    tokens = torch.randint(0, 64, (2, 16))
+    stats = collect_input_stats(model, [tokens], model.logits)
+    with torch.no_grad():
+        h = model.hidden(tokens).reshape(-1, 32)  # [32, d]: what the tied head multiplies by the table
+    assert stats["tok_emb.weight"].rows == 32
+    assert torch.allclose(stats["tok_emb.weight"].hessian, h.T @ h / 32, atol=1e-5)
+
+
 def test_calibrate_asks_only_quantizers_that_want_it():
     class Wants:
         calibration_batches = 2

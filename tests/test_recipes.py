@@ -220,6 +220,57 @@ def test_frontier_quick_recipes_scale_the_ttt_down_and_keep_its_shape(recipe):
 def test_frontier_quick_recipes_keep_every_technique_and_score_finite(recipe):
     full = load_recipe(RECIPES / recipe.replace("-quick", ""), discover())
     config, model = model_of(recipe)
-    assert set(config.plugins) == set(full.plugins) and config.data.corpus == "pystdlib"
+    assert set(config.plugins) == set(full.plugins) and config.data.corpus == "pystdlib_caseops"
     assert config.eval_seq_len >= config.train.seq_len
     assert torch.isfinite(model.logits(torch.randint(0, 1024, (1, config.eval_seq_len)))).all()
+
+
+def test_the_records_export_is_gptq_and_pergroup_with_their_settings():
+    available = discover()
+    pr1855, pr2135 = (load_recipe(RECIPES / r, available) for r in ("pr1855.toml", "pr2135.toml"))
+    g = pr1855.plugins["gptq"]
+    assert (g.calibration_batches, g.matrix_bits, g.embedding_bits, g.lqer_rank, g.lqer_top_k, g.lqer_packing, g.lqer_group,
+            g.awq_top_k) == (16, 6, 7, 4, 3, "asym", 64, 0)  # PR #1855's launch line and defaults
+    assert g.clip_sigmas == {"embedding": 14.0, "q": 13.0, "k": 13.0, "v": 13.0, "o": 13.0, "up": 11.5, "down": 11.5}
+    assert g.small_matrix_int8 and g.float32_as_float16 and pr1855.plugins["pergroup"].backend == "auto"
+    assert pr1855.train.max_wallclock_seconds == 600.0 and g.calibration_reserve_seconds >= 4.7  # its Hessians' 4.7 s
+    g2 = pr2135.plugins["gptq"]
+    assert (g2.calibration_batches, g2.lqer_group) == (32, 32)  # GPTQ_CALIBRATION_BATCHES, LQER_ASYM_GROUP
+    assert {k: v for k, v in vars(g2).items() if k not in ("calibration_batches", "lqer_group", "calibration_reserve_seconds")} == \
+        {k: v for k, v in vars(g).items() if k not in ("calibration_batches", "lqer_group", "calibration_reserve_seconds")}
+
+
+def test_frontier_quick_recipes_export_and_load_back_in_seconds():
+    """The quick recipes inherit the records' export with a fast back-end and few calibration batches;
+    pr2135-quick (pr1855-quick's export, LQER groups of 32) calibrates, packs and loads back."""
+    from golfcore.artifact import pack, unpack
+    from golfcore.calibration import calibrate
+    from golfcore.params import param_specs
+
+    available = discover()
+    quick1855 = load_recipe(RECIPES / "pr1855-quick.toml", available)
+    assert quick1855.plugins["gptq"].calibration_batches == 2 and quick1855.plugins["pergroup"].backend == "brotli"
+    config = load_recipe(RECIPES / "pr2135-quick.toml", available)
+    host = Host(config, available)
+    check_config(config, host)
+    quantizer, compressor = host.first("golf_quantizer", config=config), host.first("golf_compressor", config=config)
+    assert (quantizer.name, compressor.name, compressor.backend) == ("gptq", "pergroup", "brotli")
+    assert quantizer.calibration_batches == 2 and quantizer.cfg.lqer_group == 32
+    torch.manual_seed(0)
+    model = build_model(config, host, quantizer)
+    with torch.no_grad():
+        for layer in model.layers:  # zero-initialised projections: give them weights to quantize
+            layer.o.weight.normal_(0, 0.02)
+            layer.down.weight.normal_(0, 0.02)
+    record = calibrate(quantizer, model, lambda: torch.randint(0, 1024, (2, 64)), model.logits)
+    assert record.weights == 5 * 6 + 1  # every projection of 5 physical layers and the tied embedding
+    blob = pack(model.state_dict(), param_specs(model), quantizer, compressor, config.export.smallest_layout)
+    back = unpack(blob, {quantizer.name: quantizer}, {compressor.name: compressor})
+    specs, state = param_specs(model), model.state_dict()
+    for name, spec in specs.items():  # integer rows: rms error under one SDClip step (k·std/L) per row's std
+        if spec.export in ("quantize", "embedding") and state[name].numel() > config.export.float_max_numel:
+            steps_per_std, _ = quantizer.level_spread(name, spec.export, 0)  # L / k
+            relative = (back[name] - state[name]).norm() / state[name].norm()
+            assert 0 < relative < 1 / steps_per_std, name
+    model.load_state_dict(back)
+    assert torch.isfinite(model.logits(torch.randint(0, 1024, (1, 64)))).all()

@@ -10,11 +10,12 @@ shard gets a sidecar of the original UTF-8 bytes each token stands for (golfcore
 
 from __future__ import annotations
 
+import collections
 import io
 import multiprocessing
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sized
 
 import numpy as np
 
@@ -90,9 +91,18 @@ def train_tokenizer(docs: Iterable[str], vocab_size: int, dest: Path, transform:
 
     forward = transform_fn(transform)
     model = io.BytesIO()
+    failed: list[DataError] = []
+
+    def sentences() -> Iterator[str]:  # sentencepiece turns an error raised in its iterator into a RuntimeError
+        try:
+            yield from _train_chunks(forward(d) for d in docs)
+        except DataError as e:
+            failed.append(e)
+            raise
+
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=_train_chunks(forward(d) for d in docs),
+            sentence_iterator=sentences(),
             model_writer=model,
             model_type="bpe",
             vocab_size=vocab_size,
@@ -115,6 +125,8 @@ def train_tokenizer(docs: Iterable[str], vocab_size: int, dest: Path, transform:
             minloglevel=2,
         )
     except RuntimeError as e:
+        if failed:  # reading the documents failed, not training
+            raise failed[0] from None
         raise DataError(
             f"training a {vocab_size}-piece tokenizer failed ({str(e).strip().splitlines()[-1]}); "
             "pass an existing --tokenizer, or a smaller --vocab-size for little text, a larger one for text of many distinct characters"
@@ -232,8 +244,8 @@ def _init_worker(tokenizer: str, transform: str, sidecar: bool, threads: int) ->
                    table=piece_bytes(sp) if sidecar else None)
 
 
-def _encode_batch(docs: list[str]) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """(ids, byte charges or None) of each document, in order."""
+def _encode_batch(docs: list[str]) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], int]:
+    """(ids, byte charges or None) of each document, in order, and the documents' UTF-8 bytes."""
     sp, forward = _worker["sp"], _worker["forward"]
     sources = [forward(d) for d in docs]
     out = []
@@ -245,49 +257,68 @@ def _encode_batch(docs: list[str]) -> list[tuple[np.ndarray, np.ndarray | None]]
             if charges.size and charges.max() > 0xFFFF:
                 raise DataError("a token stands for more than 65535 bytes")
         out.append((np.asarray(ids, dtype=np.uint16), charges))
-    return out
+    return out, sum(len(d.encode("utf-8")) for d in docs)
 
 
-def _batches(docs: list[str]) -> Iterator[list[str]]:
-    start = 0
-    while start < len(docs):
-        end, chars = start, 0
-        while end < len(docs) and (end == start or chars < BATCH_CHARS):
-            chars += len(docs[end])
-            end += 1
-        yield docs[start:end]
-        start = end
+def _batches(docs: Iterable[str]) -> Iterator[list[str]]:
+    """The documents in order, in lists of about BATCH_CHARS characters, read as they are needed."""
+    batch: list[str] = []
+    chars = 0
+    for doc in docs:
+        batch.append(doc)
+        chars += len(doc)
+        if chars >= BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
 
 
-def encode_split(tokenizer: Path, docs: list[str], directory: Path, prefix: str, split: str, transform: str = "",
-                 sidecar: bool = False, processes: int = 1,
-                 progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
+def _in_order(pool, batches: Iterator[list[str]], ahead: int) -> Iterator:
+    """Pool.imap with at most `ahead` batches in flight (imap reads its whole input ahead)."""
+    pending: collections.deque = collections.deque()
+    for batch in batches:
+        pending.append(pool.apply_async(_encode_batch, (batch,)))
+        if len(pending) >= ahead:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+def encode_split(tokenizer: Path, docs: Iterable[str], directory: Path, prefix: str, split: str, transform: str = "",
+                 sidecar: bool = False, processes: int = 1, progress: Callable[[int, int | None], None] | None = None,
+                 total: int | None = None) -> dict[str, int]:
     """Encode documents in order (transformed first) and write shards, with byte sidecars when
-    asked; `processes` > 1 encodes batches in that many worker processes. `progress(done,
-    total)` counts documents. Returns {"documents", "tokens", "bytes"} (bytes: the documents'
-    original UTF-8 bytes)."""
+    asked; `processes` > 1 encodes batches in that many worker processes. The documents are read
+    as the encoders need them: an iterator is never held whole, only 2 batches per process at a
+    time. `progress(done, total)` counts documents; total is `total`, else len(docs) if it has
+    one, else None. Returns {"documents", "tokens", "bytes"} (bytes: the documents' original
+    UTF-8 bytes)."""
     import sentencepiece as spm
 
+    if total is None and isinstance(docs, Sized):
+        total = len(docs)
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
     writer = ShardWriter(directory, prefix, split, sp.bos_id(), sidecar)
     args = (str(tokenizer), transform, sidecar, 1 if processes > 1 else 2)  # threads per process
-    done = 0
+    done = nbytes = 0
     if processes > 1:
         context = multiprocessing.get_context("spawn" if os.name == "nt" else "fork")
         pool = context.Pool(processes, initializer=_init_worker, initargs=args)
-        results = pool.imap(_encode_batch, _batches(docs))
+        results = _in_order(pool, _batches(docs), 2 * processes)
     else:
         pool = None
         _init_worker(*args)
         results = map(_encode_batch, _batches(docs))
     try:
-        for encoded in results:
+        for encoded, batch_bytes in results:
             for ids, charges in encoded:
                 writer.add(ids, charges)
             done += len(encoded)
+            nbytes += batch_bytes
             if progress:
-                progress(done, len(docs))
+                progress(done, total)
     finally:
         if pool is not None:
             pool.terminate()
-    return {"documents": len(docs), "tokens": writer.close(), "bytes": sum(len(d.encode("utf-8")) for d in docs)}
+    return {"documents": done, "tokens": writer.close(), "bytes": nbytes}

@@ -153,6 +153,15 @@ def test_small_float16_matrices_are_int8_per_row():
     assert quantizer(small_matrix_int8=False).quantize("g", torch.ones(2, 2), "float16")[1]["scheme"] == "float16"
 
 
+def test_float32_tensors_are_stored_float16_as_the_record_unless_asked_otherwise():
+    t = torch.tensor([1 / 3, 1e-3, 2.0])
+    stored, info = quantizer().quantize("resid_mix", t, "float32")
+    assert stored["resid_mix"].dtype == torch.float16 and info["scheme"] == "float16"
+    assert stored["resid_mix"].float().equal(t.half().float())
+    stored, info = quantizer(float32_as_float16=False).quantize("resid_mix", t, "float32")
+    assert stored["resid_mix"].dtype == torch.float32 and stored["resid_mix"].equal(t)
+
+
 def test_roles_bits_and_artifact_round_trip():
     g = torch.Generator().manual_seed(0)
     state = {"tok_emb.weight": torch.randn(96, 32, generator=g), "layers.0.up": torch.randn(64, 32, generator=g) * 0.1,
@@ -203,12 +212,12 @@ def test_a_run_calibrates_inside_the_training_clock(tmp_path, pystdlib_root):
                          "calibration_reserve_seconds = 1.0\n[plugins.pergroup]\nbackend = \"brotli\"")
     out = golf("run", recipe, "--with", "gptq", "--with", "pergroup", "--set", "train.max_wallclock_seconds=600").stdout
     line = next(x for x in out.splitlines() if x.startswith("calibration: 2 training batches"))
-    assert "for 12 weights" in line  # 2 layers x q, k, v, o, up, down
+    assert "for 13 weights" in line  # 2 layers x q, k, v, o, up, down, and the tied embedding (the head's inputs)
     assert any(x.startswith("pergroup: ") and "via brotli" in x for x in out.splitlines())
     (run_dir,) = (tmp_path / "runs").iterdir()
     result = json.loads((run_dir / "result.json").read_text())
     cal = result["artifact"]["calibration"]
-    assert cal["source"] == "train" and cal["in_train_clock"] and cal["tokens"] == 2 * 1024 and cal["weights"] == 12
+    assert cal["source"] == "train" and cal["in_train_clock"] and cal["tokens"] == 2 * 1024 and cal["weights"] == 13
     assert result["train_seconds"] >= cal["seconds"] and result["legal"]
     assert result["artifact"]["quantizer"] == "gptq" and result["artifact"]["compressor"] == "pergroup"
     assert result["stages"]["roundtrip"]["load_seconds"] > 0

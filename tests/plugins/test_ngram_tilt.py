@@ -1,11 +1,14 @@
-"""Token n-gram tilt: the tilted distribution by hand (boost, renormalize: C2), the table equal to
-a naive recount from scored tokens only, at most one hint per position, the eval loop's C1/C3
-probes, the gain on a repetitive stream, the token-channel declaration, config validation."""
+"""Token n-gram tilt: the tilted distribution by hand (boost, renormalize: C2), the tensor table
+equal to a brute-force Python table (counts, top token and its tie rule, hints) on random streams
+in random chunks, only scored targets counted, at most one hint per position, the eval loop's
+C1/C3 probes, the gain on a repetitive stream, the token-channel declaration, config validation."""
 
 import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from golf_plugins.ngram_tilt import Config, NgramTilt, NgramTiltPlugin
 
 import golfcore as golf
@@ -37,11 +40,17 @@ def repetitive_stream(n, period=7, noise=0.1, seed=0):
     return out
 
 
+def entry(t, context):
+    """(total, top token, top count) of one context in t's table, None when unseen."""
+    (i,) = t.lookup(torch.tensor([context])).tolist()
+    return None if i < 0 else (t.total[i].item(), t.top_token[i].item(), t.top_count[i].item())
+
+
 def test_tilt_matches_hand_computed_distribution():
     t = tilt(order=3, boost=1.5, threshold=0.6)
     # contexts (a, b) -> next: (1, 2) -> 3 three times, 4 once; (2, 3) -> 1 twice, 2 once, 5 once
     t.observe(torch.tensor([1, 2, 3, 1, 2, 3, 1, 2, 4, 1, 2, 3, 2, 3, 5]))
-    assert t.table[(1, 2)][1:] == [4, 3, 3] and t.table[(2, 3)][1:] == [4, 1, 2]  # total, top token, top count
+    assert entry(t, (1, 2)) == (4, 3, 3) and entry(t, (2, 3)) == (4, 1, 2)  # total, top token, top count
     p = torch.tensor([[0.05, 0.1, 0.1, 0.2, 0.25, 0.1, 0.1, 0.1], [0.3, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]])
     history = torch.tensor([[1, 2], [2, 3]])  # hint 3 (3/4 >= 0.6); (2, 3): top 1 at 2/4 < 0.6, none
     out = t.adjust(p.log(), history, torch.tensor([20, 21])).exp()
@@ -51,6 +60,62 @@ def test_tilt_matches_hand_computed_distribution():
     assert torch.allclose(out[0], expected, atol=1e-6)
     assert torch.allclose(out[1], p[1], atol=1e-7)  # no hint: unchanged
     assert torch.allclose(out.sum(-1), torch.ones(2), atol=1e-6)  # C2
+
+
+class Reference:
+    """The table target by target in Python: counts, total, and the first token to reach the largest count."""
+
+    def __init__(self, k):
+        self.k, self.stream, self.table = k, [], {}
+
+    def observe(self, tokens):
+        for y in tokens:
+            if len(self.stream) >= self.k:
+                counts, state = self.table.setdefault(tuple(self.stream[-self.k :]), ({}, [0, None, 0]))
+                counts[y] = counts.get(y, 0) + 1
+                state[0] += 1
+                if counts[y] > state[2]:
+                    state[1], state[2] = y, counts[y]
+            self.stream.append(y)
+
+    def hint(self, context, threshold):
+        found = self.table.get(tuple(context))
+        return found[1][1] if found and found[1][2] >= threshold * found[1][0] else -1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 4), st.integers(2, 5), st.lists(st.integers(1, 40), min_size=1, max_size=8),
+       st.sampled_from([0.3, 0.5, 2 / 3, 0.8, 1.0]), st.integers(0, 2**31 - 1))
+def test_table_and_hints_equal_a_brute_force_table_on_random_streams(order, vocab, chunks, threshold, seed):
+    g = torch.Generator().manual_seed(seed)
+    stream = torch.randint(0, vocab, (sum(chunks),), generator=g)
+    t, ref = tilt(order=order, threshold=threshold), Reference(order - 1)
+    at = 0
+    for size in chunks:  # the adapter sees the targets chunk by chunk; the first k-1 have no full context
+        t.observe(stream[at : at + size])
+        ref.observe(stream[at : at + size].tolist())
+        at += size
+        queries = torch.randint(0, vocab, (64, order - 1), generator=g)  # every seen context and unseen ones
+        queries[:3, 0] = -1  # histories reaching before the stream start
+        seen = torch.tensor(list(ref.table), dtype=torch.long).reshape(-1, order - 1)
+        queries = torch.cat([queries, seen])
+        assert t.hints(queries).tolist() == [ref.hint(c, threshold) for c in queries.tolist()]
+    assert t.total.numel() == len(ref.table) and t.pair_keys.numel() == sum(len(c) for c, _ in ref.table.values())
+    assert int(t.pair_counts.sum()) == int(t.total.sum()) == max(len(stream) - (order - 1), 0)
+    for context, (counts, (total, top, top_count)) in ref.table.items():
+        assert entry(t, context) == (total, top, top_count)
+        i = t.lookup(torch.tensor([context])).item()
+        for y, n in counts.items():
+            (j,) = (t.pair_keys == i * V + y).nonzero().flatten().tolist()
+            assert t.pair_counts[j].item() == n
+
+
+def test_ties_go_to_the_first_token_to_reach_the_count_within_one_chunk_and_across_chunks():
+    t = tilt(order=2, threshold=0.5)
+    t.observe(torch.tensor([0, 5, 0, 3, 0, 3, 0, 5]))  # after 0: 5, 3, 3, 5 -> 3 reached 2 first
+    assert entry(t, (0,)) == (4, 3, 2)
+    t.observe(torch.tensor([0, 5, 0, 3]))  # 5 reaches 3 first
+    assert entry(t, (0,)) == (6, 5, 3)
 
 
 def test_at_most_one_token_per_position_is_boosted():
@@ -72,12 +137,10 @@ def test_table_equals_a_naive_recount_of_the_scored_targets_across_chunks():
     t = tilt(order=4)
     res = evaluate(lambda x, w: torch.zeros(x.size(0), w, V).log_softmax(-1), val, LUTS, seq_len=16, stride=8,
                    adapters=[t], chunk_tokens=37)
-    targets = val[1:].tolist()  # val[0] is never observed: the first 3 targets have no full context
-    naive = {}
-    for i in range(3, len(targets)):
-        counts = naive.setdefault(tuple(targets[i - 3 : i]), {})
-        counts[targets[i]] = counts.get(targets[i], 0) + 1
-    assert {c: e[0] for c, e in t.table.items()} == naive
+    ref = Reference(3)
+    ref.observe(val[1:].tolist())  # val[0] is never observed: the first 3 targets have no full context
+    assert t.total.numel() == len(ref.table)
+    assert all(entry(t, c) == tuple(state) for c, (_, state) in ref.table.items())
     assert res.checks["c2_max_deviation"] < 1e-5
 
 

@@ -15,7 +15,7 @@ import sentencepiece as spm
 from typer.testing import CliRunner
 
 from golf_cli.main import app as golf_app
-from golf_tools.corpora import NotTextError, build_pystdlib, build_text_corpus, ensure_corpus
+from golf_tools.corpora import NotTextError, _near_copies, build_pystdlib, build_text_corpus, ensure_corpus
 from golfcore.config import DataSection
 from golfcore import caseops
 from golfcore.data import load_val_bytes, load_val_tokens, read_shard, resolve_corpus
@@ -62,6 +62,18 @@ def test_pystdlib_split_by_file(pystdlib_root):
     assert not any(part in ("test", "tests", "idle_test", "site-packages") for p in train | val for part in p.split("/")[:-1])
     assert 0.02 <= meta["documents"]["val"]["bytes"] / (meta["documents"]["train"]["bytes"] + meta["documents"]["val"]["bytes"]) <= 0.08
     assert meta["documents"]["val"]["bytes"] >= 200_000
+
+
+def test_near_copied_validation_files_move_to_train(pystdlib_root):
+    """The stdlib's generated codecs are near-copies of each other: none stays in validation,
+    and the overlap check then passes on both embedded corpora's split (the same files)."""
+    meta = json.loads((pystdlib_root / "pystdlib" / "meta.json").read_text())
+    moved = meta["documents"]["val"]["near_copies_moved_to_train"]
+    assert moved and set(moved) <= set(meta["documents"]["train"]["paths"])
+    assert not set(moved) & set(meta["documents"]["val"]["paths"])
+    train = [("a.py", "x = 1\ny = 2\nz = 3\nw = 4\nv = 5\n")]
+    val = [("copy.py", "x = 1\ny = 2\nz = 3\nw = 4\nother = 6\n"), ("new.py", "a\nb\nc\nd\ne\n")]
+    assert _near_copies(train, val) == {"copy.py"}  # 1 of its 2 runs of 4 lines is in training
 
 
 def test_pystdlib_documents_round_trip(pystdlib_root):
@@ -245,6 +257,121 @@ def test_text_corpus_strict_refuses_what_is_not_text(tmp_path):
     with pytest.raises(NotTextError, match=r"broken\.txt\.gz is not valid gzip"):
         build_text_corpus([folder], "strict", tmp_path / "data", strict=True)
     assert not (tmp_path / "data").exists()
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+def _jsonl_docs(count: int = 48) -> list[str]:
+    """Mixed-case stdlib text cut into documents of a few KB, with non-ASCII, CRLF and an operator."""
+    text = "".join(p.read_text(encoding="utf-8") for p in sorted(STDLIB.glob("*.py"))[:12])
+    return [text[i * 2500 : (i + 1) * 2500] + f"\nTHE END {i}. Ünïcödé ß 👍🏽 \ue001\r\n" for i in range(count)]
+
+
+def _write_jsonl(path: Path, docs: list[str]) -> Path:
+    data = "".join(json.dumps({"text": d, "id": i}, ensure_ascii=i % 2 == 0) + "\n" for i, d in enumerate(docs)).encode()
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+    return path
+
+
+def test_val_docs_build_streams_a_jsonl_into_the_in_memory_result(tmp_path, monkeypatch):
+    """A .jsonl of many batches and shards, built with --val-docs from a stream, gives byte for
+    byte the tokenizer and shards of the same documents trained and encoded from lists (what the
+    build did before it streamed); the .jsonl.gz of the same lines gives the same shards."""
+    import golf_tools.tokenizer as tok
+    from golf_tools.tokenizer import encode_split, train_tokenizer
+
+    monkeypatch.setattr(tok, "BATCH_CHARS", 6000)  # ~20 batches
+    monkeypatch.setattr(tok, "SHARD_TOKENS", 8000)  # several shards per split
+    docs = _jsonl_docs()
+    source = _write_jsonl(tmp_path / "docs.jsonl", docs)
+    corpus = build_text_corpus([source], "streamed", tmp_path / "data", vocab_size=400, transform=caseops.NAME,
+                               val_docs=6, processes=2)
+
+    expected = tmp_path / "in_memory"
+    expected.mkdir()
+    train_tokenizer(docs[6:], 400, expected / "tokenizer.model", caseops.NAME)
+    encode_split(expected / "tokenizer.model", docs[:6], expected, "text", "val", caseops.NAME, sidecar=True)
+    encode_split(expected / "tokenizer.model", docs[6:], expected, "text", "train", caseops.NAME)
+    names = sorted(p.name for p in expected.iterdir())
+    assert len(corpus.train_files) > 3 and len(corpus.val_files) > 1
+    assert names == sorted(p.name for p in corpus.directory.iterdir() if p.name != "meta.json")
+    for name in names:
+        assert (corpus.directory / name).read_bytes() == (expected / name).read_bytes(), name
+
+    meta = json.loads((corpus.directory / "meta.json").read_text())
+    assert meta["documents"] == {"val": 6, "train": 42}
+    assert meta["bytes"]["val"] == sum(len(d.encode("utf-8")) for d in docs[:6]) == int(load_val_bytes(corpus).sum())
+    assert corpus.fingerprint["files"] == [{"name": "docs.jsonl", "sha256": hashlib.sha256(source.read_bytes()).hexdigest()}]
+    sp = spm.SentencePieceProcessor(model_file=str(corpus.tokenizer_path))
+    assert [caseops.decode(sp.decode(d.tolist())) for d in _documents(load_val_tokens(corpus).numpy())] == docs[:6]
+
+    packed = _write_jsonl(tmp_path / "docs.jsonl.gz", docs)
+    again = build_text_corpus([packed], "gz", tmp_path / "data", tokenizer=corpus.tokenizer_path, transform=caseops.NAME,
+                              val_docs=6, processes=1)
+    for name in names:
+        assert (again.directory / name).read_bytes() == (expected / name).read_bytes(), name
+    assert again.fingerprint["files"][0]["sha256"] == hashlib.sha256(packed.read_bytes()).hexdigest()
+
+
+def test_reading_holds_one_document_at_a_time(tmp_path):
+    """Scanning a .jsonl and reading its documents again peaks at the same few hundred KB (the
+    read buffer and a line) for a 2 MB and an 8 MB file: the peak does not grow with the file."""
+    import tracemalloc
+
+    from golf_tools.corpora import read_text_inputs
+
+    line = json.dumps({"text": "a line of a document that is long enough. " * 24}) + "\n"
+    peaks = {}
+    for megabytes in (2, 8):
+        source = tmp_path / f"{megabytes}.jsonl"
+        with source.open("w", encoding="utf-8") as f:
+            for _ in range(megabytes * 1_000_000 // len(line)):
+                f.write(line)
+        tracemalloc.start()
+        try:
+            inputs = read_text_inputs([source])
+            chars = sum(len(doc) for doc in inputs.documents())
+            peaks[megabytes] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert inputs.num_documents == megabytes * 1_000_000 // len(line) and chars > 0.9 * megabytes * 1_000_000
+    assert peaks[8] < 1_000_000 and peaks[8] < peaks[2] + 50_000, peaks
+
+
+def test_streamed_jsonl_keeps_the_whole_file_verdicts(tmp_path):
+    """Read line by line, a file still gets the verdict reading it whole gave: not text beats a
+    bad JSON line before it, a NUL byte beats an earlier invalid byte, offsets count from the
+    file's start; lines end at "\\n" only; and a file changed between two readings is refused."""
+    from golf_tools.corpora import read_text_inputs
+
+    first, latin1 = b'{"text": "fine"}\n', b'{"text": "caf\xe9"}\n'
+    cases = {
+        "json_then_latin1.jsonl": (first + b"not json\n" + latin1, f"not UTF-8 (invalid byte at offset {17 + 9 + 13})"),
+        "latin1_then_nul.jsonl": (first + latin1 + b'{"text": "a\x00"}\n', f"binary (NUL byte at offset {17 + 17 + 11})"),
+    }
+    for name, (data, _) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        (tmp_path / f"{name}.gz").write_bytes(gzip.compress(data))
+    inputs = read_text_inputs([tmp_path])
+    assert inputs.files == []
+    why = {name: reason for name, reason in inputs.skipped}
+    for name, (_, reason) in cases.items():
+        assert why[f"{tmp_path.name}/{name}"] == why[f"{tmp_path.name}/{name}.gz"] == reason
+    (tmp_path / "json_then_latin1.jsonl").write_bytes(first + b"not json\n" + first)
+    with pytest.raises(DataError, match=r"json_then_latin1\.jsonl:2: invalid JSON"):
+        read_text_inputs([tmp_path / "json_then_latin1.jsonl"])
+
+    separators = tmp_path / "separators.jsonl"  # JSON strings may hold them raw; str.splitlines would split there
+    separators.write_text(json.dumps({"text": "a\u2028b\x85c\rd"}, ensure_ascii=False) + "\r\n", encoding="utf-8")
+    assert list(read_text_inputs([separators]).documents()) == ["a\u2028b\x85c\rd"]
+
+    notes = tmp_path / "notes.jsonl"
+    notes.write_bytes(first * 3)
+    inputs = read_text_inputs([notes])
+    notes.write_bytes(first * 2 + b'{"text": "edited"}\n')
+    with pytest.raises(DataError, match="notes.jsonl changed while the corpus was being built"):
+        list(inputs.documents())
 
 
 # ----------------------------------------------------------------------------- CLI

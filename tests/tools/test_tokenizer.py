@@ -183,3 +183,48 @@ def test_parallel_encoding_equals_serial(tokenizers, tmp_path, monkeypatch):
         assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes()
     assert counts[1] == counts[2] and counts[1]["documents"] == 30
     assert int(read_shard(tmp_path / "1" / "t_val_bytes_000000.bin").astype(np.int64).sum()) == counts[1]["bytes"]
+
+
+def test_encode_split_reads_an_iterator_only_a_few_batches_ahead(tokenizers, tmp_path, monkeypatch):
+    """Documents are pulled as the encoders need them: with one document per batch and 2
+    processes, at most 4 batches are ever read and not yet written (Pool.imap would read them all
+    at once); the shards equal those of the same documents given as a list."""
+    import golf_tools.tokenizer as tok
+
+    monkeypatch.setattr(tok, "BATCH_CHARS", 1)  # a batch per document
+    sp_path = tmp_path / "caseops.model"
+    sp_path.write_bytes(tokenizers["caseops400"].sp.serialized_model_proto())
+    docs = [f"Doc {i}: The NASA iPhone {'x' * i} 漢字\n" for i in range(40)]
+    written, seen = [0], []
+
+    def lazily():
+        for pulled, doc in enumerate(docs):
+            if pulled - written[0] > 4:
+                raise AssertionError(f"document {pulled} read while only {written[0]} were written")
+            yield doc
+
+    def progress(done, total):
+        written[0] = done
+        seen.append(total)
+
+    for name, source, kwargs in (("list", docs, {}), ("lazy", lazily(), {"progress": progress})):
+        (tmp_path / name).mkdir()
+        counts = encode_split(sp_path, source, tmp_path / name, "t", "val", caseops.NAME, sidecar=True, processes=2, **kwargs)
+        assert counts["documents"] == 40 and counts["bytes"] == sum(len(d.encode("utf-8")) for d in docs)
+    assert written[0] == 40 and set(seen) == {None}  # a generator has no known total
+    for name in ("t_val_000000.bin", "t_val_bytes_000000.bin"):
+        assert (tmp_path / "list" / name).read_bytes() == (tmp_path / "lazy" / name).read_bytes()
+
+
+def test_train_tokenizer_reports_a_reading_error_as_itself(tmp_path):
+    """sentencepiece turns an exception in its sentence iterator into a RuntimeError; the
+    DataError of the documents' reader comes through instead of 'training failed'."""
+    from golf_tools.tokenizer import train_tokenizer
+
+    def docs():
+        yield "some text to train on\n" * 20
+        raise DataError("notes.jsonl changed while the corpus was being built")
+
+    with pytest.raises(DataError, match="^notes.jsonl changed"):
+        train_tokenizer(docs(), 300, tmp_path / "t.model")
+    assert not (tmp_path / "t.model").exists()
