@@ -344,7 +344,7 @@ class PassProbe:
         def c1(k: int | None) -> float:
             return self.path.reduce_max(_max_abs(unit.rows(adapters=k)[:before], unit.rows(stream, adapters=k)[:before]))
 
-        where = f"{'chunk' if self.path.adapter_names else 'batch'} {unit.index} of {self.units} (targets {first}..{unit.targets.stop - 1})"
+        where = f"{self._unit()} {unit.index} of {self.units} (targets {first}..{unit.targets.stop - 1})"
         self.cuts.append(p)
         for name, deviation, tol, what in (
                 ("c3", c3, self.tol.c3, f"scores moved by {{:.3g}} nats when the first batch held {split} of its "
@@ -357,6 +357,10 @@ class PassProbe:
                                        "message": f"in the pass, {where}: {what.format(worst)} (tolerance {tol:g})"}
                 break  # state changed inside adjust would read as a C1 failure too
         self.probed.append(unit.index)
+
+    def _unit(self) -> str:
+        """What a unit is drawn from: document mode's rounds, the chunks with adapters, else the batches."""
+        return "round" if self.path.documents is not None else "chunk" if self.path.adapter_names else "batch"
 
     def _isolate(self, deviation: Callable[[int], float], tol: float) -> str:
         """The first eval adapter whose addition makes the unit fail; the model with
@@ -373,7 +377,7 @@ class PassProbe:
     def record(self, eval_seconds: float, probe_seconds: float) -> dict:
         """The probes' figures for the stage's record: what was probed, where, and the cost
         (`seconds`: the eval loop's time in the probes, state copies included)."""
-        return {"probed_units": len(self.probed), "units": self.units, "unit": "chunk" if self.path.adapter_names else "batch",
+        return {"probed_units": len(self.probed), "units": self.units, "unit": self._unit(),
                 "windows_per_unit": Unit.WINDOWS,
                 "drawn_seed": self.seed, "cut_points": self.cuts, "worst_c1": self.worst["c1"], "worst_c3": self.worst["c3"],
                 "seconds": probe_seconds, "share_of_eval": probe_seconds / eval_seconds if eval_seconds > 0 else 0.0,
