@@ -215,7 +215,7 @@ def test_frontier_quick_recipes_scale_the_ttt_down_and_keep_its_shape(recipe):
     quick = load_recipe(RECIPES / recipe, discover()).plugins["lora_ttt"]
     assert quick.alpha / quick.rank == pytest.approx(full.alpha / full.rank)  # the same update scale
     assert (quick.targets, quick.phases, quick.weight_decay, quick.beta2) == (full.targets, full.phases, full.weight_decay, full.beta2)
-    assert quick.lr == pytest.approx(10 * full.lr) and quick.phase_prefix_docs == 4 and quick.slots == 2
+    assert quick.lr == pytest.approx(10 * full.lr) and quick.phase_prefix_docs == 4 and quick.slots == 4
 
 
 @pytest.mark.parametrize("recipe", ["pr1855-quick.toml", "pr2135-quick.toml"])
