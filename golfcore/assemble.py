@@ -43,9 +43,7 @@ def check_config(config: RunConfig, host: Host) -> list[int]:
 
 def describe(config: RunConfig, host: Host, quantizer: Quantizer | None) -> tuple[ModelDescription, dict[str, str]]:
     """The model description after every enabled plugin's golf_edit_model, and which plugin set
-    each slot (`path -> plugin`; slots no plugin changed are absent: the core's defaults).
-    A plugin may wrap what another put in a slot (the new value contains the old), not replace
-    it: two plugins replacing one slot would otherwise leave the recipe's last silently winning."""
+    each slot (`path -> plugin`; slots no plugin changed are absent: the core's defaults)."""
     description = default_description(config.model, layer_schedule(config, host), config.tokens.bos_id)
     setters: dict[str, str] = {}
     before = description.slots()
@@ -55,14 +53,7 @@ def describe(config: RunConfig, host: Host, quantizer: Quantizer | None) -> tupl
             raise PluginError(f"plugin {name!r}: golf_edit_model put {type(value).__name__} {value!r:.40} into slot {path}; "
                               f"a slot holds a golfcore.Part (or a class, a number or None)")
         after = description.slots()
-        for path, value in after.items():
-            if before.get(path) == value:
-                continue
-            owner = setters.get(path)
-            if owner not in (None, name) and not path.endswith("]") and before[path] not in value:
-                raise PluginError(f"plugins {owner!r} and {name!r} both set slot {path} ({name!r} replaced {before[path]} "
-                                  f"with {value}); enable one of them, or have {name!r} wrap the Part it finds there")
-            setters[path] = name
+        setters.update({path: name for path, value in after.items() if before.get(path) != value})
         before = after
     return description, {path: name for path, name in setters.items() if path in before}
 

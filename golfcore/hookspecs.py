@@ -116,9 +116,7 @@ def golf_edit_model(description: ModelDescription, config: RunConfig, quantizer:
     (embedding additions and transforms, per virtual layer its norms, rotary, value transforms,
     attention kernel, output transforms, activation, input scale and block class, per physical
     layer its projections, the skips, the head, the weight transform, the BOS id). Must not
-    keep anything across calls: every build describes the same model again. A slot another
-    plugin set may be wrapped (a Part holding the one found there), not replaced: replacing is
-    a PluginError naming both plugins (list slots are appended to). `quantizer` is the
+    keep anything across calls: every build describes the same model again. `quantizer` is the
     run's export quantizer (None only in tests that build without a session).
     The description's docstrings (golfcore.description) give each slot's call signature."""
 

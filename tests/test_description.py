@@ -2,7 +2,6 @@
 shared where given twice, edits are attributed to their plugin, projections are modules, and
 a layer switch turns layers on between steps."""
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,7 +10,6 @@ import golfcore as golf
 from golfcore.assemble import describe
 from golfcore.checkpoint import load_model_state, model_state
 from golfcore.description import Builder, default_description
-from golfcore.errors import PluginError
 from tests.helpers import build, editor, host_with, tiny_config
 
 
@@ -78,24 +76,6 @@ def test_describe_names_the_plugin_that_set_each_slot():
     assert setters["layers[2].activation"] == "gelu" and setters["bos_id"] == "bos"
     assert "layers[2].rotary" not in setters  # the core's
     assert "layers[2].activation GELU() [gelu]" in [" ".join(line.split()) for line in description.render(setters).splitlines()]
-
-
-def test_two_plugins_replacing_one_slot_is_an_error_naming_both_but_wrapping_is_not():
-    def gelu(d):
-        d.layers[1].activation = golf.Part(nn.GELU)
-
-    def tanh(d):
-        d.layers[1].activation = golf.Part(nn.Tanh)
-
-    def wrap(d):
-        d.layers[1].activation = golf.Part(nn.Sequential, d.layers[1].activation, golf.Part(nn.Identity))
-
-    config = tiny_config()
-    with pytest.raises(PluginError, match=r"plugins 'gelu' and 'tanh' both set slot layers\[1\].activation"):
-        describe(config, host_with(config, editor("gelu", gelu), editor("tanh", tanh)), None)
-    config = tiny_config()
-    _, setters = describe(config, host_with(config, editor("gelu", gelu), editor("wrap", wrap)), None)
-    assert setters["layers[1].activation"] == "wrap"
 
 
 def test_a_layer_switch_runs_its_layers_only_when_on_and_checkpoints_keep_it():
